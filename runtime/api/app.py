@@ -1,0 +1,94 @@
+"""The aiohttp application: routes plus the middlewares that make every failure an OpenAI-shaped error
+and enforce the Host/Origin rules."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..node import Node
+from . import node_routes, openai_routes
+from .errors import APIError
+from .openai_routes import NODE_KEY
+from .security import host_allowed, origin_allowed
+
+log = logging.getLogger(__name__)
+
+CORS_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project, X-Stainless-*"
+
+
+def _cors(resp: web.StreamResponse, origin: str | None) -> None:
+    if origin:
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Vary"] = "Origin"
+
+
+@web.middleware
+async def guard(request: web.Request, handler) -> web.StreamResponse:
+    node: Node = request.app[NODE_KEY]
+    s = node.settings
+    if not host_allowed(request.headers.get("Host"), s.allowed_hosts):
+        return APIError(403, f"Requests for host '{request.headers.get('Host')}' are refused (DNS rebinding "
+                             f"protection). Use http://localhost:{s.port}, or allow this host name with "
+                             f"--allow-host.", "permission_error", None, "forbidden_host").response()
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, request.host, s.allowed_origins):
+        return APIError(403, f"Browser requests from origin '{origin}' are refused. Allow it with "
+                             f"--allow-origin if you trust that site.", "permission_error", None,
+                        "forbidden_origin").response()
+    if request.method == "OPTIONS" and origin:
+        resp = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", CORS_HEADERS),
+            "Access-Control-Max-Age": "600",
+        })
+        _cors(resp, origin)
+        return resp
+    try:
+        resp = await handler(request)
+    except APIError as e:
+        resp = e.response()
+    except web.HTTPException as e:
+        resp = _http_exception(request, e)
+    except (ConnectionResetError, ConnectionError):
+        raise  # the client went away; nothing to answer
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        resp = APIError(500, "The node hit an internal error while handling this request; it has been logged "
+                             "and the node keeps serving. Retry, and report it if it happens again.",
+                        "server_error", None, "internal_error").response()
+    if not resp.prepared:
+        _cors(resp, origin)
+    return resp
+
+
+def _http_exception(request: web.Request, e: web.HTTPException) -> web.StreamResponse:
+    if e.status == 404:
+        return APIError(404, f"Unknown route: {request.method} {request.path}. The OpenAI API is under /v1 "
+                             f"(e.g. POST /v1/chat/completions).", "invalid_request_error", None,
+                        "not_found").response()
+    if e.status == 405:
+        allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
+        r = APIError(405, f"Method {request.method} is not allowed on {request.path}"
+                          + (f"; use {allowed}." if allowed else "."), "invalid_request_error", None,
+                     "method_not_allowed").response()
+        if allowed:
+            r.headers["Allow"] = allowed
+        return r
+    if e.status == 413:
+        limit = request.app[NODE_KEY].settings.max_body_bytes
+        return APIError(413, f"The request body is larger than this node accepts ({limit} bytes). Send less "
+                             f"text per request.", "invalid_request_error", None,
+                        "request_too_large").response()
+    if e.status < 400:
+        return e  # redirects and the like pass through
+    return APIError(e.status, e.reason or "HTTP error", "invalid_request_error", None, None).response()
+
+
+def build_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=node.settings.max_body_bytes)
+    app[NODE_KEY] = node
+    app.add_routes(openai_routes.routes)
+    app.add_routes(node_routes.routes)
+    return app

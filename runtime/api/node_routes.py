@@ -1,0 +1,50 @@
+"""/health, /api/status and /api/events (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from .openai_routes import NODE_KEY
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    models = {m.id: m.state for m in node.models.values()}
+    errors = {m.id: m.error for m in node.models.values() if m.state == "error"}
+    if node.ready:
+        return web.json_response({"status": "ok", "models": models})
+    body = {"status": "error" if errors else "loading", "models": models}
+    if errors:
+        body["errors"] = errors
+    return web.json_response(body, status=503, headers={"Retry-After": "2"})
+
+
+@routes.get("/api/status")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE_KEY].status())
+
+
+@routes.get("/api/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: a full status snapshot first, then every state change as it happens."""
+    node = request.app[NODE_KEY]
+    q = node.subscribe()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        await resp.write(b"event: status\ndata: " + json.dumps(node.status()).encode() + b"\n\n")
+        while True:
+            try:
+                ev = await asyncio.wait_for(q.get(), node.settings.keepalive_seconds)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            await resp.write(f"event: {ev['type']}\ndata: ".encode() + json.dumps(ev).encode() + b"\n\n")
+    finally:
+        node.unsubscribe(q)

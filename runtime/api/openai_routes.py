@@ -1,0 +1,414 @@
+"""The OpenAI surface: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..engine.engine import EmbeddingsUnsupported, ModelEngine
+from ..engine.scheduler import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from ..node import Node
+from .errors import APIError, invalid, model_not_found, overloaded
+from .validation import (
+    GenerationParams,
+    parse_embedding_inputs,
+    parse_generation,
+    parse_json_body,
+    parse_messages,
+    parse_prompts,
+)
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+NODE_KEY = web.AppKey("node", Node)
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE_KEY]
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+
+def _model_object(node: Node, m) -> dict:
+    e: ModelEngine | None = m.engine
+    stats = e.stats.summary() if e else {}
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": int(m.loaded_at or node.started_at),
+        "owned_by": "closedmesh",
+        "closedmesh": {
+            "served_by": "local",
+            "state": m.state,
+            "peers": 0,
+            "context_length": e.n_ctx_seq if e else None,
+            "slots": e.scheduler.n_slots if e else None,
+            "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
+            "ttft_ms_p50": stats.get("ttft_ms_p50"),
+            "samples": stats.get("samples", 0),
+        },
+    }
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    node = _node(request)
+    data = [_model_object(node, m) for m in node.models.values() if m.state != "error"]
+    return web.json_response({"object": "list", "data": data})
+
+
+@routes.get("/v1/models/{model_id:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    node = _node(request)
+    mid = request.match_info["model_id"]
+    m = node.find(mid)
+    if m is None or m.state == "error":
+        raise model_not_found(mid, [x.id for x in node.models.values() if x.state != "error"])
+    return web.json_response(_model_object(node, m))
+
+
+# -- shared generation machinery --------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request) -> dict:
+    return parse_json_body(await request.read())
+
+
+def _engine_for(node: Node, model: str) -> ModelEngine:
+    m = node.find(model)
+    available = [x.id for x in node.models.values() if x.state != "error"]
+    if m is None:
+        raise model_not_found(model, available)
+    if m.state == "error":
+        raise APIError(503, f"The model '{model}' failed to load: {m.error}", "server_error", "model",
+                       "model_load_failed")
+    if m.engine is None:
+        raise overloaded(f"The model '{model}' is still loading; retry in a few seconds.", retry_after=2)
+    return m.engine
+
+
+def _fingerprint(engine: ModelEngine, backend: str) -> str:
+    h = hashlib.sha256(f"{__version__}|{engine.path.name}|{backend}".encode()).hexdigest()[:10]
+    return f"fp_{h}"
+
+
+def _check_context(engine: ModelEngine, n_prompt: int, max_tokens: int | None, what: str, param: str) -> None:
+    limit = engine.n_ctx_seq
+    if n_prompt >= limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your {what} "
+                            f"resulted in {n_prompt} tokens. Please reduce the length of the {what}.",
+                       "invalid_request_error", param, "context_length_exceeded")
+    if max_tokens is not None and n_prompt + max_tokens > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {what}, {max_tokens} in the "
+                            f"completion). Please reduce the length of the {what} or the max_tokens.",
+                       "invalid_request_error", "max_tokens", "context_length_exceeded")
+
+
+@dataclass
+class Job:
+    """One choice being generated: the engine request and its event queue."""
+
+    index: int
+    req: GenRequest
+    prompt_tokens: int
+    done: DoneEvent | None = None
+    text: list[str] = field(default_factory=list)
+
+
+class Generation:
+    """Submits a set of jobs to the engine and yields (index, event) in arrival order."""
+
+    def __init__(self, engine: ModelEngine, prompts: list[list[int]], gp: GenerationParams) -> None:
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.jobs: list[Job] = []
+        for i, prompt in enumerate(prompts):
+            params = gp.sampling
+            if i and params.seed is not None:
+                # Several choices from one seeded request differ from each other, reproducibly.
+                params = replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
+            req = GenRequest(prompt=prompt, params=params, max_new_tokens=gp.max_tokens, stop=gp.stop,
+                             emit=self._emitter(i))
+            self.jobs.append(Job(i, req, len(prompt)))
+
+    def _emitter(self, index: int):
+        loop, queue = self.loop, self.queue
+
+        def emit(ev) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
+            except RuntimeError:  # the loop is closed: the server is gone, nobody is listening
+                pass
+
+        return emit
+
+    def submit(self) -> None:
+        submitted = []
+        try:
+            for j in self.jobs:
+                self.engine.submit(j.req)
+                submitted.append(j)
+        except QueueFull:
+            for j in submitted:
+                j.req.cancel()
+            self.engine.scheduler.wake()
+            raise overloaded("The node is at capacity: every slot is busy and the queue is full. "
+                             "Retry after the indicated delay.", retry_after=1) from None
+        except EngineStopped:
+            raise APIError(503, "The model is shutting down; retry against a running node.", "server_error",
+                           None, "engine_stopped") from None
+
+    def cancel(self) -> None:
+        for j in self.jobs:
+            if j.done is None:
+                j.req.cancel()
+        self.engine.scheduler.wake()
+
+    @property
+    def finished(self) -> bool:
+        return all(j.done is not None for j in self.jobs)
+
+    async def next(self, timeout: float | None) -> tuple[int, Any]:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+def _usage(jobs: list[Job]) -> dict:
+    # n choices of one prompt share it: count each distinct prompt once, as OpenAI does.
+    prompt = sum({id(j.req.prompt): j.prompt_tokens for j in jobs}.values())
+    completion = sum(j.done.completion_tokens for j in jobs if j.done)
+    cached = min((j.done.cached_tokens for j in jobs if j.done), default=0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _engine_error(ev: ErrorEvent) -> APIError:
+    if ev.code == "invalid_grammar":
+        return invalid(ev.message, "response_format")
+    return APIError(503 if ev.code == "engine_stopped" else 500, ev.message, "server_error", None, ev.code)
+
+
+async def _collect(gen: Generation) -> None:
+    while not gen.finished:
+        idx, ev = await gen.next(None)
+        job = gen.jobs[idx]
+        if isinstance(ev, TokenEvent):
+            job.text.append(ev.text)
+        elif isinstance(ev, DoneEvent):
+            job.done = ev
+        elif isinstance(ev, ErrorEvent):
+            gen.cancel()
+            raise _engine_error(ev)
+
+
+async def _stream(request: web.Request, gen: Generation, make_chunk, first_chunks: list[dict],
+                  include_usage: bool, usage_chunk) -> web.StreamResponse:
+    node = _node(request)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+
+    async def send(obj: dict) -> None:
+        await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+    for c in first_chunks:
+        await send(c)
+    keepalive = node.settings.keepalive_seconds
+    while not gen.finished:
+        try:
+            idx, ev = await gen.next(keepalive)
+        except asyncio.TimeoutError:
+            # Waiting in the queue or reading a long prompt: keep proxies and clients from timing out.
+            await resp.write(b": keep-alive\n\n")
+            continue
+        job = gen.jobs[idx]
+        if isinstance(ev, TokenEvent):
+            await send(make_chunk(idx, ev.text, None))
+        elif isinstance(ev, DoneEvent):
+            job.done = ev
+            await send(make_chunk(idx, None, ev.finish_reason))
+        elif isinstance(ev, ErrorEvent):
+            gen.cancel()
+            err = _engine_error(ev)
+            await send(err.body())
+            await resp.write_eof()
+            return resp
+    if include_usage:
+        await send(usage_chunk(_usage(gen.jobs)))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+# -- chat completions -------------------------------------------------------------------------------
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    body = await _read_body(request)
+    gp = parse_generation(body, None, None)
+    messages = parse_messages(body)
+    engine = _engine_for(node, gp.model)
+    gp = parse_generation(body, engine.model.n_vocab, None)
+    try:
+        prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+    except ValueError as e:  # TemplateError: the template rejected these messages
+        raise invalid(str(e), "messages", "invalid_messages") from None
+    _check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
+    gen = Generation(engine, [prompt] * gp.n, gp)
+    cid = f"chatcmpl-{uuid.uuid4()}"
+    created = int(time.time())
+    fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
+    model_id = engine.id
+    gen.submit()
+    try:
+        if not gp.stream:
+            await _collect(gen)
+            choices = [{
+                "index": j.index,
+                "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
+                "logprobs": None,
+                "finish_reason": j.done.finish_reason,
+            } for j in gen.jobs]
+            return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model_id,
+                                      "system_fingerprint": fp, "choices": choices, "usage": _usage(gen.jobs)})
+
+        def base(choices: list) -> dict:
+            d = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                 "system_fingerprint": fp, "choices": choices}
+            if gp.include_usage:
+                d["usage"] = None
+            return d
+
+        def chunk(idx: int, text: str | None, finish: str | None) -> dict:
+            delta = {"content": text} if text is not None else {}
+            return base([{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+        def usage_chunk(usage: dict) -> dict:
+            d = base([])
+            d["usage"] = usage
+            return d
+
+        first = [base([{"index": j.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None}]) for j in gen.jobs]
+        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
+    finally:
+        gen.cancel()  # no-op for finished jobs; frees the slots of a client that went away
+
+
+# -- text completions -------------------------------------------------------------------------------
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    body = await _read_body(request)
+    gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
+    prompts_in = parse_prompts(body)
+    engine = _engine_for(node, gp.model)
+    gp = parse_generation(body, engine.model.n_vocab, 16)
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
+    prompts: list[list[int]] = []
+    texts: list[str] = []
+    for i, p in enumerate(prompts_in):
+        if isinstance(p, str):
+            toks = await asyncio.to_thread(engine.completion_prompt, p)
+            texts.append(p)
+        else:
+            if any(not (0 <= t < engine.model.n_vocab) for t in p):
+                raise invalid(f"'prompt' contains a token id outside this model's vocabulary "
+                              f"(0..{engine.model.n_vocab - 1}).", "prompt")
+            toks = p
+            texts.append(engine.detokenize(p))
+        if not toks:
+            raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
+        _check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
+        prompts.extend([toks] * gp.n)
+    gen = Generation(engine, prompts, gp)
+    cid = f"cmpl-{uuid.uuid4()}"
+    created = int(time.time())
+    fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
+    prompt_text_for = lambda idx: texts[idx // gp.n]  # noqa: E731
+    gen.submit()
+    try:
+        if not gp.stream:
+            await _collect(gen)
+            choices = [{
+                "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
+                "index": j.index, "logprobs": None, "finish_reason": j.done.finish_reason,
+            } for j in gen.jobs]
+            return web.json_response({"id": cid, "object": "text_completion", "created": created,
+                                      "model": engine.id, "system_fingerprint": fp, "choices": choices,
+                                      "usage": _usage(gen.jobs)})
+
+        def base(choices: list) -> dict:
+            d = {"id": cid, "object": "text_completion", "created": created, "model": engine.id,
+                 "system_fingerprint": fp, "choices": choices}
+            if gp.include_usage:
+                d["usage"] = None
+            return d
+
+        def chunk(idx: int, text: str | None, finish: str | None) -> dict:
+            return base([{"text": text or "", "index": idx, "logprobs": None, "finish_reason": finish}])
+
+        def usage_chunk(usage: dict) -> dict:
+            d = base([])
+            d["usage"] = usage
+            return d
+
+        first = [chunk(j.index, prompt_text_for(j.index), None) for j in gen.jobs] if echo else []
+        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
+    finally:
+        gen.cancel()
+
+
+# -- embeddings -------------------------------------------------------------------------------------
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    node = _node(request)
+    body = await _read_body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid("'model' is required: name the model to use (GET /v1/models lists them).", "model",
+                      "missing_required_parameter")
+    items = parse_embedding_inputs(body)
+    engine = _engine_for(node, model.strip())
+    fmt = body.get("encoding_format", "float")
+    data = []
+    total = 0
+    for i, item in enumerate(items):
+        if isinstance(item, list) and any(not (0 <= t < engine.model.n_vocab) for t in item):
+            raise invalid(f"'input[{i}]' contains a token id outside this model's vocabulary.", "input")
+        try:
+            vec, n = await asyncio.to_thread(engine.embed, item)
+        except EmbeddingsUnsupported as e:
+            raise invalid(str(e), "model", "embeddings_not_supported") from None
+        except OverflowError as e:
+            raise APIError(400, f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, "
+                                f"input[{i}] resulted in {e.args[0]} tokens. Please reduce its length.",
+                           "invalid_request_error", "input", "context_length_exceeded") from None
+        total += n
+        emb: Any = vec
+        if fmt == "base64":
+            emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return web.json_response({"object": "list", "data": data, "model": engine.id,
+                              "usage": {"prompt_tokens": total, "total_tokens": total}})

@@ -1,0 +1,324 @@
+"""Continuous batching over one llama.cpp context.
+
+One thread per loaded model runs the decode loop; requests join and leave the batch at any step.
+Each step decodes, in a single ``llama_decode``, the next token of every generating sequence plus a
+chunk of the prompt of sequences still reading theirs, so running streams keep flowing while a long
+prompt is processed. Sequences reuse the KV cache of the prefix they share with what their slot last
+held (same system prompt, a conversation's next turn).
+
+Events go back to the caller through ``GenRequest.emit`` (called from the engine thread; the API layer
+hands them to its event loop). Generation never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .llama_model import LlamaContext, LlamaModel
+from .sampling import GrammarError, Sampler, SamplingParams
+from .text import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class EngineStopped(Exception):
+    pass
+
+
+@dataclass
+class TokenEvent:
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_ms: float
+    tokens_per_second: float | None
+
+
+@dataclass
+class ErrorEvent:
+    message: str
+    code: str = "engine_error"
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class GenRequest:
+    prompt: list[int]
+    params: SamplingParams
+    max_new_tokens: int | None  # None: until the slot's context is full
+    stop: list[str]
+    emit: Callable[[Event], None]
+    submitted_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    kv: list[int] = field(default_factory=list)  # tokens whose K/V are in this sequence's cache
+    req: GenRequest | None = None
+    sampler: Sampler | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    last_token: int | None = None  # sampled, to be decoded in the next step
+    generated: int = 0
+    cached: int = 0
+    first_token_at: float | None = None
+    decoder: IncrementalDecoder | None = None
+    stopper: StopMatcher | None = None
+    last_used: float = 0.0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: LlamaModel,
+        ctx: LlamaContext,
+        max_queue: int,
+        prompt_chunk: int = 256,
+        on_finished: Callable[[DoneEvent], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.n_ctx_seq = ctx.n_ctx_seq
+        self.max_queue = max_queue
+        self.prompt_chunk = min(prompt_chunk, ctx.n_batch)
+        self.on_finished = on_finished
+        self.slots = [_Slot(seq=i) for i in range(ctx.n_seq)]
+        self._waiting: collections.deque[GenRequest] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model.path.name}", daemon=True)
+        self._thread.start()
+
+    # -- public, thread-safe -----------------------------------------------------------------------
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots)
+
+    def submit(self, req: GenRequest) -> None:
+        with self._cv:
+            if self._stopping:
+                raise EngineStopped()
+            if len(self._waiting) >= self.max_queue and not self._free_slot_exists():
+                raise QueueFull()
+            self._waiting.append(req)
+            self._cv.notify()
+
+    def wake(self) -> None:
+        """Called after a cancel so an idle loop notices it at once."""
+        with self._cv:
+            self._cv.notify()
+
+    def counts(self) -> dict:
+        with self._cv:
+            active = sum(1 for s in self.slots if s.req is not None)
+            return {"in_flight": active, "queued": len(self._waiting), "slots": len(self.slots),
+                    "slots_busy": active}
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    # -- engine thread -------------------------------------------------------------------------------
+
+    def _free_slot_exists(self) -> bool:
+        return any(s.req is None for s in self.slots)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._waiting and not any(s.req for s in self.slots):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    self._admit_locked()
+                self._drop_cancelled()
+                self._step()
+        except Exception:  # a bug here must not leave clients waiting forever
+            log.exception("engine loop crashed")
+            for s in self.slots:
+                if s.req:
+                    self._finish_error(s, "the engine stopped unexpectedly; see the node's log")
+        finally:
+            with self._cv:
+                self._stopping = True
+                waiting, self._waiting = list(self._waiting), collections.deque()
+            for r in waiting:
+                r.emit(ErrorEvent("the node is shutting down; retry against a running node", "engine_stopped"))
+            for s in self.slots:
+                if s.req:
+                    self._finish_error(s, "the node is shutting down; retry against a running node", "engine_stopped")
+
+    def _admit_locked(self) -> None:
+        while self._waiting:
+            free = [s for s in self.slots if s.req is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            if req.cancelled:
+                continue
+            # Prefer the slot whose cache shares the longest prefix; then the least recently used.
+            best = max(free, key=lambda s: (_common_prefix(s.kv, req.prompt), -s.last_used))
+            keep = min(_common_prefix(best.kv, req.prompt), len(req.prompt) - 1)
+            self.ctx.seq_remove(best.seq, keep, -1)
+            del best.kv[keep:]
+            try:
+                best.sampler = Sampler(req.params, self.model.vocab, self.model.n_vocab)
+            except GrammarError as e:
+                req.emit(ErrorEvent(str(e), "invalid_grammar"))
+                continue
+            best.req = req
+            best.pending = list(req.prompt[keep:])
+            best.cached = keep
+            best.last_token = None
+            best.generated = 0
+            best.first_token_at = None
+            best.decoder = IncrementalDecoder()
+            best.stopper = StopMatcher(req.stop)
+
+    def _drop_cancelled(self) -> None:
+        for s in self.slots:
+            if s.req is not None and s.req.cancelled:
+                # The client is gone: free the slot and release its KV cache now.
+                self.ctx.seq_remove(s.seq)
+                s.kv.clear()
+                self._release(s)
+
+    def _step(self) -> None:
+        entries: list[tuple[int, int, int, bool]] = []
+        samplers: list[tuple[_Slot, int]] = []
+        for s in self.slots:
+            if s.req is not None and s.last_token is not None:
+                pos = len(s.kv)
+                entries.append((s.last_token, pos, s.seq, True))
+                s.kv.append(s.last_token)
+                s.last_token = None
+                samplers.append((s, len(entries) - 1))
+        budget = self.ctx.n_batch - len(entries)
+        if not entries:
+            budget = self.ctx.n_batch
+        else:
+            budget = min(budget, self.prompt_chunk)
+        for s in self.slots:
+            if budget <= 0:
+                break
+            if s.req is None or not s.pending:
+                continue
+            take = s.pending[:budget]
+            del s.pending[: len(take)]
+            budget -= len(take)
+            base = len(s.kv)
+            last = not s.pending
+            for i, t in enumerate(take):
+                entries.append((t, base + i, s.seq, last and i == len(take) - 1))
+            s.kv.extend(take)
+            if last:
+                samplers.append((s, len(entries) - 1))
+        if not entries:
+            return
+        rc = self.ctx.decode(entries)
+        if rc != 0:
+            msg = f"llama.cpp decode failed (code {rc})"
+            log.error(msg)
+            for s in self.slots:
+                if s.req is not None:
+                    self.ctx.seq_remove(s.seq)
+                    s.kv.clear()
+                    self._finish_error(s, msg + "; retry the request")
+            return
+        now = time.perf_counter()
+        for s, idx in samplers:
+            if s.req is None:
+                continue
+            token = s.sampler.sample(self.ctx.ctx, idx)
+            if s.first_token_at is None:
+                s.first_token_at = now
+            if self.model.is_eog(token):
+                self._finish(s, "stop")
+                continue
+            s.generated += 1
+            text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token)))
+            if text:
+                s.req.emit(TokenEvent(text))
+            if s.stopper.stopped:
+                self._finish(s, "stop")
+                continue
+            if s.req.max_new_tokens is not None and s.generated >= s.req.max_new_tokens:
+                self._finish(s, "length")
+                continue
+            if len(s.kv) + 1 >= self.n_ctx_seq:
+                self._finish(s, "length")  # the slot's context is full
+                continue
+            s.last_token = token
+
+    def _finish(self, s: _Slot, reason: str) -> None:
+        req = s.req
+        assert req is not None
+        if reason != "stop" or not s.stopper.stopped:
+            tail = s.stopper.feed(s.decoder.flush())
+            tail += s.stopper.flush()
+            if tail:
+                req.emit(TokenEvent(tail))
+        end = time.perf_counter()
+        first = s.first_token_at or end
+        tps = (s.generated - 1) / (end - first) if s.generated > 1 and end > first else None
+        ev = DoneEvent(
+            finish_reason=reason,
+            prompt_tokens=len(req.prompt),
+            completion_tokens=s.generated,
+            cached_tokens=s.cached,
+            ttft_ms=(first - req.submitted_at) * 1000.0,
+            tokens_per_second=tps,
+        )
+        req.emit(ev)
+        if self.on_finished:
+            self.on_finished(ev)
+        self._release(s)
+
+    def _finish_error(self, s: _Slot, message: str, code: str = "engine_error") -> None:
+        if s.req is not None:
+            s.req.emit(ErrorEvent(message, code))
+        self._release(s)
+
+    def _release(self, s: _Slot) -> None:
+        if s.sampler:
+            s.sampler.close()
+        s.sampler = None
+        s.req = None
+        s.pending = []
+        s.last_token = None
+        s.last_used = time.monotonic()
+        with self._cv:
+            self._cv.notify()

@@ -1,0 +1,68 @@
+"""Chat prompt rendering from the GGUF's Jinja chat template.
+
+The template is read from the model's ``tokenizer.chat_template`` metadata and rendered in a Jinja
+sandbox the way Hugging Face's ``apply_chat_template`` does. Models without a template fall back to
+ChatML (documented in docs/api.md), the most common format among instruction-tuned GGUFs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+@dataclass
+class ChatTemplate:
+    source: str
+    bos_token: str
+    eos_token: str
+    is_fallback: bool = False
+
+    def __post_init__(self) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            self._template = env.from_string(self.source)
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"the model's chat template does not compile: {e}") from None
+
+    @classmethod
+    def for_model(cls, template: str | None, bos: str, eos: str) -> "ChatTemplate":
+        if template:
+            try:
+                return cls(template, bos, eos)
+            except TemplateError:
+                pass
+        return cls(CHATML_TEMPLATE, bos, eos, is_fallback=True)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        try:
+            return self._template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except TemplateError:
+            raise
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"the model's chat template failed on these messages: {e}") from None

