@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
         threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
+        keepalive_seconds=args.keepalive,
         allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
     )
     paths = Paths.resolve()
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     s.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (default: as many as fit)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503 (default 64)")
+    s.add_argument("--keepalive", type=float, default=5.0,
+                   help="seconds between SSE keep-alive comments while a stream waits (default 5)")
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")
     s.add_argument("--allow-origin", action="append", help="browser origin allowed to call the API (repeatable)")
     s.set_defaults(func=_serve)
