@@ -27,19 +27,17 @@ fi
 
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
-WANT="$( (cat pyproject.toml; echo "extras=$EXTRAS"; echo "cmake=${CMAKE_ARGS:-}") | sha256sum | cut -d' ' -f1)"
-STAMP=.venv/.closedmesh-install-stamp
-HAVE=""
-[ -f "$STAMP" ] && HAVE="$(cat "$STAMP")"
+fingerprint() { (cat pyproject.toml; echo "extras=$1"; echo "cmake=${CMAKE_ARGS:-}") | sha256sum | cut -d' ' -f1; }
+stamp_ok() { [ -f ".venv/.closedmesh-install-$1" ] && [ "$(cat ".venv/.closedmesh-install-$1")" = "$(fingerprint "$1")" ]; }
 
-# A stamp made with more extras also satisfies a request for fewer (test ⊇ runtime).
-if [ "$HAVE" != "$WANT" ] && ! { [ -z "$EXTRAS" ] && [ -f "$STAMP.test" ] && [ "$(cat "$STAMP.test")" = "$( (cat pyproject.toml; echo "extras=test"; echo "cmake=${CMAKE_ARGS:-}") | sha256sum | cut -d' ' -f1)" ]; }; then
-    echo "==> installing ClosedMesh into .venv (the first time this builds llama.cpp: about 10 minutes on 2 cores)"
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    PIP_FLAGS=()
-    # pip's wheel cache does not know about CMAKE_ARGS: a GPU build must not reuse a cached CPU wheel.
-    [ -n "${CMAKE_ARGS:-}" ] && PIP_FLAGS+=(--no-cache-dir)
-    .venv/bin/python -m pip install "${PIP_FLAGS[@]}" -e "$SPEC"
-    echo "$WANT" > "$STAMP"
-    [ -n "$EXTRAS" ] && echo "$WANT" > "$STAMP.$EXTRAS"
+# An install with the test extras also satisfies a plain install (test ⊇ runtime).
+if stamp_ok "${EXTRAS:-runtime}" || { [ -z "$EXTRAS" ] && stamp_ok test; }; then
+    exit 0
 fi
+echo "==> installing ClosedMesh into .venv (the first time this builds llama.cpp: about 10 minutes on 2 cores)"
+.venv/bin/python -m pip install --quiet --upgrade pip
+PIP_FLAGS=()
+# pip's wheel cache does not know about CMAKE_ARGS: a GPU build must not reuse a cached CPU wheel.
+[ -n "${CMAKE_ARGS:-}" ] && PIP_FLAGS+=(--no-cache-dir)
+.venv/bin/python -m pip install "${PIP_FLAGS[@]}" -e "$SPEC"
+fingerprint "${EXTRAS:-runtime}" > ".venv/.closedmesh-install-${EXTRAS:-runtime}"
