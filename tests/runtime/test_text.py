@@ -10,7 +10,8 @@ from runtime.engine.text import IncrementalDecoder, StopMatcher
 
 PROPS = settings(max_examples=400, deadline=None, database=None)
 
-# A small alphabet makes stop strings actually occur in the generated text (and overlap each other).
+# A small alphabet makes stop strings occur in the text and overlap each other; the text is also built
+# from the stop strings themselves and their fragments so that near-misses and hits are common.
 ALPHABET = "ab<>/é🙂"
 texts = st.text(alphabet=ALPHABET, max_size=30)
 stop_lists = st.lists(st.text(alphabet=ALPHABET, max_size=5), max_size=4)
@@ -23,13 +24,21 @@ def run(stops: list[str], pieces: list[str]) -> tuple[str, bool, list[str]]:
     return "".join(emitted), m.stopped, emitted
 
 
-@st.composite
-def split_text(draw, text_strategy=texts):
-    """A text and a split of it into consecutive pieces (empty pieces included)."""
-    text = draw(text_strategy)
+def split(draw, text: str) -> list[str]:
+    """A split of ``text`` into consecutive pieces (empty pieces included)."""
     cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=8)))
     bounds = [0, *cuts, len(text)]
-    return text, [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@st.composite
+def cases(draw):
+    """(stops, text, pieces) where the text is made of stop strings, fragments of them and noise."""
+    stops = draw(stop_lists)
+    frags = [f for s in stops for i in range(len(s) + 1) for f in (s[:i], s[i:])]
+    atoms = st.one_of(st.text(alphabet=ALPHABET, max_size=3), *([st.sampled_from(frags)] if frags else []))
+    text = "".join(draw(st.lists(atoms, max_size=8)))
+    return stops, text, split(draw, text)
 
 
 def earliest_cut(text: str, stops: list[str]) -> str | None:
@@ -50,9 +59,9 @@ def stop_inside_another(stops: list[str]) -> bool:
 
 
 @PROPS
-@given(split_text(), stop_lists)
-def test_stream_equals_text_cut_before_earliest_stop(split, stops):
-    text, pieces = split
+@given(cases())
+def test_stream_equals_text_cut_before_earliest_stop(case):
+    stops, text, pieces = case
     if stop_inside_another(stops):
         stops = [s for s in stops if s and not any(s != o and s in o[1:-1] for o in stops)]
     assert not stop_inside_another(stops)
@@ -67,11 +76,11 @@ def test_stream_equals_text_cut_before_earliest_stop(split, stops):
 
 
 @PROPS
-@given(split_text(), stop_lists)
-def test_stream_matches_reference_for_any_stop_list(split, stops):
+@given(cases())
+def test_stream_matches_reference_for_any_stop_list(case):
     """Any stop list, overlapping ones included: the matcher stops on the first piece after which the
     text seen so far contains a stop, and cuts there before the earliest-starting stop occurrence."""
-    text, pieces = split
+    stops, text, pieces = case
     out, stopped, _ = run(stops, pieces)
     seen = ""
     expected, expected_stopped = text, False
@@ -91,9 +100,9 @@ def test_stream_matches_reference_for_any_stop_list(split, stops):
 
 
 @PROPS
-@given(split_text(), stop_lists)
-def test_nothing_is_emitted_after_a_stop(split, stops):
-    text, pieces = split
+@given(cases())
+def test_nothing_is_emitted_after_a_stop(case):
+    stops, _, pieces = case
     m = StopMatcher(stops)
     for p in pieces:
         m.feed(p)
@@ -105,8 +114,9 @@ def test_nothing_is_emitted_after_a_stop(split, stops):
 
 
 @PROPS
-@given(texts, stop_lists)
-def test_single_piece_is_cut_before_earliest_stop(text, stops):
+@given(cases())
+def test_single_piece_is_cut_before_earliest_stop(case):
+    stops, text, _ = case
     out, stopped, _ = run(stops, [text])
     expected = earliest_cut(text, stops)
     assert out == (text if expected is None else expected)
