@@ -391,7 +391,7 @@ async def embeddings(request: web.Request) -> web.Response:
                       "missing_required_parameter")
     items = parse_embedding_inputs(body)
     engine = _engine_for(node, model.strip())
-    fmt = body.get("encoding_format", "float")
+    fmt = body.get("encoding_format") or "float"
     data = []
     total = 0
     for i, item in enumerate(items):

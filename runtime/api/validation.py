@@ -269,7 +269,8 @@ def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
         items = list(v)
     elif isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         items = [list(v)]
-    elif isinstance(v, list) and v and all(isinstance(x, list) and x for x in v):
+    elif isinstance(v, list) and v and all(
+            isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in v):
         items = [list(x) for x in v]
     else:
         raise invalid("'input' must be a string, an array of strings, or an array of token ids.", "input",
@@ -279,7 +280,7 @@ def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
             raise invalid(f"'input[{i}]' is empty; every input must contain text.", "input")
     if len(items) > 2048:
         raise invalid("'input' may hold at most 2048 items.", "input")
-    fmt = body.get("encoding_format", "float")
+    fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     if body.get("dimensions") is not None:

@@ -115,6 +115,10 @@ class Scheduler:
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
+        # Where the engine thread's time goes: llama_decode vs the whole step (Python overhead = the rest).
+        self.steps = 0
+        self.decode_seconds = 0.0
+        self.step_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.path.name}", daemon=True)
         self._thread.start()
 
@@ -142,7 +146,8 @@ class Scheduler:
         with self._cv:
             active = sum(1 for s in self.slots if s.req is not None)
             return {"in_flight": active, "queued": len(self._waiting), "slots": len(self.slots),
-                    "slots_busy": active}
+                    "slots_busy": active, "steps": self.steps, "decode_seconds": round(self.decode_seconds, 4),
+                    "step_seconds": round(self.step_seconds, 4)}
 
     def stop(self) -> None:
         with self._cv:
@@ -164,8 +169,11 @@ class Scheduler:
                     if self._stopping:
                         break
                     self._admit_locked()
+                t0 = time.perf_counter()
                 self._drop_cancelled()
                 self._step()
+                self.step_seconds += time.perf_counter() - t0
+                self.steps += 1
         except Exception:  # a bug here must not leave clients waiting forever
             log.exception("engine loop crashed")
             for s in self.slots:
@@ -248,7 +256,9 @@ class Scheduler:
                 samplers.append((s, len(entries) - 1))
         if not entries:
             return
+        t0 = time.perf_counter()
         rc = self.ctx.decode(entries)
+        self.decode_seconds += time.perf_counter() - t0
         if rc != 0:
             msg = f"llama.cpp decode failed (code {rc})"
             log.error(msg)

@@ -64,5 +64,5 @@ class ChatTemplate:
             )
         except TemplateError:
             raise
-        except jinja2.TemplateError as e:
+        except Exception as e:  # jinja2 errors and plain Python errors raised inside the template
             raise TemplateError(f"the model's chat template failed on these messages: {e}") from None

@@ -21,6 +21,9 @@ class IncrementalDecoder:
 class StopMatcher:
     """Finds stop strings in streamed text, also when a stop spans several tokens.
 
+    The output is the text cut before the stop occurrence that ends first (OpenAI stops generation as
+    soon as a stop sequence has appeared).
+
     ``feed`` returns the text that is safe to emit now: anything that could still be the start of a
     stop string is held back until the next piece settles it. The stop string itself is never
     emitted, nor anything after it.
@@ -38,13 +41,16 @@ class StopMatcher:
         if not self.stops:
             return text
         self._buf += text
-        first = -1
+        # The stop occurrence that *ends* first wins (ties: the longer one, which starts earlier). An
+        # occurrence becomes visible exactly when its last character arrives, so this rule gives the
+        # same output however the text is split into tokens, nested stops ('abc' and 'b') included.
+        best: tuple[int, int] | None = None  # (end, start)
         for s in self.stops:
             i = self._buf.find(s)
-            if i >= 0 and (first < 0 or i < first):
-                first = i
-        if first >= 0:
-            out = self._buf[:first]
+            if i >= 0 and (best is None or (i + len(s), i) < best):
+                best = (i + len(s), i)
+        if best is not None:
+            out = self._buf[: best[1]]
             self._buf = ""
             self.stopped = True
             return out

@@ -25,8 +25,8 @@ _QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
 
 
 def model_id_for_file(path: Path) -> str:
-    """'SmolLM2-135M-Instruct.Q4_1.gguf' → 'SmolLM2-135M-Instruct-Q4_1' style: the stem, kept whole so
-    two quantizations of one model never share an id."""
+    """The file's stem ('Qwen3-8B-Q4_K_M.gguf' → 'Qwen3-8B-Q4_K_M'), kept whole so two quantizations
+    of one model never share an id."""
     return path.stem
 
 
@@ -43,7 +43,8 @@ def resolve(spec: str, models_dir: Path) -> ModelSpec:
     if models_dir.is_dir():
         for f in sorted(models_dir.glob("*.gguf")):
             if spec.lower() in (f.stem.lower(), _QUANT_SUFFIX.sub("", f.stem).lower()):
-                return ModelSpec(model_id_for_file(f), f.resolve())
+                mid = DEFAULT_MODEL_ID if f.name == DEFAULT_FILENAME else model_id_for_file(f)
+                return ModelSpec(mid, f.resolve())
     raise ModelSpecError(
         f"unknown model '{spec}': give a path to a .gguf file, a model file name in {models_dir}, "
         f"or '{DEFAULT_MODEL_ID}' (the embedded default)."

@@ -157,6 +157,9 @@ def test_embeddings_errors(http, model_id):
     assert_error(http.post("/v1/embeddings", json={"model": model_id, "input": "x", "dimensions": 8}), 400,
                  "unsupported_parameter", "dimensions")
     assert_error(http.post("/v1/embeddings", json={"model": "nope", "input": "x"}), 404, "model_not_found")
+    for bad in ([["hello"]], [[1.5]], [[True]], [[None]], 5, {}):
+        assert_error(http.post("/v1/embeddings", json={"model": model_id, "input": bad}), 400, "invalid_type", "input")
+    assert_error(http.post("/v1/embeddings", json={"model": model_id, "input": [[99999999]]}), 400, None, "input")
 
 
 def test_garbage_never_500(http, model_id):

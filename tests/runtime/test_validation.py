@@ -498,8 +498,6 @@ def test_embedding_dimensions_unsupported():
             code="unsupported_parameter")
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="runtime bug: nested input arrays are not checked to hold integer token "
-                                        "ids (see report)")
 @pytest.mark.parametrize("inp", [[["hello"]], [[1.5]], [[True]], [[None]]])
 def test_embedding_nested_arrays_must_hold_token_ids(inp):
     rejects(parse_embedding_inputs, {"input": inp}, param="input", code="invalid_type")
