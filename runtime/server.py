@@ -77,5 +77,7 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
         await stop.wait()
     finally:
         log.info("shutting down")
-        await runner.cleanup()
+        # Engines first: every running stream gets an explicit "node is shutting down" error event
+        # (never a silently cut stream), then the HTTP side closes.
         await node.close()
+        await runner.cleanup()

@@ -162,3 +162,32 @@ def test_prefix_reuse_reports_cached_tokens(openai_client, model_id):
                                               max_tokens=2, temperature=0)
     assert a.usage.prompt_tokens > 200
     assert b.usage.prompt_tokens_details.cached_tokens >= 200
+
+
+def test_shutdown_mid_stream_sends_an_error_event(tmp_path, model_path, model_id):
+    """Stopping the node while it streams ends the stream with an SSE error event, not a silent cut."""
+    seed_home(tmp_path, model_path)
+    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--slots", "1",
+                   "--ctx-per-slot", "1024")
+    events = []
+    try:
+        with httpx.Client(base_url=n.base_url, timeout=60) as c:
+            with c.stream("POST", "/v1/chat/completions", json={
+                    "model": model_id, "messages": [{"role": "user", "content": "Write a long story."}],
+                    "max_tokens": 900, "stream": True, "logit_bias": EOS_BAN}) as r:
+                lines = r.iter_lines()
+                for line in lines:
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                    if len(events) == 5:
+                        n.proc.terminate()
+                        break
+                for line in lines:
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+    finally:
+        rc = n.stop()
+    assert rc == 0
+    assert events[-1] != "[DONE]"
+    err = json.loads(events[-1])["error"]
+    assert err["code"] == "engine_stopped" and "shutting down" in err["message"]
