@@ -23,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
         threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
-        keepalive_seconds=args.keepalive,
+        keepalive_seconds=args.keepalive, model_ttl=args.model_ttl,
+        memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
         allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
     )
     paths = Paths.resolve()
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     s.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (default: as many as fit)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503 (default 64)")
+    s.add_argument("--model-ttl", type=float, default=900.0,
+                   help="seconds an idle on-demand model stays loaded (default 900; models given with --model stay)")
+    s.add_argument("--memory-budget", type=float, metavar="GIB",
+                   help="GiB that loaded models may use together (default: 80%% of RAM); the least recently used "
+                        "idle model is unloaded to make room")
     s.add_argument("--keepalive", type=float, default=5.0,
                    help="seconds between SSE keep-alive comments while a stream waits (default 5)")
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")

@@ -84,6 +84,8 @@ class ServeSettings:
     threads: int | None = None  # None: physical cores
     gpu_layers: int | None = None  # None: as many as fit
     max_queue: int = 64  # requests waiting for a slot before 503
+    model_ttl: float = 900.0  # seconds an on-demand model stays loaded while idle
+    memory_budget_bytes: int | None = None  # loaded models' weights + KV; None: 80% of RAM at start
     # HTTP
     max_body_bytes: int = 16 * 1024 * 1024
     keepalive_seconds: float = 5.0  # SSE comment interval while a stream waits

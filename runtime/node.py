@@ -1,4 +1,4 @@
-"""The Node: composes hardware detection, the served models' engines and their state.
+"""The Node: composes hardware detection and the model manager, and builds the status document.
 
 The HTTP server (runtime/api) is a thin layer over this object; the desktop app uses the same object
 (or the HTTP API) and never reaches into the engine.
@@ -11,27 +11,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 from . import __version__
 from .config import Paths, ServeSettings, node_id
-from .engine.engine import EngineConfig, ModelEngine
+from .engine.engine import EngineConfig
 from .hardware import Capability, RuntimeCapability, default_threads, detect
-from .models.embedded import DEFAULT_MODEL_ID, ensure_default_model
-from .models.store import ModelSpec, resolve
+from .models.embedded import DEFAULT_MODEL_ID
+from .models.manager import READY, ManagedModel, ModelError, ModelManager
+from .models.store import resolve
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServedModel:
-    spec: ModelSpec
-    state: str = "pending"  # pending | fetching | loading | ready | error
-    error: str | None = None
-    engine: ModelEngine | None = None
-    loaded_at: float | None = None
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
 
 
 @dataclass
@@ -39,63 +29,66 @@ class Node:
     settings: ServeSettings
     paths: Paths
     started_at: float = field(default_factory=time.time)
-    models: dict[str, ServedModel] = field(default_factory=dict)
     cap: Capability | None = None
     runtime_cap: RuntimeCapability | None = None
     id: str = ""
+    manager: ModelManager = field(init=False)
     _load_task: asyncio.Task | None = None
     _listeners: set = field(default_factory=set)
+    _capability_ready: asyncio.Event | None = None
 
     def __post_init__(self) -> None:
         self.paths.ensure()
         self.id = node_id(self.paths)
-        specs = self.settings.models or [DEFAULT_MODEL_ID]
-        for s in specs:
+        budget = self.settings.memory_budget_bytes
+        if budget is None:
+            budget = int(psutil.virtual_memory().total * 0.8)
+        self.manager = ModelManager(self.paths.models, self._engine_config, ttl_seconds=self.settings.model_ttl,
+                                    memory_budget_bytes=budget)
+        self.manager.subscribe(self._broadcast)
+        self.pinned: list[str] = []
+        for s in self.settings.models or [DEFAULT_MODEL_ID]:
             spec = resolve(s, self.paths.models)  # raises ModelSpecError with a clear message
-            self.models.setdefault(spec.id.lower(), ServedModel(spec))
+            self.manager.add_pinned(spec.id, spec.path, embedded_default=spec.embedded_default or spec.path is None)
+            self.pinned.append(spec.id)
+
+    def _engine_config(self) -> tuple[Capability, EngineConfig]:
+        assert self.cap is not None and self.runtime_cap is not None, "capability is detected before any load"
+        s = self.settings
+        return self.cap, EngineConfig(threads=self.runtime_cap.threads, slots=s.slots, ctx_per_slot=s.ctx_per_slot,
+                                      gpu_layers=s.gpu_layers, max_queue=s.max_queue)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start_loading(self) -> None:
-        self._load_task = asyncio.get_running_loop().create_task(self._load_all())
+        self._load_task = asyncio.get_running_loop().create_task(self._start())
 
     async def wait_ready(self) -> None:
         if self._load_task:
             await asyncio.shield(self._load_task)
 
-    async def _load_all(self) -> None:
+    async def _start(self) -> None:
         self.cap = await asyncio.to_thread(detect)
         threads = self.settings.threads or default_threads(self.cap)
         self.runtime_cap = RuntimeCapability(self.cap, threads)
         log.info("hardware: backend=%s devices=%s RAM %.1f GiB free of %.1f GiB, %d physical cores → %d threads",
                  self.cap.backend, [d.name for d in self.cap.devices] or "none",
                  self.cap.ram_free_bytes / 2**30, self.cap.ram_total_bytes / 2**30, self.cap.physical_cores, threads)
-        cfg = EngineConfig(threads=threads, slots=self.settings.slots, ctx_per_slot=self.settings.ctx_per_slot,
-                           gpu_layers=self.settings.gpu_layers, max_queue=self.settings.max_queue)
-        for m in self.models.values():
-            await self._load_one(m, cfg)
+        self.manager.start()
+        for mid in self.pinned:
+            try:
+                engine = await self.manager.ensure_loaded(mid)
+                self.runtime_cap.gpu_layers[engine.id] = engine.offload.gpu_layers
+            except ModelError as e:  # the node keeps running and reports the failure
+                log.error("could not load model %s: %s", mid, e)
 
-    async def _load_one(self, m: ServedModel, cfg: EngineConfig) -> None:
-        try:
-            path = m.spec.path
-            if path is None:
-                self._set_state(m, "fetching")
-                path = await asyncio.to_thread(ensure_default_model, self.paths.models)
-            self._set_state(m, "loading")
-            m.engine = await asyncio.to_thread(ModelEngine, m.id, path, self.cap, cfg)
-            m.loaded_at = time.time()
-            assert self.runtime_cap is not None
-            self.runtime_cap.gpu_layers[m.id] = m.engine.offload.gpu_layers
-            self._set_state(m, "ready")
-        except Exception as e:  # the node keeps running and reports the failure
-            log.error("could not load model %s: %s", m.id, e)
-            m.error = str(e)
-            self._set_state(m, "error")
-
-    def _set_state(self, m: ServedModel, state: str) -> None:
-        m.state = state
+    def _broadcast(self, event: dict) -> None:
+        if event.get("type") == "model_state" and event.get("state") == READY and self.runtime_cap:
+            m = self.manager.get(event["model"])
+            if m and m.engine:
+                self.runtime_cap.gpu_layers[m.id] = m.engine.offload.gpu_layers
         for q in list(self._listeners):
-            q.put_nowait({"type": "model_state", "model": m.id, "state": state, "error": m.error})
+            q.put_nowait(event)
 
     async def close(self) -> None:
         if self._load_task and not self._load_task.done():
@@ -104,19 +97,18 @@ class Node:
                 await self._load_task
             except BaseException:
                 pass
-        for m in self.models.values():
-            if m.engine:
-                await asyncio.to_thread(m.engine.close)
-                m.engine = None
+        await self.manager.close()
 
     # -- queries -----------------------------------------------------------------------------------
 
-    def find(self, model_id: str) -> ServedModel | None:
-        return self.models.get(model_id.lower())
+    def find(self, model_id: str) -> ManagedModel | None:
+        return self.manager.get(model_id)
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(m.state == "ready" for m in self.models.values())
+        """Ready when every model it was started with is loaded."""
+        return bool(self.pinned) and all((m := self.manager.get(p)) is not None and m.state == READY
+                                         for p in self.pinned)
 
     def subscribe(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
@@ -130,18 +122,17 @@ class Node:
         models = []
         catalog = {}
         in_flight = queued = 0
-        for m in self.models.values():
+        for m in self.manager.models.values():
+            st = m.public()
             if m.engine is not None:
-                st = m.engine.status()
-                in_flight += st["in_flight"]
-                queued += st["queued"]
+                est = m.engine.status()
+                in_flight += est["in_flight"]
+                queued += est["queued"]
                 catalog[m.id] = m.engine.stats.summary()
+                st.update(est)
+                st["state"] = m.state
             else:
-                st = {"id": m.id, "file": str(m.spec.path) if m.spec.path else None, "state": m.state,
-                      "context_length": None, "slots": None}
-            st["state"] = m.state
-            if m.error:
-                st["error"] = m.error
+                st.update({"context_length": None, "slots": None})
             models.append(st)
         return {
             "node": {"id": self.id, "version": __version__, "uptime_seconds": round(time.time() - self.started_at, 3),

@@ -15,8 +15,9 @@ routes = web.RouteTableDef()
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    models = {m.id: m.state for m in node.models.values()}
-    errors = {m.id: m.error for m in node.models.values() if m.state == "error"}
+    served = [m for p in node.pinned if (m := node.find(p)) is not None]
+    models = {m.id: m.state for m in served}
+    errors = {m.id: m.error for m in served if m.state == "error"}
     if node.ready:
         return web.json_response({"status": "ok", "models": models})
     body = {"status": "error" if errors else "loading", "models": models}

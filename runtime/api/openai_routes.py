@@ -18,6 +18,7 @@ from aiohttp import web
 from .. import __version__
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.scheduler import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from ..models.manager import ModelError
 from ..node import Node
 from .errors import APIError, invalid, model_not_found, overloaded
 from .validation import (
@@ -47,7 +48,7 @@ def _model_object(node: Node, m) -> dict:
     return {
         "id": m.id,
         "object": "model",
-        "created": int(m.loaded_at or node.started_at),
+        "created": int(m.loaded_at or (m.path.stat().st_mtime if m.path and m.path.exists() else node.started_at)),
         "owned_by": "closedmesh",
         "closedmesh": {
             "served_by": "local",
@@ -62,11 +63,14 @@ def _model_object(node: Node, m) -> dict:
     }
 
 
+def _available(node: Node) -> list[str]:
+    return [m.id for m in node.manager.routable()]
+
+
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     node = _node(request)
-    data = [_model_object(node, m) for m in node.models.values() if m.state != "error"]
-    return web.json_response({"object": "list", "data": data})
+    return web.json_response({"object": "list", "data": [_model_object(node, m) for m in node.manager.routable()]})
 
 
 @routes.get("/v1/models/{model_id:.+}")
@@ -74,8 +78,8 @@ async def get_model(request: web.Request) -> web.Response:
     node = _node(request)
     mid = request.match_info["model_id"]
     m = node.find(mid)
-    if m is None or m.state == "error":
-        raise model_not_found(mid, [x.id for x in node.models.values() if x.state != "error"])
+    if m is None or m not in node.manager.routable():
+        raise model_not_found(mid, _available(node))
     return web.json_response(_model_object(node, m))
 
 
@@ -86,17 +90,25 @@ async def _read_body(request: web.Request) -> dict:
     return parse_json_body(await request.read())
 
 
-def _engine_for(node: Node, model: str) -> ModelEngine:
+async def _engine_for(node: Node, model: str) -> ModelEngine:
+    """The engine serving ``model``, loading it on first use."""
     m = node.find(model)
-    available = [x.id for x in node.models.values() if x.state != "error"]
-    if m is None:
-        raise model_not_found(model, available)
-    if m.state == "error":
-        raise APIError(503, f"The model '{model}' failed to load: {m.error}", "server_error", "model",
-                       "model_load_failed")
-    if m.engine is None:
-        raise overloaded(f"The model '{model}' is still loading; retry in a few seconds.", retry_after=2)
-    return m.engine
+    if m is None or m not in node.manager.routable() and m.state != "downloading":
+        if m is not None and m.state == "error":
+            raise APIError(503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model",
+                           "model_load_failed")
+        raise model_not_found(model, _available(node))
+    if node.cap is None:
+        raise overloaded("The node is still starting; retry in a few seconds.", retry_after=2)
+    try:
+        return await node.manager.ensure_loaded(model)
+    except ModelError as e:
+        if e.status == 404:
+            raise APIError(404, str(e)[0].upper() + str(e)[1:] + ".", "invalid_request_error", "model",
+                           "model_not_found") from None
+        if e.status == 503:
+            raise APIError(503, str(e), "server_error", "model", e.code, retry_after=5) from None
+        raise APIError(e.status, str(e), "invalid_request_error", "model", e.code) from None
 
 
 def _fingerprint(engine: ModelEngine, backend: str) -> str:
@@ -262,7 +274,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
     gp = parse_generation(body, None, None)
     messages = parse_messages(body)
-    engine = _engine_for(node, gp.model)
+    engine = await _engine_for(node, gp.model)
     gp = parse_generation(body, engine.model.n_vocab, None)
     try:
         prompt = await asyncio.to_thread(engine.chat_prompt, messages)
@@ -319,7 +331,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
     prompts_in = parse_prompts(body)
-    engine = _engine_for(node, gp.model)
+    engine = await _engine_for(node, gp.model)
     gp = parse_generation(body, engine.model.n_vocab, 16)
     echo = body.get("echo", False)
     if not isinstance(echo, bool):
@@ -390,7 +402,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise invalid("'model' is required: name the model to use (GET /v1/models lists them).", "model",
                       "missing_required_parameter")
     items = parse_embedding_inputs(body)
-    engine = _engine_for(node, model.strip())
+    engine = await _engine_for(node, model.strip())
     fmt = body.get("encoding_format") or "float"
     data = []
     total = 0
