@@ -116,12 +116,20 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, prompt: str, max
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "logit_bias": EOS_BAN, "ignore_eos": True}
     t0 = time.perf_counter()
+    try:
+        async with session.post(url + "/v1/chat/completions", json=body) as r:
+            if r.status != 200:
+                return StreamResult(0, 0, 0, 0, t0, f"HTTP {r.status}: {(await r.text())[:200]}")
+            return await _read_stream(r, t0)
+    except aiohttp.ClientPayloadError:
+        return StreamResult(0, 0, 0, 0, t0, "broken stream (the server cut the response body)")
+
+
+async def _read_stream(r, t0: float) -> StreamResult:
     first = last = None
     n = 0
-    async with session.post(url + "/v1/chat/completions", json=body) as r:
-        if r.status != 200:
-            return StreamResult(0, 0, 0, 0, t0, f"HTTP {r.status}: {(await r.text())[:200]}")
-        buf = b""
+    buf = b""
+    try:
         async for data in r.content.iter_any():
             buf += data
             while b"\n\n" in buf:
@@ -139,6 +147,9 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, prompt: str, max
                             first = now
                         last = now
                         n += 1
+    except aiohttp.ClientPayloadError:
+        return StreamResult((first or t0) - t0, first or 0, last or 0, n, t0,
+                            "broken stream (the server cut the response body)")
     if first is None:
         return StreamResult(0, 0, 0, 0, t0, "no tokens")
     return StreamResult(first - t0, first, last, n, t0)
