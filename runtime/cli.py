@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
         threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
-        keepalive_seconds=args.keepalive, model_ttl=args.model_ttl,
+        keepalive_seconds=args.keepalive, model_ttl=args.model_ttl, kv_type=args.kv_type,
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
         allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
     )
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx-per-slot", type=int, help="context length of each slot (default: min(trained, 4096))")
     s.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     s.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (default: as many as fit)")
+    s.add_argument("--kv-type", choices=["f16", "q8_0"], default="f16",
+                   help="KV cache element type (default f16; q8_0 halves the cache but, needing flash "
+                        "attention, reads prompts ~3x slower on CPU)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503 (default 64)")
     s.add_argument("--model-ttl", type=float, default=900.0,
                    help="seconds an idle on-demand model stays loaded (default 900; models given with --model stay)")

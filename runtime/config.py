@@ -84,6 +84,7 @@ class ServeSettings:
     threads: int | None = None  # None: physical cores
     gpu_layers: int | None = None  # None: as many as fit
     max_queue: int = 64  # requests waiting for a slot before 503
+    kv_type: str = "f16"  # KV cache element type: "f16" or "q8_0"
     model_ttl: float = 900.0  # seconds an on-demand model stays loaded while idle
     memory_budget_bytes: int | None = None  # loaded models' weights + KV; None: 80% of RAM at start
     # HTTP

@@ -190,16 +190,18 @@ def plan_slots(
     requested_slots: int | None = None,
     requested_ctx: int | None = None,
     max_slots: int = 8,
-    cpu_kv_budget_bytes: int = 384 * 1024 * 1024,
+    cpu_kv_budget_bytes: int = 192 * 1024 * 1024,
 ) -> SlotPlan:
     """Parallel slots and context per slot.
 
-    Context: the user's choice, else the model's trained context capped at 4096 (plenty for the
-    summarization/extraction work the mesh targets, without paying for 32k+ KV caches). Slots: the
-    user's choice, else as many as a KV budget allows (384 MiB on CPU, where more parallel sequences
-    add little speed; a quarter of free VRAM on a GPU, where batching pays), between 1 and 8.
+    Context: the user's choice, else the model's trained context capped at 4096 on GPUs and 2048 on
+    CPUs (where reading a 4096-token prompt already takes tens of seconds on small machines). Slots:
+    the user's choice, else as many as a KV budget allows (192 MiB on CPU, where more parallel
+    sequences add little speed and the node should stay light; a quarter of free VRAM on a GPU, where
+    batching pays), between 1 and 8.
     """
-    ctx = requested_ctx if requested_ctx else min(n_ctx_train or 4096, 4096)
+    cap_ctx = 2048 if backend == "cpu" else 4096
+    ctx = requested_ctx if requested_ctx else min(n_ctx_train or cap_ctx, cap_ctx)
     ctx = max(256, ctx)
     per_slot = kv_bytes_per_token * ctx
     if requested_slots:

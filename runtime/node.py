@@ -56,7 +56,8 @@ class Node:
         assert self.cap is not None and self.runtime_cap is not None, "capability is detected before any load"
         s = self.settings
         return self.cap, EngineConfig(threads=self.runtime_cap.threads, slots=s.slots, ctx_per_slot=s.ctx_per_slot,
-                                      gpu_layers=s.gpu_layers, max_queue=s.max_queue)
+                                      gpu_layers=s.gpu_layers, max_queue=s.max_queue,
+                                      kv_type=s.kv_type)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ class EngineConfig:
     ctx_per_slot: int | None = None
     gpu_layers: int | None = None
     max_queue: int = 64
+    kv_type: str = "f16"
 
 
 class EmbeddingsUnsupported(Exception):
@@ -50,7 +51,7 @@ class ModelEngine:
         probe_layers = 0
         self.model = LlamaModel(path, gpu_layers=probe_layers)
         info = self.model.info
-        slot_plan = plan_slots(cap.backend, info.n_ctx_train, info.kv_bytes_per_token(), cap.vram_free_bytes,
+        slot_plan = plan_slots(cap.backend, info.n_ctx_train, info.kv_bytes_per_token(cfg.kv_type), cap.vram_free_bytes,
                                cfg.slots, cfg.ctx_per_slot)
         offload = plan_offload(cap.backend, info.n_layer, info.size_bytes, slot_plan.kv_bytes,
                                cap.vram_free_bytes, requested=cfg.gpu_layers)
@@ -59,7 +60,8 @@ class ModelEngine:
             self.model = LlamaModel(path, gpu_layers=offload.gpu_layers)
         self.offload = offload
         self.slot_plan = slot_plan
-        self.ctx = LlamaContext(self.model, slot_plan.slots, slot_plan.ctx_per_slot, N_BATCH, cfg.threads)
+        self.ctx = LlamaContext(self.model, slot_plan.slots, slot_plan.ctx_per_slot, N_BATCH, cfg.threads,
+                               kv_type=cfg.kv_type)
         self.template = ChatTemplate.for_model(info.chat_template, info.bos_text, info.eos_text)
         self.scheduler = Scheduler(self.model, self.ctx, cfg.max_queue, on_finished=self._record)
         log.info(
@@ -150,6 +152,7 @@ class ModelEngine:
             "engine_decode_seconds": c["decode_seconds"],
             "engine_step_seconds": c["step_seconds"],
             "kv_cache_bytes": self.slot_plan.kv_bytes,
+            "kv_cache_type": self.cfg.kv_type,
             "gpu_layers": self.offload.gpu_layers,
             "layers": self.offload.total_layers,
             "parameters": info.n_params,

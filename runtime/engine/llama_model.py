@@ -34,6 +34,11 @@ def _ensure_backend() -> None:
             _backend_ready = True
 
 
+# KV cache element types: name -> (ggml type id, bytes per element). q8_0 halves the cache and decodes
+# as fast, but needs flash attention, whose CPU kernel reads prompts ~3x slower (docs/benchmarks.md).
+KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
+
+
 class ModelLoadError(RuntimeError):
     pass
 
@@ -56,10 +61,10 @@ class ModelInfo:
     add_bos: bool
     architecture: str
 
-    def kv_bytes_per_token(self) -> int:
-        """f16 K and V for every layer: the KV cache cost of one token of context."""
+    def kv_bytes_per_token(self, kv_type: str = "f16") -> int:
+        """K and V for every layer: the KV cache cost of one token of context."""
         head_dim = self.n_embd // max(1, self.n_head)
-        return 2 * self.n_layer * self.n_head_kv * head_dim * 2
+        return int(2 * self.n_layer * self.n_head_kv * head_dim * KV_TYPES[kv_type][1])
 
 
 def _meta_str(model: llama_cpp.llama_model_p, key: str) -> str | None:
@@ -158,6 +163,7 @@ class LlamaContext:
         n_batch: int,
         threads: int,
         embeddings: bool = False,
+        kv_type: str = "f16",
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_seq * n_ctx_seq
@@ -170,9 +176,16 @@ class LlamaContext:
         # Every sequence gets its own n_ctx_seq cells: one long request can never starve the others
         # of KV cache space mid-generation.
         params.kv_unified = False
+        if kv_type != "f16":
+            params.type_k = params.type_v = KV_TYPES[kv_type][0]
+            params.flash_attn_type = 1  # a quantized V cache needs flash attention
         if embeddings:
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        else:
+            # Generation needs at most one row of logits per sequence per step: without this cap
+            # llama.cpp reserves logits for a whole batch (n_batch × n_vocab floats, ~100 MB here).
+            params.n_outputs_max = n_seq
         ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not ctx:
             raise ModelLoadError(

@@ -155,16 +155,22 @@ def test_tiny_user_ctx_is_raised_to_256():
 
 @pytest.mark.parametrize("n_ctx_train, expected", [(32768, 4096), (8192, 4096), (4096, 4096), (2048, 2048),
                                                    (1000, 1000), (100, 256), (0, 4096)])
-def test_default_ctx_is_training_context_capped_at_4096(n_ctx_train, expected):
+def test_default_ctx_on_gpu_is_training_context_capped_at_4096(n_ctx_train, expected):
+    assert plan_slots("cuda", n_ctx_train, 100, 0).ctx_per_slot == expected
+
+
+@pytest.mark.parametrize("n_ctx_train, expected", [(32768, 2048), (4096, 2048), (2048, 2048), (1000, 1000),
+                                                   (0, 2048)])
+def test_default_ctx_on_cpu_is_capped_at_2048(n_ctx_train, expected):
     assert plan_slots("cpu", n_ctx_train, 100, 0).ctx_per_slot == expected
 
 
 def test_slots_from_cpu_kv_budget():
-    # 384 MiB budget; 4096 tokens * 24 KiB = 96 MiB a slot -> 4 slots.
+    # 192 MiB budget; 2048 tokens * 24 KiB = 48 MiB a slot -> 4 slots.
     p = plan_slots("cpu", 8192, 24 * 1024, vram_free_bytes=100 * GiB)
-    assert (p.slots, p.ctx_per_slot) == (4, 4096)
-    assert p.kv_bytes == 4 * 4096 * 24 * 1024
-    assert "384 MiB" in p.reason and "cpu" in p.reason
+    assert (p.slots, p.ctx_per_slot) == (4, 2048)
+    assert p.kv_bytes == 4 * 2048 * 24 * 1024
+    assert "192 MiB" in p.reason and "cpu" in p.reason
 
 
 def test_slots_from_gpu_kv_budget_quarter_of_free_vram():
@@ -175,15 +181,15 @@ def test_slots_from_gpu_kv_budget_quarter_of_free_vram():
 
 
 def test_gpu_budget_never_below_cpu_budget():
-    # Little free VRAM: the 384 MiB CPU budget still applies -> 384 / 96 = 4 slots.
-    p = plan_slots("cuda", 4096, 24 * 1024, vram_free_bytes=100 * MiB)
+    # Little free VRAM: the 192 MiB CPU budget still applies -> 192 / 48 = 4 slots.
+    p = plan_slots("cuda", 4096, 12 * 1024, vram_free_bytes=100 * MiB)
     assert p.slots == 4
 
 
 def test_at_least_one_slot_when_one_slot_exceeds_budget():
-    p = plan_slots("cpu", 4096, 1024 * 1024, vram_free_bytes=0)  # 4 GiB a slot
+    p = plan_slots("cpu", 4096, 1024 * 1024, vram_free_bytes=0)  # 2 GiB a slot
     assert p.slots == 1
-    assert p.kv_bytes == 4096 * 1024 * 1024
+    assert p.kv_bytes == 2048 * 1024 * 1024
 
 
 def test_at_most_max_slots():
@@ -204,7 +210,7 @@ def test_slot_plan_properties(backend, n_ctx_train, kv_per_token, vram):
     assert 1 <= p.slots <= 8
     assert 256 <= p.ctx_per_slot <= 4096
     assert p.kv_bytes == p.slots * p.ctx_per_slot * kv_per_token
-    budget = 384 * MiB if backend == "cpu" else max(384 * MiB, vram // 4)
+    budget = 192 * MiB if backend == "cpu" else max(192 * MiB, vram // 4)
     per_slot = kv_per_token * p.ctx_per_slot
     if per_slot:
         assert p.slots == max(1, min(8, budget // per_slot))
