@@ -234,11 +234,9 @@ class Scheduler:
                 s.kv.append(s.last_token)
                 s.last_token = None
                 samplers.append((s, len(entries) - 1))
-        budget = self.ctx.n_batch - len(entries)
-        if not entries:
-            budget = self.ctx.n_batch
-        else:
-            budget = min(budget, self.prompt_chunk)
+        # Prompt tokens per step are capped so one step stays short: running streams keep flowing and
+        # a cancelled request is dropped within one step.
+        budget = min(self.ctx.n_batch - len(entries), self.prompt_chunk)
         for s in self.slots:
             if budget <= 0:
                 break
