@@ -12,7 +12,7 @@ import urllib.request
 
 from . import __version__
 from .config import DEFAULT_HOST, DEFAULT_PORT, Paths, ServeSettings
-from .models.embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, is_verified
+from .models.embedded import DEFAULT_MODEL_ID
 from .models.store import ModelSpecError
 
 
@@ -77,24 +77,193 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_list(args: argparse.Namespace) -> int:
+# -- models ------------------------------------------------------------------------------------------
+
+
+def _node_base(args: argparse.Namespace) -> str | None:
+    """The running node's base URL when one answers at --host/--port, else None."""
+    base = f"http://{args.host}:{args.port}"
+    try:
+        urllib.request.urlopen(base + "/health", timeout=2).close()
+        return base
+    except urllib.error.HTTPError:
+        return base  # 503 while loading: it is there
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _admin_call(base: str, method: str, path: str, body: dict | None = None, timeout: float = 600) -> dict:
+    from .config import admin_token
+
+    token = admin_token(Paths.resolve())
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read())["error"]["message"]
+        except Exception:
+            msg = f"HTTP {e.code}"
+        raise SystemExit(f"closedmesh: {msg}") from None
+
+
+def _bar(p: dict) -> str:
+    done, total = p.get("done_bytes") or 0, p.get("total_bytes")
+    rate, eta = p.get("rate_bps") or 0, p.get("eta_seconds")
+    if total:
+        frac = done / total
+        bar = "#" * int(frac * 30)
+        head = f"[{bar:<30}] {frac * 100:5.1f}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+    else:
+        head = f"{done / 1e6:,.0f} MB"
+    return f"\r{head}  {rate / 1e6:5.1f} MB/s  ETA {'-' if eta is None else f'{eta:,.0f}s'}   "
+
+
+def _follow_pull(base: str, model_id: str) -> int:
+    """Print a progress bar from the node's /api/events until the pull of ``model_id`` ends."""
+    with urllib.request.urlopen(base + "/api/events", timeout=3600) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            ev = json.loads(line[6:])
+            if ev.get("model", "").lower() != model_id.lower():
+                continue
+            if ev.get("type") == "download_progress":
+                print(_bar(ev), end="", file=sys.stderr, flush=True)
+            elif ev.get("type") == "model_state" and ev.get("state") in ("on_disk", "error", "available", "ready"):
+                print(file=sys.stderr)
+                if ev["state"] in ("on_disk", "ready"):
+                    print(f"{model_id}: ready to use")
+                    return 0
+                print(f"closedmesh: the pull of {model_id} failed: {ev.get('error')}", file=sys.stderr)
+                return 1
+    return 1
+
+
+def _local_manager():
+    from .models.manager import ModelManager
+
+    def no_engine():
+        raise RuntimeError("loading needs a running node")
+
     paths = Paths.resolve()
-    rows = []
-    if paths.models.is_dir():
-        for f in sorted(paths.models.glob("*.gguf")):
-            rows.append((DEFAULT_MODEL_ID if f.name == DEFAULT_FILENAME else f.stem, f.stat().st_size, str(f)))
-    if not any(r[0] == DEFAULT_MODEL_ID for r in rows):
-        rows.insert(0, (DEFAULT_MODEL_ID, None, "embedded default: fetched on first `closedmesh serve`"))
-    if args.json:
-        print(json.dumps([{"id": i, "size_bytes": s, "location": loc} for i, s, loc in rows], indent=2))
+    paths.ensure()
+    return ModelManager(paths.models, no_engine, partial_dir=paths.cache / "partial")
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    base = _node_base(args)
+    if base:
+        m = _admin_call(base, "POST", "/api/models/pull", {"model": args.ref})
+        if m["state"] != "downloading":
+            print(f"{m['id']}: already on this machine")
+            return 0
+        try:
+            return _follow_pull(base, m["id"])
+        except KeyboardInterrupt:
+            _admin_call(base, "POST", f"/api/models/{m['id']}/cancel")
+            print("\ncancelled", file=sys.stderr)
+            return 130
+
+    from .models.manager import ModelError
+
+    async def run() -> int:
+        mgr = _local_manager()
+        mgr.subscribe(lambda ev: ev["type"] == "download_progress" and print(_bar(ev), end="", file=sys.stderr,
+                                                                               flush=True))
+        try:
+            m = mgr.start_pull(args.ref)
+            m = await mgr.wait_pull(m.id)
+        except ModelError as e:
+            print(f"\nclosedmesh: {e}", file=sys.stderr)
+            return 1
+        finally:
+            await mgr.close()
+        print(f"\n{m.id}: ready to use ({m.path})")
         return 0
-    print(f"models folder: {paths.models}")
-    for i, s, loc in rows:
-        size = f"{s / 1e6:.0f} MB" if s else "-"
-        print(f"  {i:<32} {size:>8}  {loc}")
-    default = paths.models / DEFAULT_FILENAME
-    if default.exists() and not is_verified(default):
-        print("  note: the default model file has not been verified yet; `closedmesh serve` checks it.")
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        print("\nstopped; the next pull resumes where this one stopped", file=sys.stderr)
+        return 130
+
+
+def _models_rm(args: argparse.Namespace) -> int:
+    base = _node_base(args)
+    if base:
+        _admin_call(base, "DELETE", f"/api/models/{args.id}")
+    else:
+        from .models.manager import ModelError
+
+        async def run() -> None:
+            await _local_manager().delete(args.id)
+
+        try:
+            asyncio.run(run())
+        except ModelError as e:
+            print(f"closedmesh: {e}", file=sys.stderr)
+            return 1
+    print(f"{args.id}: deleted")
+    return 0
+
+
+def _models_load_unload(args: argparse.Namespace) -> int:
+    base = _node_base(args)
+    if not base:
+        print(f"closedmesh: no node answers at http://{args.host}:{args.port}; start one with: closedmesh serve",
+              file=sys.stderr)
+        return 1
+    m = _admin_call(base, "POST", f"/api/models/{args.id}/{args.models_command}")
+    print(f"{m['id']}: {m['state']}")
+    return 0
+
+
+def _fmt_size(n: int | None, estimate: bool = False) -> str:
+    return "-" if not n else f"{'~' if estimate else ''}{n / 1e9:.1f} GB"
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    base = _node_base(args)
+    if base:
+        data = _admin_call(base, "GET", "/api/models")
+    else:
+        from .hardware import detect
+
+        st = _local_manager()
+        data = st.listing(detect(), 4096, 1)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'MODEL':<36} {'SIZE':>8}  {'STATE':<11} FIT")
+    for row in data["catalog"]:
+        fit = (row.get("fit") or {}).get("label", "")
+        star = "  ← recommended" if row.get("recommended") else ""
+        print(f"{row['id']:<36} {_fmt_size(row['size_bytes'], row['size_is_estimate']):>8}  {row['state']:<11} "
+              f"{fit}{star}")
+    for m in data["local"]:
+        print(f"{m['id']:<36} {_fmt_size(m.get('size_bytes')):>8}  {m['state']:<11} {m.get('file') or ''}")
+    return 0
+
+
+def _models_search(args: argparse.Namespace) -> int:
+    from .hardware import detect
+    from .models.catalog import load_catalog, search
+    from .models.fit import assess_fit
+
+    hits = search(args.query, load_catalog())
+    if not hits:
+        print(f"no catalog model matches '{args.query}'; a Hugging Face 'owner/repo/file.gguf' or a URL also works "
+              f"with `closedmesh models pull`", file=sys.stderr)
+        return 1
+    cap = detect()
+    for e in hits:
+        print(f"{e.id:<36} {_fmt_size(e.estimated_size_bytes(), e.size_is_estimate):>8}  {e.repo}  "
+              f"{assess_fit(e, cap).label}")
     return 0
 
 
@@ -135,11 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
-    m = sub.add_parser("models", help="manage local models")
+    m = sub.add_parser("models", help="find, download, load and remove models")
     msub = m.add_subparsers(dest="models_command", required=True)
-    ml = msub.add_parser("list", help="list models on this machine")
+
+    def node_opts(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--host", default=DEFAULT_HOST, help="the node to talk to, when one is running")
+        sp.add_argument("--port", type=int, default=DEFAULT_PORT)
+        return sp
+
+    ml = node_opts(msub.add_parser("list", help="catalog and local models, with how each fits this machine"))
     ml.add_argument("--json", action="store_true")
     ml.set_defaults(func=_models_list)
+    ms = msub.add_parser("search", help="search the catalog")
+    ms.add_argument("query")
+    ms.set_defaults(func=_models_search)
+    mp = node_opts(msub.add_parser("pull", help="download a model (catalog id, owner/repo/file.gguf or URL)"))
+    mp.add_argument("ref")
+    mp.set_defaults(func=_models_pull)
+    mr = node_opts(msub.add_parser("rm", help="delete a downloaded model"))
+    mr.add_argument("id")
+    mr.set_defaults(func=_models_rm)
+    for verb in ("load", "unload"):
+        sp = node_opts(msub.add_parser(verb, help=f"{verb} a model on the running node"))
+        sp.add_argument("id")
+        sp.set_defaults(func=_models_load_unload)
     return p
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from . import __version__
-from .config import Paths, ServeSettings, node_id
+from .config import Paths, ServeSettings, admin_token, node_id
 from .engine.engine import EngineConfig
 from .hardware import Capability, RuntimeCapability, default_threads, detect
 from .models.embedded import DEFAULT_MODEL_ID
@@ -33,6 +33,7 @@ class Node:
     runtime_cap: RuntimeCapability | None = None
     id: str = ""
     manager: ModelManager = field(init=False)
+    admin_token: str = field(init=False, repr=False)
     _load_task: asyncio.Task | None = None
     _listeners: set = field(default_factory=set)
     _capability_ready: asyncio.Event | None = None
@@ -40,11 +41,12 @@ class Node:
     def __post_init__(self) -> None:
         self.paths.ensure()
         self.id = node_id(self.paths)
+        self.admin_token = admin_token(self.paths)
         budget = self.settings.memory_budget_bytes
         if budget is None:
             budget = int(psutil.virtual_memory().total * 0.8)
         self.manager = ModelManager(self.paths.models, self._engine_config, ttl_seconds=self.settings.model_ttl,
-                                    memory_budget_bytes=budget)
+                                    memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial")
         self.manager.subscribe(self._broadcast)
         self.pinned: list[str] = []
         for s in self.settings.models or [DEFAULT_MODEL_ID]:

@@ -93,9 +93,10 @@ def _health(url: str) -> int | None:
         return None
 
 
-def start_node(home: Path, *args: str, wait_ready: bool = True, timeout: float = 120) -> NodeProcess:
+def start_node(home: Path, *args: str, wait_ready: bool = True, timeout: float = 120,
+               env: dict | None = None) -> NodeProcess:
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CLOSEDMESH_HOME=str(home), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, CLOSEDMESH_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     log_path = home / "serve.log"
     logf = open(log_path, "w")
     proc = subprocess.Popen([str(CLOSEDMESH), "serve", "--port", "0", *args], stdout=logf, stderr=subprocess.STDOUT,

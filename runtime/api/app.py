@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from ..node import Node
-from . import node_routes, openai_routes
+from . import control_routes, node_routes, openai_routes
 from .errors import APIError
 from .openai_routes import NODE_KEY
 from .security import host_allowed, origin_allowed
@@ -91,4 +91,5 @@ def build_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     app.add_routes(openai_routes.routes)
     app.add_routes(node_routes.routes)
+    app.add_routes(control_routes.routes)
     return app

@@ -45,12 +45,7 @@ def get_token() -> str | None:
         stored = secrets.get_secret(TOKEN_SECRET_NAME)
     except secrets.SecretStoreUnavailable:
         stored = None
-    if stored:
-        return stored
-    env = os.environ.get("HF_TOKEN", "").strip()
-    if env:
-        return env
-    return huggingface_hub.get_token()
+    return stored or huggingface_hub.get_token()
 
 
 def set_token(token: str) -> None:

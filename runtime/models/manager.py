@@ -13,13 +13,17 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..engine.engine import EngineConfig, ModelEngine
 from ..hardware import Capability
+from . import hf
+from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
+from .download import DownloadError, Downloader, DownloadJob, DownloadProgress
 from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model
+from .fit import assess_fit, recommend
 from .store import model_id_for_file
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,14 @@ LOADING = "loading"
 READY = "ready"
 UNLOADING = "unloading"
 ERROR = "error"
+
+
+def _verified_sha256(path: Path) -> str | None:
+    """The sha256 the downloader verified (its '<file>.sha256' marker), if any."""
+    try:
+        return path.with_name(path.name + ".sha256").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 class ModelError(Exception):
@@ -75,8 +87,13 @@ class ManagedModel:
 
 class ModelManager:
     def __init__(self, models_dir: Path, cfg_provider: Callable[[], tuple[Capability, EngineConfig]],
-                 ttl_seconds: float = 900.0, memory_budget_bytes: int | None = None) -> None:
+                 ttl_seconds: float = 900.0, memory_budget_bytes: int | None = None,
+                 partial_dir: Path | None = None) -> None:
         self.models_dir = models_dir
+        self.partial_dir = partial_dir or models_dir / ".partial"
+        self.catalog: list[CatalogEntry] = load_catalog()
+        self._downloader: Downloader | None = None
+        self._pulls: dict[str, asyncio.Task] = {}
         self._cfg_provider = cfg_provider
         self.ttl_seconds = ttl_seconds
         self.memory_budget_bytes = memory_budget_bytes
@@ -102,7 +119,10 @@ class ModelManager:
         os.replace(tmp, self.models_dir / REGISTRY)
 
     def register_file(self, model_id: str, path: Path, source: str | None, sha256: str | None) -> ManagedModel:
-        self._registry[model_id] = {"file": path.name, "source": source, "sha256": sha256}
+        # Files in the models folder are kept by name; files reused from elsewhere (the Hugging Face
+        # cache) by absolute path.
+        inside = path.parent.resolve() == self.models_dir.resolve()
+        self._registry[model_id] = {"file": path.name if inside else str(path), "source": source, "sha256": sha256}
         self._write_registry()
         m = self.models.get(model_id.lower())
         if m is None:
@@ -117,6 +137,10 @@ class ModelManager:
         if not self.models_dir.is_dir():
             return
         by_file = {v["file"]: (k, v) for k, v in self._registry.items()}
+        for mid, meta in self._registry.items():
+            f = Path(meta["file"])
+            if f.is_absolute() and f.is_file() and mid.lower() not in self.models:
+                self.models[mid.lower()] = ManagedModel(mid, f, meta.get("source"), meta.get("sha256"))
         for f in sorted(self.models_dir.glob("*.gguf")):
             if f.name in by_file:
                 mid, meta = by_file[f.name]
@@ -287,6 +311,122 @@ class ModelManager:
         del self.models[m.id.lower()]
         self._publish({"type": "model_state", "model": m.id, "state": "deleted", "error": None})
 
+    # -- pulls -------------------------------------------------------------------------------------------
+
+    def _downloader_for_loop(self) -> Downloader:
+        if self._downloader is None:
+            self._downloader = Downloader(self.models_dir, self.partial_dir, on_progress=self._on_progress)
+        return self._downloader
+
+    def _on_progress(self, p: DownloadProgress) -> None:
+        m = self.get(p.id)
+        snap = {"state": p.state, "total_bytes": p.total_bytes, "done_bytes": p.done_bytes,
+                "rate_bps": round(p.rate_bps, 1), "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+                "error": p.error}
+        if m is not None:
+            m.download = snap
+        self._publish({"type": "download_progress", "model": p.id, **snap})
+
+    def resolve(self, ref: str) -> ModelRef:
+        try:
+            return resolve_reference(ref, self.catalog)
+        except UnknownModelError as e:
+            raise ModelError(str(e), 404, "model_not_found") from None
+
+    def start_pull(self, ref: str) -> ManagedModel:
+        """Begin fetching a model (catalog id, repo/file or URL); returns at once. Pulling a model that
+        is already on disk or already downloading does nothing more."""
+        mref = self.resolve(ref)
+        if mref.entry is not None and mref.entry.embedded:
+            mref = replace(mref, id=DEFAULT_MODEL_ID)  # one id for the default model, however it was named
+        m = self.get(mref.id)
+        if m is not None and (m.id.lower() in self._pulls or (m.path is not None and m.path.exists())):
+            return m
+        if m is None:
+            m = ManagedModel(mref.id, None, ref, mref.sha256, state=AVAILABLE)
+            self.models[mref.id.lower()] = m
+        m.source, m.download, m.error = ref, None, None
+        self._set(m, DOWNLOADING)
+        task = asyncio.get_running_loop().create_task(self._pull(m, mref))
+        self._pulls[m.id.lower()] = task
+        task.add_done_callback(lambda t, k=m.id.lower(): self._pulls.pop(k, None))
+        return m
+
+    async def wait_pull(self, model_id: str) -> ManagedModel:
+        task = self._pulls.get(model_id.lower())
+        if task is not None:
+            await asyncio.shield(task)
+        m = self.get(model_id)
+        if m is None:
+            raise ModelError(f"unknown model '{model_id}'", 404, "model_not_found")
+        if m.state == ERROR:
+            raise ModelError(m.error or "the download failed", 502, "download_failed")
+        return m
+
+    async def _pull(self, m: ManagedModel, mref: ModelRef) -> None:
+        try:
+            if mref.entry is not None and mref.entry.embedded:
+                path = await asyncio.to_thread(ensure_default_model, self.models_dir)
+                m.embedded_default = True
+                self.register_file(m.id, path, mref.id, mref.entry.sha256)
+                return
+            if mref.kind in ("hf", "catalog") and mref.repo and mref.file:
+                cached = await asyncio.to_thread(hf.find_in_hf_cache, mref.repo, mref.file, mref.revision)
+                if cached is not None:
+                    log.info("reusing %s from the Hugging Face cache: %s", m.id, cached)
+                    self.register_file(m.id, cached, m.source, mref.sha256)
+                    return
+                job = hf.download_job(m.id, mref.repo, mref.file, revision=mref.revision,
+                                      expected_sha256=mref.sha256,
+                                      expected_size=mref.entry.size_bytes if mref.entry else None)
+            else:
+                assert mref.url is not None
+                job = DownloadJob(id=m.id, url=mref.url, filename=Path(mref.url.split("?")[0]).name,
+                                  expected_sha256=mref.sha256)
+            path = await self._downloader_for_loop().pull(job)
+            self.register_file(m.id, path, m.source, _verified_sha256(path) or mref.sha256)
+        except asyncio.CancelledError:
+            self._set(m, AVAILABLE if m.path is None else ON_DISK, "the download was stopped")
+            raise
+        except DownloadError as e:
+            self._set(m, ERROR, str(e))
+        except Exception as e:  # a bug must still surface as a state, not a silent hang
+            log.exception("pull of %s failed", m.id)
+            self._set(m, ERROR, f"the download failed: {e}")
+
+    def cancel_pull(self, model_id: str) -> bool:
+        m = self.get(model_id)
+        if m is None or m.id.lower() not in self._pulls:
+            return False
+        cancelled = self._downloader_for_loop().cancel(m.id)
+        if not cancelled:
+            self._pulls[m.id.lower()].cancel()
+        return True
+
+    # -- listings ---------------------------------------------------------------------------------------
+
+    def listing(self, cap: Capability | None, ctx: int, slots: int) -> dict[str, Any]:
+        """Catalog + local models, with state and fit for this machine."""
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        best = recommend(self.catalog, cap, ctx, slots) if cap else None
+        for e in self.catalog:
+            m = self.get(e.id) or (self.get(DEFAULT_MODEL_ID) if e.embedded else None)
+            row = {"id": e.id, "family": e.family, "repo": e.repo, "file": e.file, "quant": e.quant,
+                   "size_bytes": e.estimated_size_bytes(), "size_is_estimate": e.size_is_estimate,
+                   "parameters": e.parameters, "context_length": e.context_length, "license": e.license,
+                   "default_quant": e.default, "recommended": best is not None and best.id == e.id,
+                   "state": m.state if m else AVAILABLE, "local": m.public() if m else None}
+            if cap is not None:
+                f = assess_fit(e, cap, ctx, slots)
+                row["fit"] = {"kind": f.kind, "gpu_layers": f.gpu_layers, "total_layers": f.total_layers,
+                              "needed_bytes": f.needed_bytes, "available_bytes": f.available_bytes, "label": f.label}
+            rows.append(row)
+            if m:
+                seen.add(m.id.lower())
+        local = [m.public() for k, m in self.models.items() if k not in seen]
+        return {"catalog": rows, "local": local, "recommended": best.id if best else None}
+
     # -- idle unloading ------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -308,6 +448,8 @@ class ModelManager:
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        if self._downloader is not None:
+            await self._downloader.close()  # partial files are kept: the next run resumes them
         for m in self.models.values():
             if m._load and not m._load.done():
                 m._load.cancel()
