@@ -67,7 +67,7 @@ State = Literal["queued", "downloading", "verifying", "done", "error", "cancelle
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress events while bytes flow (state changes always emit)
 RATE_TIME_CONSTANT = 3.0  # seconds: how quickly the smoothed rate follows the measured one
-WRITE_CHUNK = 1 << 20  # bytes gathered before a disk write, unless PROGRESS_INTERVAL passes first
+HASH_BLOCK = 4 << 20  # bytes read at a time when hashing a file already on disk
 QUARANTINE = "quarantine"
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -244,7 +244,7 @@ def _mark_verified(path: Path, sha256: str) -> None:
 def _sha256_file(path: Path, stop: threading.Event) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(4 * WRITE_CHUNK):
+        while block := f.read(HASH_BLOCK):
             if stop.is_set():
                 raise _Stopped
             h.update(block)
@@ -317,7 +317,7 @@ class _Transfer:
             while left:
                 if self._stop.is_set():
                     raise _Stopped
-                block = f.read(min(4 * WRITE_CHUNK, left))
+                block = f.read(min(HASH_BLOCK, left))
                 if not block:
                     raise OSError(errno.EIO, f"{self.partial} is shorter than {n} bytes")
                 self.hasher.update(block)
@@ -815,23 +815,15 @@ class Downloader:
             await self._stream(t, resp)
 
     async def _stream(self, t: _Transfer, resp: aiohttp.ClientResponse) -> None:
-        buffer = bytearray()
-        last_write = time.monotonic()
+        # Each piece goes to disk as it arrives, so the partial file always holds every byte received:
+        # a stop, cut or crash loses nothing, and a resume asks for exactly the rest.
         try:
             async for data in resp.content.iter_any():
-                buffer += data
-                if t.size is not None and t.have + len(buffer) > t.size:
+                if t.size is not None and t.have + len(data) > t.size:
                     raise _StartOver(f"the server sent more than the {format_bytes(t.size)} announced")
-                if len(buffer) >= WRITE_CHUNK or time.monotonic() - last_write >= PROGRESS_INTERVAL:
-                    await t.write(bytes(buffer))
-                    buffer.clear()
-                    last_write = time.monotonic()
+                await t.write(data)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            if buffer:  # what arrived before the break is good: keep it
-                await t.write(bytes(buffer))
             raise _Retryable(f"the connection broke after {format_bytes(t.have)} ({_describe(e)})") from e
-        if buffer:
-            await t.write(bytes(buffer))
         if t.size is not None and t.have < t.size:
             raise _Retryable(f"the connection closed after {format_bytes(t.have)} of {format_bytes(t.size)}")
 

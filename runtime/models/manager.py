@@ -22,7 +22,7 @@ from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
 from .download import DownloadError, Downloader, DownloadJob, DownloadProgress
-from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model
+from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model, sha256_file
 from .fit import assess_fit, recommend
 from .store import model_id_for_file
 
@@ -38,6 +38,31 @@ LOADING = "loading"
 READY = "ready"
 UNLOADING = "unloading"
 ERROR = "error"
+
+
+def _check_integrity(path: Path, sha256: str | None, models_dir: Path) -> None:
+    """Before loading: a file whose size or mtime changed since it was verified is hashed again; a
+    mismatch moves it to quarantine and fails with a clear error. A corrupt file is never loaded."""
+    if not sha256:
+        return
+    marker = path.with_name(path.name + ".sha256")
+    st = path.stat()
+    try:
+        if marker.read_text().strip() == f"{sha256} {st.st_size} {st.st_mtime_ns}":
+            return
+    except OSError:
+        pass
+    actual = sha256_file(path)
+    if actual == sha256:
+        marker.write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
+        return
+    q = models_dir / "quarantine"
+    q.mkdir(parents=True, exist_ok=True)
+    dest = q / path.name
+    os.replace(path, dest)
+    marker.unlink(missing_ok=True)
+    raise ModelError(f"the file of this model is corrupt (sha256 {actual}, expected {sha256}); it was moved to "
+                     f"{dest} and not loaded. Pull the model again.", 503, "model_corrupt")
 
 
 def _verified_sha256(path: Path) -> str | None:
@@ -223,12 +248,15 @@ class ModelManager:
                 if m.path is None or (m.embedded_default and not m.path.exists()):
                     self._set(m, DOWNLOADING)
                     m.path = await asyncio.to_thread(ensure_default_model, self.models_dir)
+                if not m.embedded_default:  # the embedded default is verified by ensure_default_model
+                    await asyncio.to_thread(_check_integrity, m.path, m.sha256, self.models_dir)
                 cap, cfg = self._cfg_provider()
                 await self._make_room(m, cap)
                 self._set(m, LOADING)
                 engine = await asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg)
             except ModelError as e:
-                self._set(m, ERROR if m.pinned else ON_DISK, str(e))
+                gone = m.path is None or not m.path.exists()
+                self._set(m, ERROR if m.pinned or gone else ON_DISK, str(e))
                 raise
             except Exception as e:
                 log.error("could not load model %s: %s", m.id, e)

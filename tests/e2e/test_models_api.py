@@ -168,3 +168,25 @@ def test_cli_pull_through_the_node_and_offline(mnode, hub, tmp_path):
 
     local = {m["id"]: m for m in json.loads(p.stdout)["local"]}
     assert local["smol-test"]["state"] == "on_disk"
+
+
+def test_corrupted_file_on_disk_is_quarantined_not_loaded(mnode, hub):
+    h = admin(mnode)
+    r = httpx.post(mnode.base_url + "/api/models/pull", json={"model": f"{REPO_ID}/{FILE}"}, headers=h, timeout=30)
+    assert r.status_code == 202
+    wait_for(lambda: {m["id"]: m["state"] for m in httpx.get(mnode.base_url + "/api/status").json()["models"]}
+             .get("smol-test") == "on_disk", 120, interval=0.2, what="the pull to finish")
+    path = mnode.home / "data" / "models" / FILE
+    with open(path, "r+b") as f:  # bit rot after the download
+        f.seek(50_000_000)
+        b = f.read(1)
+        f.seek(50_000_000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    loads_before = mnode.log().count("runtime.engine.engine: loaded smol-test")
+    r = httpx.post(mnode.v1 + "/chat/completions", json={"model": "smol-test", "max_tokens": 2,
+                                                        "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "model_corrupt" and "quarantine" in err["message"]
+    assert not path.exists() and (mnode.home / "data" / "models" / "quarantine" / FILE).is_file()
+    assert mnode.log().count("runtime.engine.engine: loaded smol-test") == loads_before
