@@ -223,6 +223,25 @@ def _models_load_unload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_token(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .models import hf
+    from .secrets import SecretStoreUnavailable
+
+    try:
+        if args.action == "set":
+            token = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("Hugging Face token: ")
+            hf.set_token(token)
+            print("the Hugging Face token is stored in the OS keyring")
+        else:
+            print("deleted" if hf.delete_token() else "no token was stored")
+    except (SecretStoreUnavailable, ValueError) as e:
+        print(f"closedmesh: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _fmt_size(n: int | None, estimate: bool = False) -> str:
     return "-" if not n else f"{'~' if estimate else ''}{n / 1e9:.1f} GB"
 
@@ -324,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     mr = node_opts(msub.add_parser("rm", help="delete a downloaded model"))
     mr.add_argument("id")
     mr.set_defaults(func=_models_rm)
+    mt = msub.add_parser("token", help="store (read from stdin or a prompt) or delete the Hugging Face token "
+                                       "used for gated repos, in the OS keyring")
+    mt.add_argument("action", choices=["set", "delete"])
+    mt.set_defaults(func=_models_token)
     for verb in ("load", "unload"):
         sp = node_opts(msub.add_parser(verb, help=f"{verb} a model on the running node"))
         sp.add_argument("id")
