@@ -32,7 +32,8 @@ def _unavailable(action: str, error: Exception) -> SecretStoreUnavailable:
             f"could not {action}: the system keyring is locked ({error}). Unlock it (log in to the "
             f"desktop session, or open your keyring app) and try again."
         )
-    backend = type(keyring.get_keyring()).__module__ + "." + type(keyring.get_keyring()).__qualname__
+    backend_class = type(keyring.get_keyring())
+    backend = f"{backend_class.__module__}.{backend_class.__qualname__}"
     detail = str(error) or type(error).__name__
     return SecretStoreUnavailable(
         f"could not {action}: no system keyring is available (backend {backend}: {detail}). {_WHAT_TO_DO}"

@@ -360,7 +360,10 @@ class _Transfer:
         """Stop disk work and close the file, cutting off bytes past ``have`` left by a failed write."""
         self._stop.set()
         if self._last_work is not None and not self._last_work.done():
-            await asyncio.wait([asyncio.wrap_future(self._last_work)])
+            try:
+                await asyncio.wrap_future(self._last_work)
+            except Exception:  # its caller is gone; what failed no longer matters
+                pass
         if self.file is not None:
             if self.writing:
                 try:
@@ -588,9 +591,9 @@ class Downloader:
                 await asyncio.to_thread(t.remove_partial)
                 where = Path(e.filename) if e.filename else self.partial_dir
                 free = _free_bytes(where)
-                message = (f"the disk filled up while downloading {job.filename} "
-                           f"({format_bytes(t.have)} of {format_bytes(t.size) if t.size is not None else 'an unknown size'} written, "
-                           f"{format_bytes(free)} free on {where}). The partial download was removed "
+                of = format_bytes(t.size) if t.size is not None else "an unknown size"
+                message = (f"the disk filled up while downloading {job.filename} ({format_bytes(t.have)} of {of} "
+                           f"written, {format_bytes(free)} free on {where}). The partial download was removed "
                            f"so that it does not hold on to the space; free some space and pull again.")
                 error: DownloadError = DiskFullError(message)
             else:
@@ -678,7 +681,7 @@ class Downloader:
                 k: v for k, v in headers.items() if k.lower() != "authorization"}
             try:
                 resp = await t.session.request(method, url, headers=hop_headers, allow_redirects=False)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
                 raise _Retryable(f"could not reach {_host(url)} ({_describe(e)})") from e
             remote.absorb_linked(resp.headers)
             location = resp.headers.get("Location")
@@ -822,7 +825,7 @@ class Downloader:
                 if t.size is not None and t.have + len(data) > t.size:
                     raise _StartOver(f"the server sent more than the {format_bytes(t.size)} announced")
                 await t.write(data)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
             raise _Retryable(f"the connection broke after {format_bytes(t.have)} ({_describe(e)})") from e
         if t.size is not None and t.have < t.size:
             raise _Retryable(f"the connection closed after {format_bytes(t.have)} of {format_bytes(t.size)}")

@@ -21,7 +21,7 @@ from ..engine.engine import EngineConfig, ModelEngine
 from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
-from .download import DownloadError, Downloader, DownloadJob, DownloadProgress
+from .download import DownloadCancelled, DownloadError, Downloader, DownloadJob, DownloadProgress
 from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model, sha256_file
 from .fit import assess_fit, recommend
 from .store import model_id_for_file
@@ -416,6 +416,9 @@ class ModelManager:
         except asyncio.CancelledError:
             self._set(m, AVAILABLE if m.path is None else ON_DISK, "the download was stopped")
             raise
+        except DownloadCancelled:
+            m.download = None
+            self._set(m, AVAILABLE if m.path is None else ON_DISK)
         except DownloadError as e:
             self._set(m, ERROR, str(e))
         except Exception as e:  # a bug must still surface as a state, not a silent hang

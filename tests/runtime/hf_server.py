@@ -157,7 +157,8 @@ class FakeHub:
                 return self._error(rec, 403, "GatedRepo",
                                    f"Access to model {repo} is restricted and you are not in the authorized list.")
         if served is None:
-            return self._error(rec, 404, "EntryNotFound", f"{filename} does not exist on \"{request.match_info['revision']}\"")
+            revision = request.match_info["revision"]
+            return self._error(rec, 404, "EntryNotFound", f'{filename} does not exist on "{revision}"')
         host = f"{self.knobs.cdn_host}:{self.port}" if self.knobs.cdn_host else request.host
         headers = {
             "Location": f"http://{host}/cdn/{filename}",
@@ -235,7 +236,7 @@ class FakeHub:
             if stall is not None and stall > offset:
                 n = min(n, stall - offset)
             elif stall is not None:
-                await self._stall(request)
+                await self._stall(request, offset)
                 continue
             if n <= 0:  # the cut point: drop the connection, as a flaky network does
                 assert request.transport is not None
@@ -252,9 +253,12 @@ class FakeHub:
                 await asyncio.sleep(n / knobs.rate_bps)
         await resp.write_eof()
 
-    async def _stall(self, request: web.Request) -> None:
-        """Hold the body until the test releases it, or until the client goes away."""
-        while self.knobs.stall_after is not None and not self._closing:
-            if request.transport is None or request.transport.is_closing():
+    async def _stall(self, request: web.Request, offset: int) -> None:
+        """Hold the body at ``offset`` until the test releases it; drop the connection when the client
+        goes away or the server shuts down."""
+        while self.knobs.stall_after is not None and self.knobs.stall_after <= offset:
+            if self._closing or request.transport is None or request.transport.is_closing():
+                if request.transport is not None:
+                    request.transport.close()
                 raise asyncio.CancelledError
             await asyncio.sleep(0.02)

@@ -233,6 +233,29 @@ async def test_a_remote_file_that_changed_since_the_partial_starts_over(hub, dir
     assert "Range" not in hub.cdn_gets()[-1].headers
 
 
+@pytest.mark.parametrize("extra", [0, 10], ids=["complete-partial", "partial-longer-than-remote"])
+async def test_a_416_finishes_a_complete_partial_or_starts_over(hub, dirs, extra):
+    """A node that stopped after the last byte but before verifying, on a server that gives no size:
+    the Range request past the end gets 416, and the partial is used when it is exactly the file."""
+    data = synthetic(2 * MB, seed=17)
+    served = hub.add("o/r", "model.gguf", data)
+    hub.knobs.send_sizes = False
+    job = job_for(hub, "model.gguf")
+    dirs[1].mkdir(parents=True)
+    (dirs[1] / "model.gguf.partial").write_bytes(data + synthetic(extra, seed=18))
+    (dirs[1] / "model.gguf.partial.json").write_text(json.dumps(
+        {"id": job.id, "url": job.url, "sha256": served.sha256, "size": None, "etag": served.sha256}))
+
+    path = await make(dirs).pull(job)
+    assert path.read_bytes() == data
+    gets = hub.cdn_gets()
+    assert gets[0].headers["Range"] == f"bytes={len(data) + extra}-" and gets[0].status == 416
+    if extra:
+        assert "Range" not in gets[1].headers and gets[1].sent == len(data)
+    else:
+        assert len(gets) == 1
+
+
 async def test_transient_server_errors_are_retried(hub, dirs):
     data = synthetic(MB, seed=4)
     hub.add("o/r", "model.gguf", data)
@@ -368,6 +391,20 @@ async def test_cancel_stops_promptly_and_removes_the_partial(hub, dirs):
     assert d.cancel("m") is False  # nothing running any more
 
 
+async def test_a_caller_that_goes_away_stops_the_pull_and_keeps_the_partial(hub, dirs):
+    hub.add("o/r", "model.gguf", synthetic(4 * MB, seed=20))
+    hub.knobs.stall_after = 3 * MB
+    d = make(dirs)
+    caller = asyncio.create_task(d.pull(job_for(hub, "model.gguf", "m")))
+    await wait_until(lambda: (p := d.progress("m")) and p.done_bytes == 3 * MB, what="3 MB on disk")
+    caller.cancel()  # e.g. the node shutting down cancels its tasks
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await wait_until(lambda: d.progress("m").state == "cancelled", what="the pull to stop")
+    assert (dirs[1] / "model.gguf.partial").stat().st_size == 3 * MB
+    assert "next pull resumes" in d.progress("m").error
+
+
 async def test_two_files_download_at_once(hub, dirs):
     a, b = synthetic(3 * MB, seed=12), synthetic(2 * MB, seed=13)
     hub.add("o/a", "a.gguf", a)
@@ -392,6 +429,20 @@ async def test_the_same_model_pulled_twice_at_once_downloads_once(hub, dirs):
                                          d.pull(job_for(hub, "model.gguf", "m")))
     assert first == second and first.read_bytes() == data
     assert len(hub.cdn_gets()) == 1 and hub.bytes_sent() == len(data)
+    assert d.progress("never-pulled") is None
+
+
+async def test_one_id_from_two_sources_at_once_is_refused(hub, dirs):
+    hub.add("o/r", "model.gguf", synthetic(MB, seed=19))
+    hub.knobs.stall_after = 0
+    d = make(dirs)
+    pulling = asyncio.create_task(d.pull(job_for(hub, "model.gguf", "m")))
+    await wait_until(lambda: hub.active_bodies == 1, what="the first pull to start")
+    other = DownloadJob(id="m", url=hub.url("o/other", "model.gguf"), filename="model.gguf")
+    with pytest.raises(DownloadError, match="'m' is already being downloaded from"):
+        await d.pull(other)
+    hub.release_stall()
+    await pulling
 
 
 async def test_one_file_for_two_ids_at_once_is_refused(hub, dirs):
