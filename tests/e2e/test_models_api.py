@@ -190,3 +190,28 @@ def test_corrupted_file_on_disk_is_quarantined_not_loaded(mnode, hub):
     assert err["code"] == "model_corrupt" and "quarantine" in err["message"]
     assert not path.exists() and (mnode.home / "data" / "models" / "quarantine" / FILE).is_file()
     assert mnode.log().count("runtime.engine.engine: loaded smol-test") == loads_before
+
+
+def test_cancel_a_pull(mnode, hub):
+    h = admin(mnode)
+    httpx.delete(mnode.base_url + "/api/models/smol-test", headers=h)  # whatever an earlier test left
+    hub.knobs.rate_bps = 4_000_000  # ~25 s for the whole file: time to cancel mid-way
+    try:
+        r = httpx.post(mnode.base_url + "/api/models/pull", json={"model": f"{REPO_ID}/{FILE}"}, headers=h)
+        assert r.status_code == 202
+
+        def progressed():
+            m = {m["id"]: m for m in httpx.get(mnode.base_url + "/api/status").json()["models"]}.get("smol-test")
+            return m and (m.get("download") or {}).get("done_bytes", 0) > 1_000_000
+
+        wait_for(progressed, 60, interval=0.1, what="the download to make progress")
+        r = httpx.post(mnode.base_url + "/api/models/smol-test/cancel", headers=h)
+        assert r.status_code == 200
+        wait_for(lambda: {m["id"]: m["state"] for m in httpx.get(mnode.base_url + "/api/status").json()["models"]}
+                 .get("smol-test") == "available", 30, what="the model to be 'available' again")
+        partials = list((mnode.home / "cache").rglob("*.partial"))
+        assert partials == [] and not (mnode.home / "data" / "models" / FILE).exists()
+        r = httpx.post(mnode.base_url + "/api/models/smol-test/cancel", headers=h)
+        assert r.status_code == 404
+    finally:
+        hub.knobs.rate_bps = None
