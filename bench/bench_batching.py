@@ -35,17 +35,15 @@ def prompts(n: int, tag: str) -> list[str]:
     return [f"[{tag}-{i}] Write a long story about {TOPICS[i % len(TOPICS)]}." for i in range(n)]
 
 
-def inprocess_single(model: Path, threads: int, ctx: int, n_tokens: int, runs: int) -> tuple[list, list]:
-    from llama_cpp import Llama
-
-    llm = Llama(str(model), n_threads=threads, n_threads_batch=threads, n_ctx=ctx, verbose=False)
+def inprocess_single(llm, n_tokens: int, tag: str, runs: int = 1) -> tuple[list, list]:
+    """One streamed chat completion through in-process llama_cpp.Llama, measured like the servers."""
     tps, ttft = [], []
     for r in range(runs):
         t0 = time.perf_counter()
         first = last = None
         n = 0
         for chunk in llm.create_chat_completion(
-                [{"role": "user", "content": prompts(1, f"inproc{r}")[0]}], max_tokens=n_tokens, temperature=0,
+                [{"role": "user", "content": prompts(1, f"{tag}-{r}")[0]}], max_tokens=n_tokens, temperature=0,
                 stream=True, logit_bias={int(k): v for k, v in EOS_BAN.items()}):
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 now = time.perf_counter()
@@ -54,7 +52,6 @@ def inprocess_single(model: Path, threads: int, ctx: int, n_tokens: int, runs: i
                 n += 1
         ttft.append(first - t0)
         tps.append((n - 1) / (last - first))
-    del llm
     return tps, ttft
 
 
@@ -107,6 +104,11 @@ def main() -> int:
         ours = psutil.Process(servers["closedmesh"].proc.pid)
         rss_idle = ours.memory_info().rss
 
+        from llama_cpp import Llama
+
+        llm = Llama(str(model), n_threads=args.threads, n_threads_batch=args.threads, n_ctx=args.ctx, verbose=False)
+        inprocess_single(llm, 8, "warm")
+        inproc_tps, inproc_ttft = [], []
         single: dict[str, dict[str, list]] = {n: {"tps": [], "ttft": []} for n in servers}
         agg: dict[str, dict[int, list]] = {n: {c: [] for c in levels} for n in servers}
         ttft8: dict[str, list] = {n: [] for n in servers}
@@ -137,9 +139,12 @@ def main() -> int:
                     agg[name][c].append(sum(x.tokens for x in res if not x.error) / wall)
                     if c == max(levels):
                         ttft8[name].extend(x.ttft for x in res if not x.error)
+            # in-process baseline in the same round, so it sees the same machine conditions
+            t, f = inprocess_single(llm, args.tokens, f"inproc{r}", runs=1)
+            inproc_tps += t
+            inproc_ttft += f
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-
-        inproc_tps, inproc_ttft = inprocess_single(model, args.threads, args.ctx, args.tokens, args.rounds)
+        del llm
         # TTFT overhead vs in-process: same prompts shape, single stream.
         st = __import__("httpx").get(servers["closedmesh"].url + "/api/status").json()["models"][0]
 

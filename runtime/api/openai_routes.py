@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import struct
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -140,6 +141,47 @@ class Job:
     text: list[str] = field(default_factory=list)
 
 
+class LoopPump:
+    """Hands engine events to the event loop in batches: the engine thread appends, and at most one
+    wake-up of the loop is pending at a time (one syscall per decode step, not one per token)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, Any]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, queue: asyncio.Queue, item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody is listening
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_pumps: dict[asyncio.AbstractEventLoop, LoopPump] = {}
+
+
+def _pump() -> LoopPump:
+    loop = asyncio.get_running_loop()
+    p = _pumps.get(loop)
+    if p is None:
+        _pumps.clear()  # one loop per server process; drop pumps of loops that are gone
+        p = _pumps[loop] = LoopPump(loop)
+    return p
+
+
 class Generation:
     """Submits a set of jobs to the engine and yields (index, event) in arrival order."""
 
@@ -158,13 +200,10 @@ class Generation:
             self.jobs.append(Job(i, req, len(prompt)))
 
     def _emitter(self, index: int):
-        loop, queue = self.loop, self.queue
+        pump, queue = _pump(), self.queue
 
         def emit(ev) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (index, ev))
-            except RuntimeError:  # the loop is closed: the server is gone, nobody is listening
-                pass
+            pump.put(queue, (index, ev))
 
         return emit
 
@@ -277,7 +316,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = await _engine_for(node, gp.model)
     gp = parse_generation(body, engine.model.n_vocab, None)
     try:
-        prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        # Short conversations are rendered inline (a thread hop costs more than the work); long ones
+        # in a worker so a huge prompt never stalls the event loop.
+        if sum(len(m["content"]) for m in messages) < 20_000:
+            prompt = engine.chat_prompt(messages)
+        else:
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
     _check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")

@@ -93,6 +93,7 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load {path} (not a valid GGUF file, or unsupported architecture)")
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self._pieces: dict[int, bytes] = {}
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(model, desc, 256)
@@ -135,6 +136,14 @@ class LlamaModel:
         return list(arr[:n])
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
+        if not special:  # the hot path while generating: one ctypes round trip per token id, ever
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = self._token_bytes(token, False)
+            return piece
+        return self._token_bytes(token, True)
+
+    def _token_bytes(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
