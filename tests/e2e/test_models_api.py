@@ -215,3 +215,35 @@ def test_cancel_a_pull(mnode, hub):
         assert r.status_code == 404
     finally:
         hub.knobs.rate_bps = None
+
+
+def test_memory_budget_evicts_the_least_recently_used_idle_model(tmp_path, model_path, hub, model_id):
+    """Budget 0.3 GiB: the default model (~0.14 GiB with its KV cache) and a second copy cannot both
+    be loaded; asking for one unloads the other, and each still answers."""
+    seed_home(tmp_path, model_path)
+    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--ctx-per-slot", "1024",
+                   "--slots", "2", "--memory-budget", "0.3", env={"HF_ENDPOINT": hub.base_url,
+                                                                  "HF_HUB_CACHE": str(tmp_path / "hf")})
+    try:
+        h = admin(n)
+        assert httpx.post(n.base_url + "/api/models/pull", json={"model": f"{REPO_ID}/{FILE}"},
+                          headers=h).status_code == 202
+
+        def states():
+            return {m["id"]: m["state"] for m in httpx.get(n.base_url + "/api/status").json()["models"]}
+
+        wait_for(lambda: states().get("smol-test") == "on_disk", 120, interval=0.2, what="the pull")
+
+        def ask(mid):
+            r = httpx.post(n.v1 + "/chat/completions", timeout=120, json={
+                "model": mid, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+
+        ask("smol-test")
+        assert states() == {model_id: "on_disk", "smol-test": "ready"}
+        assert httpx.get(n.base_url + "/health").status_code == 200  # an evicted model is still servable
+        ask(model_id)
+        assert states() == {model_id: "ready", "smol-test": "on_disk"}
+        assert "to make room for smol-test" in n.log() and f"to make room for {model_id}" in n.log()
+    finally:
+        assert n.stop() == 0
