@@ -23,7 +23,7 @@ def run_cli(home: Path, *args: str, timeout: float = 120) -> subprocess.Complete
     return subprocess.run([str(CLOSEDMESH), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_port_taken_by_another_program(tmp_path):
+def test_port_taken_by_another_program(tmp_path, model_path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(1)
@@ -31,7 +31,7 @@ def test_port_taken_by_another_program(tmp_path):
     try:
         p = run_cli(tmp_path, "serve", "--port", str(port), "--model", "/nonexistent.gguf")
         assert p.returncode == 2 and "model file not found" in p.stderr  # bad --model is caught first
-        seed_home(tmp_path, Path(__file__).resolve().parents[2] / ".cache" / "models" / FILENAME)
+        seed_home(tmp_path, model_path)
         p = run_cli(tmp_path, "serve", "--port", str(port))
         assert p.returncode == 3
         assert f"port {port}" in p.stderr and "already in use by another program" in p.stderr
