@@ -105,9 +105,14 @@ def test_pull_then_load_on_demand_once_then_idle_unload_then_delete(mnode, hub, 
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    r = httpx.post(mnode.base_url + "/api/models/pull", json={"model": f"{REPO_ID}/{FILE}"}, headers=h, timeout=30)
-    assert r.status_code == 202 and r.json()["id"] == "smol-test" and r.json()["state"] == "downloading"
-    watcher.join(120)
+    hub.knobs.rate_bps = 40_000_000  # a few seconds on loopback, so progress events flow mid-transfer
+    try:
+        r = httpx.post(mnode.base_url + "/api/models/pull", json={"model": f"{REPO_ID}/{FILE}"}, headers=h,
+                       timeout=30)
+        assert r.status_code == 202 and r.json()["id"] == "smol-test" and r.json()["state"] == "downloading"
+        watcher.join(120)
+    finally:
+        hub.knobs.rate_bps = None
     progress = [e for e in events if e.get("type") == "download_progress" and e.get("model") == "smol-test"]
     assert progress and progress[-1]["state"] == "done"
     assert progress[-1]["done_bytes"] == progress[-1]["total_bytes"] > 90_000_000
@@ -148,6 +153,7 @@ def test_pull_then_load_on_demand_once_then_idle_unload_then_delete(mnode, hub, 
 
 
 def test_cli_pull_through_the_node_and_offline(mnode, hub, tmp_path):
+    httpx.delete(mnode.base_url + "/api/models/smol-test", headers=admin(mnode))  # start from "not downloaded"
     env = dict(os.environ, CLOSEDMESH_HOME=str(mnode.home), HF_ENDPOINT=hub.base_url)
     p = subprocess.run([str(CLOSEDMESH), "models", "pull", f"{REPO_ID}/{FILE}", "--port", str(mnode.port)],
                        capture_output=True, text=True, env=env, timeout=300)
@@ -247,3 +253,24 @@ def test_memory_budget_evicts_the_least_recently_used_idle_model(tmp_path, model
         assert "to make room for smol-test" in n.log() and f"to make room for {model_id}" in n.log()
     finally:
         assert n.stop() == 0
+
+
+def test_model_in_the_hugging_face_cache_is_reused_not_downloaded(mnode, hub, model_path):
+    cache = mnode.home / "hf-cache"  # the node's HF_HUB_CACHE
+    commit = "a" * 40
+    snap = cache / "models--test-org--Cached-GGUF" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    os.link(model_path, snap / "cached.gguf")
+    (cache / "models--test-org--Cached-GGUF" / "refs").mkdir()
+    (cache / "models--test-org--Cached-GGUF" / "refs" / "main").write_text(commit)
+    requests_before = len(hub.requests)
+    h = admin(mnode)
+    r = httpx.post(mnode.base_url + "/api/models/pull", json={"model": "test-org/Cached-GGUF/cached.gguf"}, headers=h)
+    assert r.status_code == 202
+    wait_for(lambda: {m["id"]: m["state"] for m in httpx.get(mnode.base_url + "/api/status").json()["models"]}
+             .get("cached") == "on_disk", 60, what="the cached model to be registered")
+    assert len(hub.requests) == requests_before  # nothing was fetched
+    assert not (mnode.home / "data" / "models" / "cached.gguf").exists()  # used in place, not copied
+    r = httpx.post(mnode.v1 + "/chat/completions", timeout=120, json={
+        "model": "cached", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
