@@ -19,7 +19,7 @@ from .engine.engine import EngineConfig
 from .hardware import Capability, RuntimeCapability, default_threads, detect
 from .models.embedded import DEFAULT_MODEL_ID
 from .models.manager import ERROR, READY, ManagedModel, ModelError, ModelManager
-from .models.store import resolve
+from .models.store import ModelSpecError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,30 @@ class Node:
         self.manager.subscribe(self._broadcast)
         self.pinned: list[str] = []
         for s in self.settings.models or [DEFAULT_MODEL_ID]:
-            spec = resolve(s, self.paths.models)  # raises ModelSpecError with a clear message
-            self.manager.add_pinned(spec.id, spec.path, embedded_default=spec.embedded_default or spec.path is None)
-            self.pinned.append(spec.id)
+            mid, path, embedded = self._resolve_served(s)
+            self.manager.add_pinned(mid, path, embedded_default=embedded)
+            self.pinned.append(mid)
+
+    def _resolve_served(self, ref: str) -> tuple[str, object, bool]:
+        """A `--model` argument → (id, path or None, is the embedded default). Accepts a GGUF path, the
+        id of a model on this machine (pulled or found in the models folder) and a catalog name of a
+        downloaded model; anything else is a clear error (raises ModelSpecError)."""
+        known = self.manager.get(ref)
+        if known is not None and known.path is not None and known.path.exists():
+            return known.id, known.path, known.embedded_default
+        try:
+            spec = resolve(ref, self.paths.models)
+            return spec.id, spec.path, spec.embedded_default or spec.path is None
+        except ModelSpecError as unknown:
+            try:
+                mref = self.manager.resolve(ref)
+            except ModelError:
+                raise unknown from None
+            m = self.manager.get(mref.id)
+            if m is not None and m.path is not None and m.path.exists():
+                return m.id, m.path, m.embedded_default
+            raise ModelSpecError(f"the model '{mref.id}' is not on this machine yet; download it first: "
+                                 f"closedmesh models pull {ref}") from None
 
     def _engine_config(self) -> tuple[Capability, EngineConfig]:
         assert self.cap is not None and self.runtime_cap is not None, "capability is detected before any load"

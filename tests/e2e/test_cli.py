@@ -31,6 +31,10 @@ def test_port_taken_by_another_program(tmp_path, model_path):
     try:
         p = run_cli(tmp_path, "serve", "--port", str(port), "--model", "/nonexistent.gguf")
         assert p.returncode == 2 and "model file not found" in p.stderr  # bad --model is caught first
+        p = run_cli(tmp_path, "serve", "--port", str(port), "--model", "Qwen3-8B")
+        assert p.returncode == 2 and "closedmesh models pull Qwen3-8B" in p.stderr
+        p = run_cli(tmp_path, "serve", "--port", str(port), "--model", "qwen-nine")
+        assert p.returncode == 2 and "unknown model 'qwen-nine'" in p.stderr
         seed_home(tmp_path, model_path)
         p = run_cli(tmp_path, "serve", "--port", str(port))
         assert p.returncode == 3

@@ -174,6 +174,12 @@ def test_cli_pull_through_the_node_and_offline(mnode, hub, tmp_path):
 
     local = {m["id"]: m for m in json.loads(p.stdout)["local"]}
     assert local["smol-test"]["state"] == "on_disk"
+    # a pulled model is served by its id
+    n = start_node(tmp_path, "--model", "smol-test", "--ctx-per-slot", "512", env={"HF_ENDPOINT": hub.base_url})
+    try:
+        assert [m["id"] for m in httpx.get(n.v1 + "/models").json()["data"]] == ["smol-test"]
+    finally:
+        assert n.stop() == 0
 
 
 def test_corrupted_file_on_disk_is_quarantined_not_loaded(mnode, hub):
