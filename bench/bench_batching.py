@@ -85,6 +85,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--single-samples", type=int, default=3, help="single-stream requests per server per round")
     ap.add_argument("--ctx", type=int, default=1024, help="context per slot")
     ap.add_argument("--soak", type=int, default=1000, help="requests in the memory soak (0 skips it)")
     ap.add_argument("--skip-llama-cpp-server", action="store_true")
@@ -119,11 +120,12 @@ def main() -> int:
                 # warm-up (first request pays one-off costs on every server)
                 if r == 0:
                     asyncio.run(concurrent_streams(srv.url, prompts(1, f"warm-{name}"), 8))
-                res, _ = asyncio.run(concurrent_streams(srv.url, prompts(1, f"s{r}-{name}"), args.tokens))
-                assert not res[0].error, (name, res[0].error)
-                assert res[0].tokens >= args.tokens - 2, (name, res[0].tokens)
-                single[name]["tps"].append(res[0].decode_tps)
-                single[name]["ttft"].append(res[0].ttft)
+                for k in range(args.single_samples):
+                    res, _ = asyncio.run(concurrent_streams(srv.url, prompts(1, f"s{r}.{k}-{name}"), args.tokens))
+                    assert not res[0].error, (name, res[0].error)
+                    assert res[0].tokens >= args.tokens - 2, (name, res[0].tokens)
+                    single[name]["tps"].append(res[0].decode_tps)
+                    single[name]["ttft"].append(res[0].ttft)
                 for c in levels:
                     if name == "closedmesh" and c == max(levels):
                         with RssSampler(srv.proc.pid) as smp:
@@ -140,7 +142,7 @@ def main() -> int:
                     if c == max(levels):
                         ttft8[name].extend(x.ttft for x in res if not x.error)
             # in-process baseline in the same round, so it sees the same machine conditions
-            t, f = inprocess_single(llm, args.tokens, f"inproc{r}", runs=1)
+            t, f = inprocess_single(llm, args.tokens, f"inproc{r}", runs=args.single_samples)
             inproc_tps += t
             inproc_ttft += f
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
