@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", metavar="PATH|ID",
                    help=f"a GGUF file or a model id (repeatable; default {DEFAULT_MODEL_ID})")
     s.add_argument("--slots", type=int, help="parallel sequences per model (default: from the hardware)")
-    s.add_argument("--ctx-per-slot", type=int, help="context length of each slot (default: min(trained, 4096))")
+    s.add_argument("--ctx-per-slot", type=int,
+                   help="context length of each slot (default: the trained context, at most 2048 on CPU, 4096 on GPU)")
     s.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     s.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (default: as many as fit)")
     s.add_argument("--kv-type", choices=["f16", "q8_0"], default="f16",

@@ -105,7 +105,7 @@ async def _engine_for(node: Node, model: str) -> ModelEngine:
         return await node.manager.ensure_loaded(model)
     except ModelError as e:
         if e.status == 404:
-            raise APIError(404, str(e)[0].upper() + str(e)[1:] + ".", "invalid_request_error", "model",
+            raise APIError(404, f"{str(e)[:1].upper()}{str(e)[1:]}.", "invalid_request_error", "model",
                            "model_not_found") from None
         if e.status == 503:
             raise APIError(503, str(e), "server_error", "model", e.code, retry_after=5) from None
