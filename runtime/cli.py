@@ -253,8 +253,7 @@ def _models_list(args: argparse.Namespace) -> int:
     else:
         from .hardware import detect
 
-        st = _local_manager()
-        data = st.listing(detect(), 4096, 1)
+        data = _local_manager().listing(detect(), 4096, 1)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

@@ -109,8 +109,7 @@ class Node:
         assert self.runtime_cap is not None
         for mid in self.pinned:
             try:
-                engine = await self.manager.ensure_loaded(mid)
-                self.runtime_cap.gpu_layers[engine.id] = engine.offload.gpu_layers
+                await self.manager.ensure_loaded(mid)  # _broadcast records its GPU layers when ready
             except ModelError as e:  # the node keeps running and reports the failure
                 log.error("could not load model %s: %s", mid, e)
 

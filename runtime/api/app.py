@@ -10,7 +10,7 @@ from aiohttp import web
 from ..node import Node
 from . import control_routes, node_routes, openai_routes
 from .errors import APIError
-from .openai_routes import NODE_KEY
+from .openai_routes import NODE_KEY, install_pump
 from .security import host_allowed, origin_allowed
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _http_exception(request: web.Request, e: web.HTTPException) -> web.StreamRes
 def build_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=node.settings.max_body_bytes)
     app[NODE_KEY] = node
+    app.on_startup.append(install_pump)
     app.add_routes(openai_routes.routes)
     app.add_routes(node_routes.routes)
     app.add_routes(control_routes.routes)

@@ -74,21 +74,15 @@ async def delete(request: web.Request) -> web.Response:
     return web.json_response({"id": mid, "deleted": True})
 
 
-@routes.post("/api/models/{model_id}/load")
-async def load(request: web.Request) -> web.Response:
+@routes.post("/api/models/{model_id}/{action:load|unload}")
+async def load_or_unload(request: web.Request) -> web.Response:
     node = _admin(request)
+    mid = request.match_info["model_id"]
     try:
-        await node.manager.load(request.match_info["model_id"])
+        if request.match_info["action"] == "load":
+            await node.manager.ensure_loaded(mid)
+        else:
+            await node.manager.unload(mid)
     except ModelError as e:
         raise _error(e) from None
-    return web.json_response(node.manager.get(request.match_info["model_id"]).public())
-
-
-@routes.post("/api/models/{model_id}/unload")
-async def unload(request: web.Request) -> web.Response:
-    node = _admin(request)
-    try:
-        await node.manager.unload(request.match_info["model_id"])
-    except ModelError as e:
-        raise _error(e) from None
-    return web.json_response(node.manager.get(request.match_info["model_id"]).public())
+    return web.json_response(node.manager.get(mid).public())

@@ -29,6 +29,7 @@ from .validation import (
     parse_json_body,
     parse_messages,
     parse_prompts,
+    with_vocab,
 )
 
 log = logging.getLogger(__name__)
@@ -170,24 +171,19 @@ class LoopPump:
             queue.put_nowait(item)
 
 
-_pumps: dict[asyncio.AbstractEventLoop, LoopPump] = {}
+PUMP_KEY = web.AppKey("pump", LoopPump)
 
 
-def _pump() -> LoopPump:
-    loop = asyncio.get_running_loop()
-    p = _pumps.get(loop)
-    if p is None:
-        _pumps.clear()  # one loop per server process; drop pumps of loops that are gone
-        p = _pumps[loop] = LoopPump(loop)
-    return p
+async def install_pump(app: web.Application) -> None:
+    """on_startup: one pump per server, bound to the loop it runs on."""
+    app[PUMP_KEY] = LoopPump(asyncio.get_running_loop())
 
 
 class Generation:
     """Submits a set of jobs to the engine and yields (index, event) in arrival order."""
 
-    def __init__(self, engine: ModelEngine, prompts: list[list[int]], gp: GenerationParams) -> None:
+    def __init__(self, engine: ModelEngine, prompts: list[list[int]], gp: GenerationParams, pump: LoopPump) -> None:
         self.engine = engine
-        self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.jobs: list[Job] = []
         for i, prompt in enumerate(prompts):
@@ -196,11 +192,11 @@ class Generation:
                 # Several choices from one seeded request differ from each other, reproducibly.
                 params = replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
             req = GenRequest(prompt=prompt, params=params, max_new_tokens=gp.max_tokens, stop=gp.stop,
-                             emit=self._emitter(i))
+                             emit=self._emitter(pump, i))
             self.jobs.append(Job(i, req, len(prompt)))
 
-    def _emitter(self, index: int):
-        pump, queue = _pump(), self.queue
+    def _emitter(self, pump: LoopPump, index: int):
+        queue = self.queue
 
         def emit(ev) -> None:
             pump.put(queue, (index, ev))
@@ -314,7 +310,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gp = parse_generation(body, None, None)
     messages = parse_messages(body)
     engine = await _engine_for(node, gp.model)
-    gp = parse_generation(body, engine.model.n_vocab, None)
+    gp = with_vocab(gp, body, engine.model.n_vocab)
     try:
         # Short conversations are rendered inline (a thread hop costs more than the work); long ones
         # in a worker so a huge prompt never stalls the event loop.
@@ -325,7 +321,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
     _check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
-    gen = Generation(engine, [prompt] * gp.n, gp)
+    gen = Generation(engine, [prompt] * gp.n, gp, request.app[PUMP_KEY])
     cid = f"chatcmpl-{uuid.uuid4()}"
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
@@ -376,7 +372,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
     prompts_in = parse_prompts(body)
     engine = await _engine_for(node, gp.model)
-    gp = parse_generation(body, engine.model.n_vocab, 16)
+    gp = with_vocab(gp, body, engine.model.n_vocab)
     echo = body.get("echo", False)
     if not isinstance(echo, bool):
         raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
@@ -396,7 +392,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
         _check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
         prompts.extend([toks] * gp.n)
-    gen = Generation(engine, prompts, gp)
+    gen = Generation(engine, prompts, gp, request.app[PUMP_KEY])
     cid = f"cmpl-{uuid.uuid4()}"
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")

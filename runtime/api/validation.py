@@ -4,7 +4,7 @@ the offending field; unknown fields are ignored, as OpenAI does."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine.grammar import SchemaError, grammar_for_response_format
@@ -189,6 +189,14 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
         logit_bias=bias, grammar=grammar,
     )
     return GenerationParams(model, sampling, max_tokens, _stop(body), n, stream, include_usage)
+
+
+def with_vocab(gp: GenerationParams, body: dict, n_vocab: int) -> GenerationParams:
+    """Once the model is known: check 'logit_bias' against its vocabulary and add it."""
+    bias = _logit_bias(body, n_vocab)
+    if not bias:
+        return gp
+    return replace(gp, sampling=replace(gp.sampling, logit_bias=bias))
 
 
 VALID_ROLES = {"system", "developer", "user", "assistant"}

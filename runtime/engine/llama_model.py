@@ -204,7 +204,7 @@ class LlamaContext:
         self.ctx = ctx
         self.model = model
         self.n_seq = n_seq
-        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx) if hasattr(llama_cpp, "llama_n_ctx_seq") else n_ctx_seq
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_batch = n_batch
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)

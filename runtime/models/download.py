@@ -60,6 +60,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from .. import __version__
+from .integrity import HASH_BLOCK, HashStopped, is_verified, mark_verified, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ State = Literal["queued", "downloading", "verifying", "done", "error", "cancelle
 
 PROGRESS_INTERVAL = 0.2  # seconds between progress events while bytes flow (state changes always emit)
 RATE_TIME_CONSTANT = 3.0  # seconds: how quickly the smoothed rate follows the measured one
-HASH_BLOCK = 4 << 20  # bytes read at a time when hashing a file already on disk
 QUARANTINE = "quarantine"
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -128,8 +128,7 @@ class _StartOver(_Retryable):
     """The partial file does not belong to the remote file any more: discard it, probe again."""
 
 
-class _Stopped(Exception):
-    """Raised inside a worker thread when the transfer is being torn down."""
+_Stopped = HashStopped  # raised inside a worker thread when the transfer is being torn down
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -222,34 +221,6 @@ def _describe(error: BaseException) -> str:
 
 
 # -- the verified marker (same format as embedded.py's) -------------------------------------------------
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _is_verified(path: Path, sha256: str) -> bool:
-    marker = _marker(path)
-    try:
-        st = path.stat()
-        return marker.read_text().strip() == f"{sha256} {st.st_size} {st.st_mtime_ns}"
-    except OSError:
-        return False
-
-
-def _mark_verified(path: Path, sha256: str) -> None:
-    st = path.stat()
-    _marker(path).write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
-
-
-def _sha256_file(path: Path, stop: threading.Event) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            if stop.is_set():
-                raise _Stopped
-            h.update(block)
-    return h.hexdigest()
-
 
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
@@ -656,12 +627,12 @@ class Downloader:
         """True when the models folder already holds the verified file (checked by hashing it once
         when it has no up-to-date marker)."""
         target = t.target
-        if _is_verified(target, sha256):
+        if is_verified(target, sha256):
             found = True
         elif target.is_file() and (t.size is None or target.stat().st_size == t.size):
-            found = await t.in_thread(_sha256_file, target, t._stop) == sha256
+            found = await t.in_thread(sha256_file, target, t._stop) == sha256
             if found:
-                await asyncio.to_thread(_mark_verified, target, sha256)
+                await asyncio.to_thread(mark_verified, target, sha256)
         else:
             found = False
         if found:
@@ -902,7 +873,7 @@ class Downloader:
             t.partial.unlink()
         t.sidecar.unlink(missing_ok=True)
         _fsync_dir(self.models_dir)
-        _mark_verified(t.target, sha256)
+        mark_verified(t.target, sha256)
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:

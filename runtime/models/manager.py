@@ -22,7 +22,8 @@ from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
 from .download import DownloadCancelled, DownloadError, Downloader, DownloadJob, DownloadProgress
-from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model, sha256_file
+from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model
+from .integrity import is_verified, mark_verified, marker_path, sha256_file, verified_sha256
 from .fit import assess_fit, recommend
 from .store import model_id_for_file
 
@@ -41,36 +42,21 @@ ERROR = "error"
 
 
 def _check_integrity(path: Path, sha256: str | None, models_dir: Path) -> None:
-    """Before loading: a file whose size or mtime changed since it was verified is hashed again; a
-    mismatch moves it to quarantine and fails with a clear error. A corrupt file is never loaded."""
-    if not sha256:
+    """Before loading: a file that changed since it was verified is hashed again; a mismatch moves it
+    to quarantine and fails with a clear error. A corrupt file is never loaded."""
+    if not sha256 or is_verified(path, sha256):
         return
-    marker = path.with_name(path.name + ".sha256")
-    st = path.stat()
-    try:
-        if marker.read_text().strip() == f"{sha256} {st.st_size} {st.st_mtime_ns}":
-            return
-    except OSError:
-        pass
     actual = sha256_file(path)
     if actual == sha256:
-        marker.write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
+        mark_verified(path, sha256)
         return
     q = models_dir / "quarantine"
     q.mkdir(parents=True, exist_ok=True)
     dest = q / path.name
     os.replace(path, dest)
-    marker.unlink(missing_ok=True)
+    marker_path(path).unlink(missing_ok=True)
     raise ModelError(f"the file of this model is corrupt (sha256 {actual}, expected {sha256}); it was moved to "
                      f"{dest} and not loaded. Pull the model again.", 503, "model_corrupt")
-
-
-def _verified_sha256(path: Path) -> str | None:
-    """The sha256 the downloader verified (its '<file>.sha256' marker), if any."""
-    try:
-        return path.with_name(path.name + ".sha256").read_text().split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 class ModelError(Exception):
@@ -201,11 +187,7 @@ class ModelManager:
 
     def routable(self) -> list[ManagedModel]:
         """Models a request may name: on disk (loadable on demand) or loaded."""
-        return [m for m in self.models.values() if m.state in (ON_DISK, LOADING, READY, UNLOADING)
-                or (m.state == ERROR and m.path is not None and m.engine is None and m.pinned)]
-
-    def engines(self) -> list[ModelEngine]:
-        return [m.engine for m in self.models.values() if m.engine is not None]
+        return [m for m in self.models.values() if m.state in (ON_DISK, LOADING, READY, UNLOADING)]
 
     # -- adding models -----------------------------------------------------------------------------------
 
@@ -302,9 +284,6 @@ class ModelManager:
         c = m.engine.scheduler.counts()
         return c["in_flight"] > 0 or c["queued"] > 0
 
-    async def load(self, model_id: str) -> ModelEngine:
-        return await self.ensure_loaded(model_id)
-
     async def unload(self, model_id: str, force: bool = False) -> None:
         m = self.get(model_id)
         if m is None:
@@ -333,7 +312,7 @@ class ModelManager:
             await self.unload(model_id)
         path = m.path
         await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
-        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        marker_path(path).unlink(missing_ok=True)
         self._registry.pop(m.id, None)
         self._write_registry()
         del self.models[m.id.lower()]
@@ -412,7 +391,7 @@ class ModelManager:
                 job = DownloadJob(id=m.id, url=mref.url, filename=Path(mref.url.split("?")[0]).name,
                                   expected_sha256=mref.sha256)
             path = await self._downloader_for_loop().pull(job)
-            self.register_file(m.id, path, m.source, _verified_sha256(path) or mref.sha256)
+            self.register_file(m.id, path, m.source, verified_sha256(path) or mref.sha256)
         except asyncio.CancelledError:
             self._set(m, AVAILABLE if m.path is None else ON_DISK, "the download was stopped")
             raise
