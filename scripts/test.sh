@@ -13,6 +13,24 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
+# The chat page tests (tests/e2e/test_chat_page.py) drive Debian's chromium through playwright; playwright's
+# own browser downloads are never used.
+install_chromium() {
+    command -v apt-get >/dev/null || return 1
+    local as_root=(env DEBIAN_FRONTEND=noninteractive)
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo -n "${as_root[@]}")
+    "${as_root[@]}" apt-get install -y -q chromium \
+        || { "${as_root[@]}" apt-get update -q && "${as_root[@]}" apt-get install -y -q chromium; }
+}
+if [ ! -x /usr/bin/chromium ]; then
+    echo "Installing Debian's chromium (apt-get) for the chat page tests..." >&2
+    if ! install_chromium || [ ! -x /usr/bin/chromium ]; then
+        echo "Could not install chromium (/usr/bin/chromium), which the chat page tests need. Install it" \
+             "yourself (e.g. 'sudo apt-get install chromium' on Debian) and run again." >&2
+        exit 1
+    fi
+fi
+
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
