@@ -1,0 +1,327 @@
+"""The app's composition root: starts the node (RuntimeHost), follows it (NodeClient → NodeStore), and
+owns the tray, the main window, the mesh toggle and the settings. Pages and the tray act through it.
+
+Lifecycle: ``start()`` binds the port and starts the node (a taken port opens the port dialog);
+``quit()`` leaves the mesh, stops the node (running generations end with an explicit error), joins
+its thread, closes the client and releases the single-instance lock — nothing is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+from PySide6.QtCore import QObject, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import QSystemTrayIcon
+
+from runtime.config import Paths, ServeSettings
+
+from . import autostart as autostart_backends
+from .client import ApiResult, NodeClient
+from .dialogs import PortDialog
+from .mesh import MeshToggle
+from .runtime_host import PortInUse, RuntimeHost, next_free_port
+from .settings import AppSettings, SettingsStore
+from .state import NodeState, mesh_state, node_ready
+from .store import NodeStore
+from .tray import Tray
+from .window import MainWindow
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 900.0  # loading a large model from a slow disk
+
+
+def app_command() -> list[str]:
+    """How the OS should start this app at login (minimized to the tray)."""
+    if getattr(sys, "frozen", False):  # the PyInstaller bundle
+        return [sys.executable, "--minimized"]
+    script = Path(sys.executable).parent / ("closedmesh-app.exe" if os.name == "nt" else "closedmesh-app")
+    if script.exists():
+        return [str(script), "--minimized"]
+    return [sys.executable, "-m", "app.main", "--minimized"]
+
+
+class AppController(QObject):
+    _runtime_exited = Signal(object, object)  # (host, error): from the runtime thread to the Qt thread
+    _restart_ready = Signal(int)  # the old node stopped: start on this port (from a helper thread)
+
+    def __init__(self, paths: Paths, serve_settings: ServeSettings | None = None, *,
+                 tray_available: bool | None = None,
+                 open_url: Callable[[QUrl], Any] | None = None,
+                 autostart: autostart_backends.Autostart | None = None,
+                 autostart_command: list[str] | None = None,
+                 on_quit: Callable[[], None] | None = None,
+                 on_started: Callable[[int], None] | None = None,
+                 attach: tuple[str, str] | None = None,
+                 port_override: int | None = None) -> None:
+        super().__init__()
+        self.paths = paths
+        paths.ensure()
+        self.serve_settings = serve_settings or ServeSettings()
+        self.settings_store = SettingsStore(paths.config)
+        self.settings: AppSettings = self.settings_store.load()
+        self.port_override = port_override  # --port on the command line wins over the settings, once
+        self.tray_available = (QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None
+                               else tray_available)
+        self._open_url = open_url or QDesktopServices.openUrl
+        self.autostart = autostart or autostart_backends.for_platform()
+        self.autostart_command = autostart_command or app_command()
+        self._on_quit = on_quit
+        self._on_started = on_started
+        self._attach = attach
+        self.host: RuntimeHost | None = None
+        self.client: NodeClient | None = None
+        self.port_dialog: PortDialog | None = None
+        self.quitting = False
+        self._ready_seen = False
+        self._restarting: threading.Thread | None = None
+
+        self.store = NodeStore(self)
+        self.toggle = MeshToggle(self.store, self.settings, self.save_settings, self)
+        self.toggle.failed.connect(lambda msg: self.notify(msg))
+        self.store.changed.connect(self._on_state)
+        self._runtime_exited.connect(self._on_runtime_exited)
+        self._restart_ready.connect(self._start_after_restart)
+        self.tray = Tray(self, self.tray_available)
+        self.window = MainWindow(self)
+
+    # -- properties --------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        if self.host is not None and self.host.running:
+            return self.host.port
+        if self._attach is not None:
+            return urlsplit(self._attach[0]).port
+        return None
+
+    @property
+    def tray_visible(self) -> bool:
+        return self.tray.visible
+
+    # -- start -------------------------------------------------------------------------------------------
+
+    def start(self, show_window: bool = True) -> None:
+        first_run = not self.settings.welcome_shown
+        if first_run:
+            self.window.add_welcome()
+            self.settings.welcome_shown = True  # remembered as soon as it is shown
+            self.save_settings()
+        if show_window or first_run or not self.tray_available:
+            self.window.bring_forward()
+        if self._attach is not None:
+            self._connect(*self._attach)
+        else:
+            self.start_runtime(self.settings.port if self.port_override is None else self.port_override)
+
+    def start_runtime(self, port: int) -> bool:
+        host = RuntimeHost(replace(self.serve_settings, port=port), self.paths)
+        host.on_exit = lambda error, h=host: self._runtime_exited.emit(h, error)
+        try:
+            host.start()
+        except PortInUse as e:
+            self._port_in_use(str(e), port)
+            return False
+        except Exception as e:  # a --model that cannot be served, a folder that cannot be written
+            log.exception("the node could not start")
+            self.store.set_start_error(f"the node could not start: {e}")
+            self.notify(f"The node could not start: {e}")
+            return False
+        self.host = host
+        self._ready_seen = False
+        self.store.set_start_error(None)
+        self._connect(host.base_url, host.admin_token)
+        log.info("the node is serving on %s", host.base_url)
+        if self._on_started is not None:
+            self._on_started(host.port)
+        return True
+
+    def _connect(self, base_url: str, token: str) -> None:
+        if self.client is None:
+            self.client = NodeClient(base_url, token, self)
+            self.store.attach(self.client)
+            self.client.start_events()
+        else:
+            self.client.set_base_url(base_url, token)
+        self.store.changed.emit(self.store.state)  # the port shown everywhere changed
+
+    def _port_in_use(self, message: str, port: int) -> None:
+        self.store.set_start_error(f"port {port} is in use")
+        dialog = PortDialog(message, next_free_port(self.serve_settings.host, port), self.window)
+        self.port_dialog = dialog
+
+        def accepted() -> None:
+            chosen = dialog.port.value()
+            if dialog.remember.isChecked():
+                self.settings.port = chosen
+                self.save_settings()
+            self.port_dialog = None
+            self.port_override = None
+            self.start_runtime(chosen)
+
+        def rejected() -> None:
+            self.port_dialog = None
+            self.quit()
+
+        dialog.accepted.connect(accepted)
+        dialog.rejected.connect(rejected)
+        dialog.open()  # window-modal, never blocks the event loop
+
+    def _on_runtime_exited(self, host: RuntimeHost, error: BaseException | None) -> None:
+        if self.quitting or host is not self.host or self._restarting is not None:
+            return
+        why = f": {error}" if error else ""
+        self.store.set_start_error(f"the node stopped unexpectedly{why}")
+        self.notify(f"The node stopped unexpectedly{why}. Quit and start ClosedMesh again.")
+
+    def change_port(self, port: int) -> None:
+        """Restart the node on another port (Settings). The old one stops on a helper thread; the UI
+        keeps running meanwhile."""
+        if self.port == port or self._restarting is not None:
+            return
+        old = self.host
+        if self.client is not None:
+            self.client.stop_events()  # an open stream would hold the old node's shutdown for seconds
+
+        def stop_then_signal() -> None:
+            if old is not None:
+                old.stop()
+            self._restart_ready.emit(port)
+
+        self._restarting = threading.Thread(target=stop_then_signal, name="closedmesh-restart")
+        self._restarting.start()
+
+    def _start_after_restart(self, port: int) -> None:
+        if self._restarting is not None:
+            self._restarting.join()
+            self._restarting = None
+        if not self.quitting:
+            self.start_runtime(port)
+
+    def _on_state(self, state: NodeState) -> None:
+        if not self._ready_seen and state.connected and node_ready(state):
+            self._ready_seen = True
+            # once per node start: the share limits the user chose, and the mesh if they were in it
+            if self.settings.limits() and state.mesh_supported:
+                self.apply_limits()
+            self.toggle.rejoin_if_wanted()
+
+    # -- actions -------------------------------------------------------------------------------------------
+
+    def save_settings(self) -> None:
+        try:
+            self.settings_store.save(self.settings)
+        except OSError as e:
+            self.notify(f"Could not save the settings ({e}).")
+
+    def notify(self, message: str, kind: str = "error") -> None:
+        self.window.banner.show_message(message, kind)
+        self.tray.notify("ClosedMesh", message, error=kind == "error")
+
+    def show_window(self, tab: str | None = None) -> None:
+        if tab:
+            self.window.show_tab(tab)
+        self.window.bring_forward()
+
+    def open_chat(self) -> None:
+        if self.port is not None:
+            self._open_url(QUrl(f"http://localhost:{self.port}/"))
+
+    def model_action(self, action: str, model: str, on_done: Callable[[ApiResult], None] | None = None) -> None:
+        """download / cancel / delete / load / unload, through the node's control API."""
+        if self.client is None:
+            if on_done:
+                on_done(ApiResult(0, None, "the node is not running"))
+            return
+        mid = quote(model, safe="")
+        calls = {
+            "download": ("POST", "/api/models/pull", {"model": model}, 30.0),
+            "cancel": ("POST", f"/api/models/{mid}/cancel", {}, 30.0),
+            "delete": ("DELETE", f"/api/models/{mid}", None, 60.0),
+            "load": ("POST", f"/api/models/{mid}/load", {}, LOAD_TIMEOUT_S),
+            "unload": ("POST", f"/api/models/{mid}/unload", {}, 60.0),
+        }
+        method, path, body, timeout = calls[action]
+        self.client.request(method, path, body, timeout=timeout, on_done=on_done)
+
+    def set_model_loaded(self, model: str, loaded: bool) -> None:
+        """The tray's Models submenu."""
+        def done(r: ApiResult) -> None:
+            if not r.ok:
+                self.notify(f"Could not {'load' if loaded else 'unload'} {model}: {r.error}")
+            self.store.refresh()
+
+        self.model_action("load" if loaded else "unload", model, on_done=done)
+
+    def apply_limits(self, on_done: Callable[[ApiResult], None] | None = None) -> None:
+        limits = self.settings.limits()
+        if self.client is None or not limits:
+            if on_done:
+                on_done(ApiResult(200, None))
+            return
+
+        def done(r: ApiResult) -> None:
+            if r.ok and isinstance(r.data, dict):
+                self.store.apply_mesh(r.data)
+            if on_done:
+                on_done(r)
+
+        self.client.request("POST", "/api/mesh/limits", limits, timeout=30, on_done=done)
+
+    def autostart_enabled(self) -> bool:
+        try:
+            return self.autostart.is_enabled()
+        except OSError:
+            return False
+
+    def set_autostart(self, on: bool) -> str | None:
+        """Turn start-at-login on or off; a plain-words error, or None."""
+        try:
+            if on:
+                self.autostart.enable(self.autostart_command)
+            else:
+                self.autostart.disable()
+        except OSError as e:
+            message = f"Could not {'turn on' if on else 'turn off'} start at login: {e}"
+            self.notify(message)
+            return message
+        self.tray.autostart_action.setChecked(self.autostart_enabled())
+        return None
+
+    # -- quit -----------------------------------------------------------------------------------------------
+
+    def quit(self) -> None:
+        """Leave the mesh, stop the node and every thread of ours, then end the app."""
+        if self.quitting:
+            return
+        self.quitting = True
+        self.tray.hide()
+        if self.port_dialog is not None:
+            self.port_dialog.close()
+        self.window.hide()
+        if self.client is not None and mesh_state(self.store.state) in ("joined", "connecting", "reconnecting"):
+            try:  # say goodbye so peers stop routing here at once; the node's own shutdown follows
+                self.client.request("POST", "/api/mesh/leave", {}, timeout=5).result(6)
+            except Exception as e:  # noqa: BLE001 — leaving is best effort; stopping the node ends it anyway
+                log.warning("leaving the mesh before quitting: %s", e)
+        self.store.detach()
+        # The client first: an open events stream would hold the node's shutdown for seconds.
+        if self.client is not None:
+            self.client.close()
+        if self._restarting is not None:
+            self._restarting.join(60)
+            self._restarting = None
+        if self.host is not None:
+            self.host.stop()
+        self.window.close()
+        log.info("ClosedMesh app stopped")
+        if self._on_quit is not None:
+            self._on_quit()

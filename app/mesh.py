@@ -1,0 +1,149 @@
+"""The "Join the mesh" toggle: one click joins (or leaves) through the node's control API, with the
+phase in between shown, a plain-words message and the toggle back off when joining fails, and the
+user's wish remembered for the next start.
+
+Contract (the node's): ``POST /api/mesh/join {"invite"?}`` answers the mesh object once joined, or an
+OpenAI-shaped error (400/502/503); ``POST /api/mesh/leave`` answers the mesh object. A node without
+the mesh answers 404 ``not_found`` for these routes: the toggle says so instead of failing obscurely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from PySide6.QtCore import QObject, Signal
+
+from .client import ApiResult, NodeClient
+from .settings import AppSettings
+from .state import NodeState, mesh_state
+from .store import NodeStore
+
+Phase = Literal["off", "joining", "joined", "leaving"]
+
+JOIN_TIMEOUT_S = 90.0  # connecting to a far NATS server, and the hub's first answer, can take a while
+NO_MESH_MESSAGE = ("Joining is not available yet: this version of the ClosedMesh node has no mesh support "
+                   "(it does not know the /api/mesh routes).")
+
+
+@dataclass(frozen=True)
+class ToggleView:
+    checked: bool
+    enabled: bool
+    text: str
+
+
+def toggle_view(phase: Phase, node_mesh_state: str, supported: bool | None) -> ToggleView:
+    """How the toggle looks (pure): checked, clickable, and its words."""
+    if phase == "joining":
+        return ToggleView(True, False, "Joining the mesh…")
+    if phase == "leaving":
+        return ToggleView(False, False, "Leaving the mesh…")
+    if phase == "joined":
+        if node_mesh_state == "reconnecting":
+            return ToggleView(True, True, "Join the mesh (reconnecting…)")
+        if node_mesh_state == "connecting":
+            return ToggleView(True, True, "Join the mesh (connecting…)")
+        return ToggleView(True, True, "Join the mesh")
+    if supported is False:
+        return ToggleView(False, True, "Join the mesh (not available)")
+    return ToggleView(False, True, "Join the mesh")
+
+
+def phase_from_node(node_mesh_state: str) -> Phase:
+    return "joined" if node_mesh_state in ("joined", "connecting", "reconnecting") else "off"
+
+
+class MeshToggle(QObject):
+    changed = Signal()  # phase or view changed
+    failed = Signal(str)  # joining (or staying joined) failed: plain words for the user
+    joined = Signal()
+
+    def __init__(self, store: NodeStore, settings: AppSettings, save: Callable[[], None],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.settings = settings
+        self._save = save
+        self.phase: Phase = "off"
+        self._last_view: ToggleView | None = None
+        store.changed.connect(self._sync)
+
+    @property
+    def client(self) -> NodeClient | None:
+        return self.store.client
+
+    def view(self) -> ToggleView:
+        s = self.store.state
+        return toggle_view(self.phase, mesh_state(s), s.mesh_supported)
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self._redraw()
+
+    def _redraw(self, force: bool = False) -> None:
+        v = self.view()
+        if force or v != self._last_view:
+            self._last_view = v
+            self.changed.emit()
+
+    def _remember(self, joined: bool) -> None:
+        if self.settings.mesh_joined != joined:
+            self.settings.mesh_joined = joined
+            self._save()
+
+    def set_wanted(self, on: bool) -> None:
+        """The user clicked the toggle."""
+        if self.phase in ("joining", "leaving") or self.client is None:
+            self._redraw(force=True)  # the click is ignored while busy: put the check mark back
+            return
+        if on and self.phase != "joined":
+            self._set_phase("joining")
+            self.client.request("POST", "/api/mesh/join", self.settings.join_body(), timeout=JOIN_TIMEOUT_S,
+                                on_done=self._joined)
+        elif not on and self.phase != "off":
+            self._set_phase("leaving")
+            self._remember(False)
+            self.client.request("POST", "/api/mesh/leave", {}, timeout=30, on_done=self._left)
+        else:
+            self._redraw(force=True)
+
+    def _joined(self, r: ApiResult) -> None:
+        if r.ok and isinstance(r.data, dict):
+            self.store.apply_mesh(r.data)
+            state = str(r.data.get("state") or "joined")
+            if state in ("off", "error"):  # answered 200 but not in: treat as a failure
+                self._fail(r.data.get("error") or "the node could not join the mesh")
+                return
+            self._remember(True)
+            self._set_phase("joined")
+            self.joined.emit()
+            return
+        self._fail(NO_MESH_MESSAGE if r.route_missing else (r.error or "the node could not join the mesh"))
+
+    def _fail(self, message: str) -> None:
+        self._remember(False)
+        self._set_phase("off")
+        self.failed.emit(f"Could not join the mesh: {message}")
+
+    def _left(self, r: ApiResult) -> None:
+        if r.ok and isinstance(r.data, dict):
+            self.store.apply_mesh(r.data)
+        self._set_phase("off")
+        if not r.ok and not r.route_missing:
+            self.failed.emit(f"Could not leave the mesh cleanly: {r.error}")
+
+    def _sync(self, state: NodeState) -> None:
+        """Follow the node when nothing is in progress here (joined from the CLI, dropped by the hub)."""
+        if self.phase in ("joining", "leaving"):
+            return
+        node_phase = phase_from_node(mesh_state(state))
+        if self.phase == "joined" and node_phase == "off" and mesh_state(state) == "error":
+            self.failed.emit(f"The mesh connection failed: {(state.mesh or {}).get('error') or 'unknown error'}")
+        self._set_phase(node_phase)
+
+    def rejoin_if_wanted(self) -> None:
+        """At start: join again when the user was in the mesh when the app last ran."""
+        s = self.store.state
+        if self.settings.mesh_joined and s.mesh_supported and mesh_state(s) == "off" and self.phase == "off":
+            self.set_wanted(True)

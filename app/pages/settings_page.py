@@ -1,0 +1,231 @@
+"""Settings: the API port, which mesh to join, the hosted-mesh API key (OS keyring), share limits for
+requests from the mesh, and start at login."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit,
+                               QPushButton, QRadioButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+
+from ..client import ApiResult
+from ..settings import DEFAULT_LIMITS, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
+from ..state import NodeState
+from ..widgets import Banner, muted
+
+if TYPE_CHECKING:
+    from ..controller import AppController
+
+LIMIT_FIELDS = (
+    ("max_tokens", "Longest answer for a mesh request", "tokens", 1, 1_000_000),
+    ("max_concurrent", "Mesh requests at the same time", "", 0, 256),
+    ("reserved_local_slots", "Slots kept free for this computer", "", 0, 64),
+)
+
+
+def limits_to_show(node_limits: dict | None, chosen: dict[str, int]) -> dict[str, int]:
+    """What the share-limit fields show (pure): the node's current limits when it reports them, else the
+    user's saved choice, else the defaults."""
+    shown = dict(DEFAULT_LIMITS)
+    shown.update(chosen)
+    for k in DEFAULT_LIMITS:
+        v = (node_limits or {}).get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            shown[k] = v
+    return shown
+
+
+class SettingsPage(QWidget):
+    def __init__(self, controller: "AppController") -> None:
+        super().__init__()
+        self.controller = controller
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        outer.addWidget(scroll)
+        body = QWidget()
+        scroll.setWidget(body)
+        root = QVBoxLayout(body)
+        root.setContentsMargins(16, 16, 16, 16)
+        root.setSpacing(12)
+        self.banner = Banner()
+        root.addWidget(self.banner)
+        s = controller.settings
+
+        # Local API
+        api = QGroupBox("Local API")
+        form = QFormLayout(api)
+        self.port = QSpinBox()
+        self.port.setRange(1024, 65535)
+        self.port.setValue(s.port)
+        self.port.setMinimumWidth(110)
+        form.addRow("Port:", self.port)
+        form.addRow("", muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts "
+                              "the node."))
+        root.addWidget(api)
+
+        # Mesh
+        mesh = QGroupBox("Mesh")
+        ml = QVBoxLayout(mesh)
+        self.public = QRadioButton("The public mesh")
+        self.private = QRadioButton("A private mesh — paste its invite or nats:// address:")
+        group = QButtonGroup(self)
+        group.addButton(self.public)
+        group.addButton(self.private)
+        self.invite = QLineEdit(s.mesh_invite)
+        self.invite.setPlaceholderText("invite token or nats://host:4222")
+        (self.private if s.mesh_invite.strip() else self.public).setChecked(True)
+        self.invite.setEnabled(self.private.isChecked())
+        self.private.toggled.connect(self.invite.setEnabled)
+        ml.addWidget(self.public)
+        ml.addWidget(self.private)
+        ml.addWidget(self.invite)
+        ml.addWidget(muted("Used the next time you join. Whoever runs a mesh can see which computers are in it."))
+        root.addWidget(mesh)
+
+        # Hosted-mesh API key
+        key = QGroupBox("Hosted mesh API key")
+        kl = QVBoxLayout(key)
+        row = QHBoxLayout()
+        self.key = QLineEdit()
+        self.key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.key.setPlaceholderText("paste the key you were given")
+        self.save_key = QPushButton("Save key")
+        self.save_key.clicked.connect(self._save_key)
+        self.remove_key = QPushButton("Remove key")
+        self.remove_key.clicked.connect(self._remove_key)
+        row.addWidget(self.key, 1)
+        row.addWidget(self.save_key)
+        row.addWidget(self.remove_key)
+        kl.addLayout(row)
+        self.key_status = muted()
+        kl.addWidget(self.key_status)
+        root.addWidget(key)
+
+        # Share limits
+        share = QGroupBox("Sharing with the mesh")
+        sl = QFormLayout(share)
+        self.limits: dict[str, QSpinBox] = {}
+        for name, label, suffix, lo, hi in LIMIT_FIELDS:
+            sb = QSpinBox()
+            sb.setRange(lo, hi)
+            sb.setMinimumWidth(110)
+            if suffix:
+                sb.setSuffix(f" {suffix}")
+            self.limits[name] = sb
+            sl.addRow(label + ":", sb)
+        sl.addRow("", muted("Limits for requests that other computers send to this one. Your own requests are "
+                            "never limited by them."))
+        root.addWidget(share)
+
+        # Start at login
+        login = QGroupBox("Start")
+        ll = QVBoxLayout(login)
+        self.autostart = QCheckBox("Start ClosedMesh when I log in")
+        self.autostart.setChecked(controller.autostart_enabled())
+        self.autostart.toggled.connect(self._autostart)
+        ll.addWidget(self.autostart)
+        root.addWidget(login)
+
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        self.save = QPushButton("Save")
+        self.save.setDefault(True)
+        self.save.clicked.connect(self.apply)
+        buttons.addWidget(self.save)
+        root.addLayout(buttons)
+        root.addStretch(1)
+
+        self._limits_from_node = False
+        self._limits_shown = False
+        controller.store.changed.connect(self.render)
+        self.render(controller.store.state)
+        self.refresh_key_status()
+
+    # -- rendering -----------------------------------------------------------------------------------
+
+    def render(self, state: NodeState) -> None:
+        node_limits = (state.mesh or {}).get("limits")
+        if node_limits and not self._limits_from_node:  # once: never overwrite what the user is typing
+            self._limits_from_node = True
+            self._show_limits(node_limits)
+        elif not self._limits_from_node and not self._limits_shown:
+            self._show_limits(None)
+        self.autostart.blockSignals(True)
+        self.autostart.setChecked(self.controller.autostart_enabled())
+        self.autostart.blockSignals(False)
+
+    def _show_limits(self, node_limits: dict | None) -> None:
+        self._limits_shown = True
+        for k, v in limits_to_show(node_limits, self.controller.settings.limits()).items():
+            self.limits[k].setValue(v)
+
+    def refresh_key_status(self) -> None:
+        try:
+            stored = hosted_key_stored()
+        except KeyringError as e:
+            self.key_status.setText(str(e))
+            self.key_status.setStyleSheet("color:#a50e0e;")
+            return
+        self.key_status.setStyleSheet("color:#5f6368;")
+        self.key_status.setText("A key is stored in the system keyring." if stored else
+                                "No key stored. You need one only to join a hosted mesh that asks for it.")
+        self.remove_key.setEnabled(stored)
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def _save_key(self) -> None:
+        try:
+            store_hosted_key(self.key.text())
+        except KeyringError as e:
+            self.banner.show_message(str(e))
+            return
+        self.key.clear()
+        self.banner.show_message("The API key is stored in the system keyring.", "ok")
+        self.refresh_key_status()
+
+    def _remove_key(self) -> None:
+        try:
+            removed = remove_hosted_key()
+        except KeyringError as e:
+            self.banner.show_message(str(e))
+            return
+        self.banner.show_message("The API key was removed." if removed else "No key was stored.", "ok")
+        self.refresh_key_status()
+
+    def _autostart(self, on: bool) -> None:
+        error = self.controller.set_autostart(on)
+        if error:
+            self.banner.show_message(error)
+
+    def apply(self) -> None:
+        """Save the settings file, send the share limits to the node, and move the node to a new port."""
+        c = self.controller
+        s = c.settings
+        s.mesh_invite = self.invite.text().strip() if self.private.isChecked() else ""
+        if self.private.isChecked() and not s.mesh_invite:
+            self.banner.show_message("Paste the private mesh's invite or nats:// address, or choose the public mesh.")
+            return
+        s.limit_max_tokens = self.limits["max_tokens"].value()
+        s.limit_max_concurrent = self.limits["max_concurrent"].value()
+        s.limit_reserved_local_slots = self.limits["reserved_local_slots"].value()
+        new_port = self.port.value()
+        port_changed = new_port != s.port or (c.port is not None and new_port != c.port)
+        s.port = new_port
+        c.save_settings()
+        self.banner.show_message("Settings saved.", "ok")
+        c.apply_limits(on_done=self._limits_applied)
+        if port_changed:
+            c.change_port(new_port)
+
+    def _limits_applied(self, r: ApiResult) -> None:
+        if r.ok:
+            return
+        if r.route_missing:
+            self.banner.show_message("Settings saved. The share limits will apply once the node supports the mesh "
+                                     "(this version does not yet).", "info")
+        else:
+            self.banner.show_message(f"Settings saved, but the node refused the share limits: {r.error}")
+

@@ -1,0 +1,150 @@
+"""The app's own settings (a JSON file in the config folder) and the hosted-mesh API key (OS keyring).
+
+The node keeps its own state; this file holds only what the app decides: which port to start the node
+on, whether the user wants to be in the mesh and which one, the share limits to apply, and whether the
+first-run welcome was shown. A missing or damaged file gives the defaults (and a damaged one is kept
+aside, never silently overwritten). No Qt here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from runtime.config import DEFAULT_PORT
+from runtime.secrets import SecretStoreUnavailable, delete_secret, get_secret, set_secret
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "app-settings.json"
+HOSTED_MESH_KEY_NAME = "hosted-mesh-api-key"
+
+# Share limits shown before the node reports its own (the contract's fields of GET /api/mesh "limits").
+DEFAULT_LIMITS = {"max_tokens": 2048, "max_concurrent": 2, "reserved_local_slots": 1}
+
+
+@dataclass
+class AppSettings:
+    port: int = DEFAULT_PORT
+    welcome_shown: bool = False
+    mesh_joined: bool = False  # the user's wish: rejoin at the next start
+    mesh_invite: str = ""  # an invite token or a nats:// URL; empty: the public mesh
+    # Share limits for requests from the mesh; None: the node's defaults.
+    limit_max_tokens: int | None = None
+    limit_max_concurrent: int | None = None
+    limit_reserved_local_slots: int | None = None
+
+    def limits(self) -> dict[str, int]:
+        """The limits the user chose (only those they set), as POST /api/mesh/limits takes them."""
+        chosen = {"max_tokens": self.limit_max_tokens, "max_concurrent": self.limit_max_concurrent,
+                  "reserved_local_slots": self.limit_reserved_local_slots}
+        return {k: v for k, v in chosen.items() if v is not None}
+
+    def join_body(self) -> dict[str, str]:
+        """The body of POST /api/mesh/join: the invite when there is one, nothing for the public mesh."""
+        invite = self.mesh_invite.strip()
+        return {"invite": invite} if invite else {}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AppSettings":
+        """Known fields with the right types; anything else is ignored (a newer app's settings, a typo)."""
+        s = cls()
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            v = data[f.name]
+            default = getattr(s, f.name)
+            if f.name.startswith("limit_"):
+                if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                    setattr(s, f.name, v)
+            elif isinstance(default, bool):
+                if isinstance(v, bool):
+                    setattr(s, f.name, v)
+            elif isinstance(default, int):
+                if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536:
+                    setattr(s, f.name, v)
+            elif isinstance(default, str) and isinstance(v, str):
+                setattr(s, f.name, v)
+        return s
+
+
+class SettingsStore:
+    """Loads and saves :class:`AppSettings` at ``<config>/app-settings.json`` (mode 0600: it may hold an
+    invite that grants access to a private mesh)."""
+
+    def __init__(self, config_dir: Path) -> None:
+        self.path = config_dir / SETTINGS_FILE
+
+    def load(self) -> AppSettings:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return AppSettings()
+        except OSError as e:
+            log.warning("could not read %s (%s); using the defaults", self.path, e)
+            return AppSettings()
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            aside = self.path.with_suffix(".json.damaged")
+            log.warning("%s is damaged (%s); kept as %s, using the defaults", self.path, e, aside)
+            os.replace(self.path, aside)
+            return AppSettings()
+        return AppSettings.from_json(data)
+
+    def save(self, settings: AppSettings) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(settings), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, self.path)
+
+
+# -- the hosted-mesh API key ---------------------------------------------------------------------------
+
+
+class KeyringError(RuntimeError):
+    """The key could not be stored or read; the message says why in plain words."""
+
+
+def _plain(e: SecretStoreUnavailable) -> KeyringError:
+    # runtime.secrets' message also tells how to do without a keyring for the Hugging Face token,
+    # which does not apply here: say it for this key.
+    if "locked" in str(e):
+        return KeyringError("The system keyring is locked. Unlock it (log in to the desktop session, or open "
+                            "your keyring app) and try again.")
+    return KeyringError("There is no system keyring on this computer, so the API key cannot be stored safely. "
+                        "On Linux, install and start a Secret Service provider (GNOME Keyring or KeePassXC) "
+                        "in an unlocked desktop session, then try again.")
+
+
+def hosted_key_stored() -> bool:
+    try:
+        return bool(get_secret(HOSTED_MESH_KEY_NAME))
+    except SecretStoreUnavailable as e:
+        raise _plain(e) from None
+
+
+def store_hosted_key(key: str) -> None:
+    key = key.strip()
+    if not key:
+        raise KeyringError("Type or paste the API key first.")
+    try:
+        set_secret(HOSTED_MESH_KEY_NAME, key)
+    except SecretStoreUnavailable as e:
+        raise _plain(e) from None
+
+
+def remove_hosted_key() -> bool:
+    try:
+        return delete_secret(HOSTED_MESH_KEY_NAME)
+    except SecretStoreUnavailable as e:
+        raise _plain(e) from None
