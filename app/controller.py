@@ -50,6 +50,7 @@ def app_command() -> list[str]:
 
 
 class AppController(QObject):
+    autostart_changed = Signal(bool)  # start at login turned on/off (from the tray or Settings)
     _runtime_exited = Signal(object, object)  # (host, error): from the runtime thread to the Qt thread
     _restart_ready = Signal(int)  # the old node stopped: start on this port (from a helper thread)
 
@@ -257,6 +258,7 @@ class AppController(QObject):
         def done(r: ApiResult) -> None:
             if not r.ok:
                 self.notify(f"Could not {'load' if loaded else 'unload'} {model}: {r.error}")
+                self.tray.render_models(self.store.state)  # put the check mark back where it belongs
             self.store.refresh()
 
         self.model_action("load" if loaded else "unload", model, on_done=done)
@@ -293,7 +295,7 @@ class AppController(QObject):
             message = f"Could not {'turn on' if on else 'turn off'} start at login: {e}"
             self.notify(message)
             return message
-        self.tray.autostart_action.setChecked(self.autostart_enabled())
+        self.autostart_changed.emit(self.autostart_enabled())
         return None
 
     # -- quit -----------------------------------------------------------------------------------------------

@@ -94,7 +94,10 @@ def model_rows(listing: dict[str, Any] | None, state: NodeState) -> list[ModelRo
         mid = local["id"] if local else e["id"]
         size_n = e.get("size_bytes")
         size = ("~" if e.get("size_is_estimate") else "") + format_bytes(size_n) if size_n else "—"
-        detail = " · ".join(x for x in (e.get("family"), _params(e.get("parameters")), e.get("quant"),
+        family = e.get("family")
+        if family and str(e["id"]).startswith(str(family)):
+            family = None  # the title says it already
+        detail = " · ".join(x for x in (family, _params(e.get("parameters")), e.get("quant"),
                                          _ctx(e.get("context_length")), e.get("license")) if x)
         rows.append(_row(mid, e["id"], detail, size, e.get("fit"), str(e.get("state") or "available"),
                          (local or {}).get("error"), bool(e.get("recommended")), bool((local or {}).get("pinned")),

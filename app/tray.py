@@ -43,6 +43,7 @@ class Tray(QObject):
         self.autostart_action.setCheckable(True)
         self.autostart_action.setChecked(controller.autostart_enabled())
         self.autostart_action.triggered.connect(self._autostart)
+        controller.autostart_changed.connect(self.autostart_action.setChecked)
         self.quit_action = self.menu.addAction("Quit ClosedMesh")
         self.quit_action.triggered.connect(controller.quit)
 
@@ -70,10 +71,8 @@ class Tray(QObject):
         self.autostart_action.setChecked(self.controller.autostart_enabled())
 
     def _autostart(self, on: bool) -> None:
-        error = self.controller.set_autostart(on)
-        if error:
-            self.autostart_action.setChecked(not on)
-        self.autostart_action.setChecked(self.controller.autostart_enabled())
+        self.controller.set_autostart(on)
+        self.autostart_action.setChecked(self.controller.autostart_enabled())  # the truth, also after a failure
 
     def _render_toggle(self) -> None:
         v = self.controller.toggle.view()
@@ -91,6 +90,11 @@ class Tray(QObject):
         self.icon.setToolTip(tooltip(state, self.controller.port, want))
         self.chat_action.setEnabled(self.controller.port is not None)
         self._render_toggle()
+        self._render_models(state)
+
+    def render_models(self, state: NodeState) -> None:
+        """Rebuild the Models submenu even when nothing changed (an action failed: undo its check mark)."""
+        self._models_shape = None
         self._render_models(state)
 
     def _render_models(self, state: NodeState) -> None:

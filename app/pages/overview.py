@@ -105,7 +105,8 @@ class OverviewPage(QWidget):
 
         root.addWidget(heading("Models served here", 11))
         self.models = table(["Model", "State", "Context", "Slots busy", "Tokens/s (median)", "First token (median)"])
-        root.addWidget(self.models, 1)
+        root.addWidget(self.models)
+        root.addStretch(1)
 
         controller.store.changed.connect(self.render)
         controller.toggle.changed.connect(self._render_toggle)
@@ -161,3 +162,5 @@ class OverviewPage(QWidget):
                 if j == 1 and m.get("error"):
                     item.setToolTip(m["error"])
                 t.setItem(i, j, item)
+        rows_height = sum(t.rowHeight(i) for i in range(t.rowCount())) or t.verticalHeader().defaultSectionSize()
+        t.setFixedHeight(t.horizontalHeader().height() + rows_height + 2 * t.frameWidth() + 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
@@ -60,11 +61,22 @@ class PeersPage(QWidget):
                              "does not run go to the fastest live peer that runs it."))
         self.table = table(HEADERS, stretch=1)
         root.addWidget(self.table, 1)
+        self.empty = QLabel()
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("color:#5f6368; font-size:14px; padding:40px;")
+        root.addWidget(self.empty, 1)
         controller.store.changed.connect(self.render)
         self.render(controller.store.state)
 
     def render(self, state: NodeState) -> None:
-        self.summary.setText(peers_summary(state))
+        summary = peers_summary(state)
+        self.summary.setText(summary)
+        self.summary.setVisible(bool(state.peers))
+        self.table.setVisible(bool(state.peers))
+        self.empty.setVisible(not state.peers)
+        if not state.peers:
+            self.empty.setText(summary)
         peers = sorted(state.peers, key=lambda p: (p.get("state") != "live", -(p.get("tokens_per_second") or 0)))
         self.table.setRowCount(len(peers))
         grey = QColor("#80868b")

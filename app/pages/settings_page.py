@@ -35,12 +35,20 @@ def limits_to_show(node_limits: dict | None, chosen: dict[str, int]) -> dict[str
     return shown
 
 
+def _form(parent: QWidget) -> QFormLayout:
+    form = QFormLayout(parent)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
+    form.setHorizontalSpacing(12)
+    return form
+
+
 class SettingsPage(QWidget):
     def __init__(self, controller: "AppController") -> None:
         super().__init__()
         self.controller = controller
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -56,14 +64,14 @@ class SettingsPage(QWidget):
 
         # Local API
         api = QGroupBox("Local API")
-        form = QFormLayout(api)
+        form = _form(api)
         self.port = QSpinBox()
         self.port.setRange(1024, 65535)
         self.port.setValue(s.port)
         self.port.setMinimumWidth(110)
         form.addRow("Port:", self.port)
-        form.addRow("", muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts "
-                              "the node."))
+        form.addRow(muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts the "
+                          "node."))
         root.addWidget(api)
 
         # Mesh
@@ -106,18 +114,18 @@ class SettingsPage(QWidget):
 
         # Share limits
         share = QGroupBox("Sharing with the mesh")
-        sl = QFormLayout(share)
+        sl = _form(share)
         self.limits: dict[str, QSpinBox] = {}
         for name, label, suffix, lo, hi in LIMIT_FIELDS:
             sb = QSpinBox()
             sb.setRange(lo, hi)
-            sb.setMinimumWidth(110)
+            sb.setMinimumWidth(140)
             if suffix:
                 sb.setSuffix(f" {suffix}")
             self.limits[name] = sb
             sl.addRow(label + ":", sb)
-        sl.addRow("", muted("Limits for requests that other computers send to this one. Your own requests are "
-                            "never limited by them."))
+        sl.addRow(muted("Limits for requests that other computers send to this one. Your own requests are "
+                        "never limited by them."))
         root.addWidget(share)
 
         # Start at login
@@ -126,17 +134,23 @@ class SettingsPage(QWidget):
         self.autostart = QCheckBox("Start ClosedMesh when I log in")
         self.autostart.setChecked(controller.autostart_enabled())
         self.autostart.toggled.connect(self._autostart)
+        controller.autostart_changed.connect(self._show_autostart)
         ll.addWidget(self.autostart)
         root.addWidget(login)
 
-        buttons = QHBoxLayout()
+        root.addStretch(1)
+
+        bar = QWidget()  # outside the scroll area: always in view
+        buttons = QHBoxLayout(bar)
+        buttons.setContentsMargins(16, 8, 24, 8)
+        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you save."))
         buttons.addStretch(1)
         self.save = QPushButton("Save")
         self.save.setDefault(True)
+        self.save.setMinimumWidth(100)
         self.save.clicked.connect(self.apply)
         buttons.addWidget(self.save)
-        root.addLayout(buttons)
-        root.addStretch(1)
+        outer.addWidget(bar)
 
         self._limits_from_node = False
         self._limits_shown = False
@@ -153,8 +167,10 @@ class SettingsPage(QWidget):
             self._show_limits(node_limits)
         elif not self._limits_from_node and not self._limits_shown:
             self._show_limits(None)
+
+    def _show_autostart(self, on: bool) -> None:
         self.autostart.blockSignals(True)
-        self.autostart.setChecked(self.controller.autostart_enabled())
+        self.autostart.setChecked(on)
         self.autostart.blockSignals(False)
 
     def _show_limits(self, node_limits: dict | None) -> None:
@@ -199,6 +215,7 @@ class SettingsPage(QWidget):
         error = self.controller.set_autostart(on)
         if error:
             self.banner.show_message(error)
+            self._show_autostart(self.controller.autostart_enabled())
 
     def apply(self) -> None:
         """Save the settings file, send the share limits to the node, and move the node to a new port."""
