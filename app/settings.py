@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import keyring.errors
+
 from runtime.config import DEFAULT_PORT
 from runtime.secrets import SecretStoreUnavailable, delete_secret, get_secret, set_secret
 
@@ -118,7 +120,7 @@ class KeyringError(RuntimeError):
 def _plain(e: SecretStoreUnavailable) -> KeyringError:
     # runtime.secrets' message also tells how to do without a keyring for the Hugging Face token,
     # which does not apply here: say it for this key.
-    if "locked" in str(e):
+    if isinstance(e.__cause__, keyring.errors.KeyringLocked):
         return KeyringError("The system keyring is locked. Unlock it (log in to the desktop session, or open "
                             "your keyring app) and try again.")
     return KeyringError("There is no system keyring on this computer, so the API key cannot be stored safely. "

@@ -184,10 +184,14 @@ def live_peer_count(state: NodeState) -> int:
     return sum(1 for p in state.peers if p.get("state", "live") == "live")
 
 
+def backend_words(backend: str | None) -> str | None:
+    if not backend:
+        return None
+    return {"cpu": "CPU", "cuda": "CUDA", "metal": "Metal"}.get(str(backend).lower(), str(backend))
+
+
 def backend_name(state: NodeState) -> str | None:
-    cap = (state.status or {}).get("capability") or {}
-    b = cap.get("backend")
-    return {"cpu": "CPU", "cuda": "CUDA", "metal": "Metal"}.get(b, str(b).upper()) if b else None
+    return backend_words(((state.status or {}).get("capability") or {}).get("backend"))
 
 
 def tray_kind(state: NodeState, want_joined: bool = False) -> TrayKind:

@@ -51,7 +51,7 @@ class Banner(QFrame):
         self.closed.emit()
 
     def text(self) -> str:
-        return self.label.text() if self.isVisible() else ""
+        return "" if self.isHidden() else self.label.text()
 
 
 def heading(text: str, size: int = 13) -> QLabel:

@@ -54,8 +54,8 @@ def _mesh_words(state: NodeState) -> str:
         words += f" · {live_peer_count(state)} live peers"
         if mesh.get("url"):
             words += f" · {mesh['url']}"
-    if ms == "error" and mesh.get("error"):
-        words += f" — {mesh['error']}"
+    if ms == "error":
+        words = f"Not joined — {mesh.get('error') or 'the last attempt failed'}"
     return words
 
 
@@ -77,9 +77,8 @@ class OverviewPage(QWidget):
         head.addWidget(self.headline)
         head.addWidget(self.api)
         self.join = QPushButton("Join the mesh")
-        self.join.setCheckable(True)
         self.join.setMinimumWidth(170)
-        self.join.clicked.connect(lambda on: controller.toggle.set_wanted(on))
+        self.join.clicked.connect(lambda: controller.toggle.set_wanted(not controller.toggle.view().checked))
         self.chat = QPushButton("Open Chat")
         self.chat.clicked.connect(controller.open_chat)
         top.addWidget(self.icon)
@@ -114,9 +113,9 @@ class OverviewPage(QWidget):
 
     def _render_toggle(self) -> None:
         v = self.controller.toggle.view()
-        self.join.setChecked(v.checked)
         self.join.setEnabled(v.enabled)
-        self.join.setText(v.text)
+        # a button says what a click does (the tray's check mark says the state)
+        self.join.setText("Leave the mesh" if v.checked and v.enabled else v.text)
 
     def render(self, state: NodeState) -> None:
         want = self.controller.settings.mesh_joined

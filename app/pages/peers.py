@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
-from ..state import NodeState, format_ms, format_tps, live_peer_count, mesh_state
+from ..state import NodeState, backend_words, format_ms, format_tps, live_peer_count, mesh_state
 from ..widgets import muted, table
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def peer_cells(p: dict[str, Any]) -> list[str]:
     name = p.get("name") or str(p.get("id", "?"))[:12]
     backend = p.get("backend")
     return [
-        f"{name} ({str(backend).upper()})" if backend else name,
+        f"{name} ({backend_words(backend)})" if backend else name,
         shown or "—",
         format_tps(p.get("tokens_per_second")),
         "—" if p.get("free_slots") is None else str(p.get("free_slots")),

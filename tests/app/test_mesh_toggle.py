@@ -1,0 +1,157 @@
+"""The "Join the mesh" toggle and the mesh views, against a stand-in node that implements the mesh's
+HTTP contract (tests/app/fake_node.py): join with progress, join failure (toggle back off, the message
+shown), leave, share limits, rejoin at start, a dropped mesh, and quitting while joined."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.settings import AppSettings, SettingsStore
+from runtime.config import Paths
+
+from .fake_node import FakeNode
+
+
+@pytest.fixture
+def fake():
+    node = FakeNode().start()
+    yield node
+    node.close()
+
+
+def attached(qtbot, start_app, fake: FakeNode):
+    c = start_app(attach=(fake.base_url, fake.token))
+    qtbot.waitUntil(lambda: c.store.state.connected and c.store.state.mesh_supported, timeout=30_000)
+    if c.window.welcome is not None:
+        c.window.close_welcome()
+    return c
+
+
+def test_join_shows_progress_then_joined_with_peers(qtbot, start_app, fake, shot):
+    c = attached(qtbot, start_app, fake)
+    assert c.tray.status_action.text() == "Solo · 1 model · CPU"
+    fake.hold_joins()
+    c.tray.join_action.trigger()
+    # while the node connects: the toggle says so and cannot be clicked again
+    qtbot.waitUntil(lambda: c.tray.join_action.text() == "Joining the mesh…", timeout=10_000)
+    assert c.tray.join_action.isChecked() and not c.tray.join_action.isEnabled()
+    assert c.window.overview.join.text() == "Joining the mesh…" and not c.window.overview.join.isEnabled()
+    qtbot.waitUntil(lambda: c.tray.kind == "starting", timeout=10_000)  # connecting: the "starting" look
+    c.tray.menu.popup(c.window.geometry().topLeft())
+    qtbot.waitUntil(c.tray.menu.isVisible)
+    shot(c.tray.menu, "tray-menu-joining")
+    c.tray.menu.hide()
+    fake.release_join()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    assert ("POST", "/api/mesh/join", {}) in fake.calls  # the public mesh: no invite
+    assert c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
+    assert c.window.overview.join.text() == "Leave the mesh"
+    qtbot.waitUntil(lambda: c.tray.status_action.text() == "Joined · 3 peers · 8 models · CPU", timeout=10_000)
+    assert c.tray.kind == "joined"
+    saved = json.loads((Paths.resolve().config / "app-settings.json").read_text())
+    assert saved["mesh_joined"] is True  # rejoined at the next start
+    # Peers tab: the live table
+    w = c.window
+    w.show_tab("peers")
+    qtbot.waitUntil(lambda: w.peers.table.rowCount() == 4, timeout=10_000)
+    t = w.peers.table
+    names = [t.item(i, 0).text() for i in range(4)]
+    assert names == ["carol-server (CUDA)", "alice-desktop (CUDA)", "bob-macbook (Metal)", "dave-laptop (CPU)"]
+    assert t.item(0, 1).text() == ("Qwen3-14B-Q4_K_M, Qwen3-8B-Q4_K_M, Mistral-7B-Instruct-v0.3-Q4_K_M, "
+                                   "gemma-3-4b-it-Q4_K_M +1 more")
+    assert [t.item(0, j).text() for j in range(2, 6)] == ["122.9 tok/s", "6", "9.3 ms", "Live"]
+    assert t.item(3, 5).text() == "Not heard from lately"
+    assert w.peers.summary.text() == "3 live peers (1 not heard from lately) · mesh nats://hub.example:4222"
+    shot(w, "window-peers-joined")
+    # live: a peer leaves
+    fake.peers = fake.peers[:2]
+    fake.push("peers", {"type": "peers", "peers": fake.peers})
+    qtbot.waitUntil(lambda: t.rowCount() == 2, timeout=10_000)
+    # serving peers: requests in flight while joined
+    fake.in_flight = 2
+    c.store.refresh()
+    qtbot.waitUntil(lambda: c.tray.kind == "serving", timeout=10_000)
+    assert c.tray.status_action.text().startswith("Serving peers · 2 peers")
+    w.show_tab("overview")
+    assert "Joined · 2 live peers · nats://hub.example:4222" == w.overview.fields["mesh"].text()
+    shot(w, "window-overview-serving-peers")
+    c.tray.menu.popup(w.geometry().topLeft())
+    qtbot.waitUntil(c.tray.menu.isVisible)
+    shot(c.tray.menu, "tray-menu-joined")
+    c.tray.menu.hide()
+    # leave
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "off" and not c.tray.join_action.isChecked(), timeout=10_000)
+    assert ("POST", "/api/mesh/leave", {}) in fake.calls
+    assert c.settings.mesh_joined is False
+    qtbot.waitUntil(lambda: c.tray.kind == "solo", timeout=10_000)
+
+
+def test_join_failure_turns_the_toggle_back_off_with_the_message(qtbot, start_app, fake, shot):
+    c = attached(qtbot, start_app, fake)
+    c.settings.mesh_invite = "nats://hub.example:4222"
+    fake.join_failure = (502, "could not reach nats://hub.example:4222 (connection refused)")
+    c.window.overview.join.click()
+    qtbot.waitUntil(lambda: c.toggle.phase == "off" and "connection refused" in c.window.banner.text(),
+                    timeout=10_000)
+    assert ("POST", "/api/mesh/join", {"invite": "nats://hub.example:4222"}) in fake.calls
+    assert c.window.banner.text() == ("Could not join the mesh: could not reach nats://hub.example:4222 "
+                                      "(connection refused)")
+    assert not c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
+    assert c.window.overview.join.text() == "Join the mesh"
+    assert c.settings.mesh_joined is False
+    # the failed attempt does not leave a red icon behind: the user is not in the mesh and did not ask to stay
+    qtbot.waitUntil(lambda: c.tray.kind == "solo", timeout=10_000)
+    qtbot.waitUntil(lambda: c.window.overview.fields["mesh"].text() == (
+        "Not joined — could not reach nats://hub.example:4222 (connection refused)"), timeout=10_000)
+    shot(c.window, "window-join-failed")
+
+
+def test_share_limits_from_settings_go_to_the_node(qtbot, start_app, fake):
+    c = attached(qtbot, start_app, fake)
+    page = c.window.settings
+    qtbot.waitUntil(lambda: page.limits["max_tokens"].value() == 4096, timeout=10_000)  # the node's own limits
+    page.limits["max_tokens"].setValue(1000)
+    page.limits["max_concurrent"].setValue(5)
+    page.limits["reserved_local_slots"].setValue(2)
+    page.save.click()
+    qtbot.waitUntil(lambda: any(p == "/api/mesh/limits" for _, p, _ in fake.calls), timeout=10_000)
+    assert ("POST", "/api/mesh/limits", {"max_tokens": 1000, "max_concurrent": 5, "reserved_local_slots": 2}) \
+        in fake.calls
+    qtbot.waitUntil(lambda: (c.store.state.mesh or {}).get("limits", {}).get("max_concurrent") == 5, timeout=10_000)
+    assert page.banner.text() == "Settings saved."
+
+
+def test_rejoins_at_start_when_the_user_was_in_the_mesh(qtbot, start_app, fake):
+    paths = Paths.resolve()
+    SettingsStore(paths.config).save(AppSettings(welcome_shown=True, mesh_joined=True,
+                                                 limit_max_tokens=512))
+    c = start_app(attach=(fake.base_url, fake.token))
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=30_000)
+    assert ("POST", "/api/mesh/join", {}) in fake.calls
+    assert ("POST", "/api/mesh/limits", {"max_tokens": 512}) in fake.calls  # the saved limits, applied again
+
+
+def test_a_dropped_mesh_turns_the_toggle_off_and_says_why(qtbot, start_app, fake):
+    c = attached(qtbot, start_app, fake)
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    fake.set_mesh(state="reconnecting")
+    qtbot.waitUntil(lambda: c.tray.join_action.text() == "Join the mesh (reconnecting…)", timeout=10_000)
+    assert c.tray.kind == "starting" and c.tray.join_action.isChecked()
+    fake.set_mesh(state="error", error="the hub closed the connection (auth expired)")
+    qtbot.waitUntil(lambda: c.toggle.phase == "off", timeout=10_000)
+    assert "auth expired" in c.window.banner.text()
+    assert c.tray.kind == "error"  # the user wants to be joined and is not: red
+    assert c.settings.mesh_joined is True  # the wish stays: the next start tries again
+
+
+def test_quit_while_joined_leaves_the_mesh(qtbot, start_app, fake):
+    c = attached(qtbot, start_app, fake)
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    c.quit()
+    assert ("POST", "/api/mesh/leave", {}) in fake.calls
+    assert c.settings.mesh_joined is True  # quitting is not leaving for good: the next start rejoins

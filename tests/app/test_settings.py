@@ -1,0 +1,83 @@
+"""The app's settings file and the hosted-mesh API key in the OS keyring."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import keyring
+import keyring.errors
+import pytest
+
+from app.settings import (AppSettings, KeyringError, SettingsStore, hosted_key_stored, remove_hosted_key,
+                          store_hosted_key)
+
+from .conftest import NoKeyring
+
+
+def test_defaults_when_there_is_no_file(tmp_path):
+    s = SettingsStore(tmp_path).load()
+    assert s == AppSettings()
+    assert (s.port, s.welcome_shown, s.mesh_joined, s.mesh_invite) == (9337, False, False, "")
+    assert s.limits() == {} and s.join_body() == {}
+
+
+def test_round_trip_and_owner_only_file(tmp_path):
+    store = SettingsStore(tmp_path / "config")
+    s = AppSettings(port=9444, welcome_shown=True, mesh_joined=True, mesh_invite=" nats://hub.example:4222 ",
+                    limit_max_tokens=1024, limit_max_concurrent=0)
+    store.save(s)
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600  # an invite may grant access to a private mesh
+    back = store.load()
+    assert back == s
+    assert back.join_body() == {"invite": "nats://hub.example:4222"}
+    assert back.limits() == {"max_tokens": 1024, "max_concurrent": 0}
+    assert not list((tmp_path / "config").glob("*.tmp"))
+
+
+def test_wrong_types_and_unknown_fields_are_ignored(tmp_path):
+    store = SettingsStore(tmp_path)
+    store.path.write_text(json.dumps({"port": "9444", "welcome_shown": 1, "mesh_invite": 5, "limit_max_tokens": -3,
+                                      "limit_max_concurrent": 4, "from_a_newer_app": True, "mesh_joined": True}))
+    s = store.load()
+    assert (s.port, s.welcome_shown, s.mesh_invite, s.limit_max_tokens) == (9337, False, "", None)
+    assert s.limit_max_concurrent == 4 and s.mesh_joined is True
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_damaged_file_is_kept_aside_and_the_defaults_used(tmp_path, text):
+    store = SettingsStore(tmp_path)
+    store.path.write_text(text)
+    assert store.load() == AppSettings()
+    assert (tmp_path / "app-settings.json.damaged").read_text() == text
+    assert not store.path.exists()
+
+
+def test_hosted_key_in_the_keyring(memory_keyring):
+    assert not hosted_key_stored()
+    store_hosted_key("  hm_abc  ")
+    assert memory_keyring.items == {("ClosedMesh", "hosted-mesh-api-key"): "hm_abc"}
+    assert hosted_key_stored()
+    assert remove_hosted_key() is True
+    assert remove_hosted_key() is False
+    with pytest.raises(KeyringError, match="paste the API key"):
+        store_hosted_key("   ")
+
+
+def test_no_keyring_is_a_plain_error(memory_keyring):
+    keyring.set_keyring(NoKeyring())
+    for call in (hosted_key_stored, lambda: store_hosted_key("k"), remove_hosted_key):
+        with pytest.raises(KeyringError) as e:
+            call()
+        assert str(e.value).startswith("There is no system keyring on this computer")
+        assert "HF_TOKEN" not in str(e.value)  # advice about another secret does not belong here
+
+
+def test_a_locked_keyring_says_unlock_it(memory_keyring):
+    class Locked(NoKeyring):
+        def get_password(self, service, username):
+            raise keyring.errors.KeyringLocked("the collection is locked")
+
+    keyring.set_keyring(Locked())
+    with pytest.raises(KeyringError, match="The system keyring is locked. Unlock it"):
+        hosted_key_stored()
