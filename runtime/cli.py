@@ -1,4 +1,4 @@
-"""`closedmesh` command line: serve, models, status."""
+"""`closedmesh` command line: serve, status, models, mesh, hub."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         keepalive_seconds=args.keepalive, model_ttl=args.model_ttl, kv_type=args.kv_type,
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
         allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
+        hub=args.hub, hub_host=args.hub_host, hub_port=args.hub_port,
     )
     paths = Paths.resolve()
     try:
@@ -285,6 +286,161 @@ def _models_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- mesh --------------------------------------------------------------------------------------------
+
+
+def _require_node(args: argparse.Namespace) -> str:
+    base = _node_base(args)
+    if base is None:
+        raise SystemExit(f"closedmesh: no node is running at http://{args.host}:{args.port}; start it first "
+                         f"(closedmesh serve), then run this again")
+    return base
+
+
+def _print_mesh(st: dict) -> None:
+    line = f"mesh: {st['state']}"
+    if st.get("url"):
+        line += f" via {st['url']}"
+    print(line)
+    if st.get("error"):
+        print(f"  {st['error']}")
+    print(f"this node: {st['node']['name']} ({st['node']['id']})")
+    if st.get("hub"):
+        print(f"hosting a hub at {', '.join(st['hub']['urls'])}")
+    peers = st.get("peers", [])
+    print(f"{len(peers)} peer{'s' if len(peers) != 1 else ''}")
+    for p in peers:
+        models = ", ".join(m["id"] for m in p["models"]) or "no models"
+        tps = f"{p['tokens_per_second']:.0f} tok/s" if p.get("tokens_per_second") else "tok/s unknown"
+        print(f"  {p['name']:<20} {p['id'][:12]}…  {p['state']:<5} free slots {p.get('free_slots')}  {tps}  {models}")
+
+
+def _mesh_join(args: argparse.Namespace) -> int:
+    base = _require_node(args)
+    body = {"invite": args.target}
+    if args.name:
+        body["name"] = args.name
+    _print_mesh(_admin_call(base, "POST", "/api/mesh/join", body, timeout=60))
+    return 0
+
+
+def _mesh_leave(args: argparse.Namespace) -> int:
+    _print_mesh(_admin_call(_require_node(args), "POST", "/api/mesh/leave", {}, timeout=30))
+    return 0
+
+
+def _mesh_status(args: argparse.Namespace) -> int:
+    st = _get(_require_node(args) + "/api/mesh")
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_mesh(st)
+    return 0
+
+
+def _parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise SystemExit(f"closedmesh: '{text}' is not a duration; write e.g. 30m, 24h or 7d") from None
+
+
+def _hub_dir():
+    return Paths.resolve().data / "hub"
+
+
+def _mesh_invite(args: argparse.Namespace) -> int:
+    from .mesh.hub import HubError, create_invite
+    ttl = _parse_duration(args.ttl)
+    base = _node_base(args)
+    if base is not None and _get(base + "/api/mesh").get("hub"):
+        inv = _admin_call(base, "POST", "/api/mesh/invite", {"ttl_seconds": ttl})
+        token, urls = inv["invite"], inv["urls"]
+    else:
+        try:
+            i = create_invite(_hub_dir(), ttl)
+        except HubError as e:
+            raise SystemExit(f"closedmesh: {e}") from None
+        token, urls = i.encode(), list(i.urls)
+    print(token)
+    print(f"(single use, valid for {args.ttl}; hub at {', '.join(urls)}. On the other machine: "
+          f"closedmesh mesh join <invite>)", file=sys.stderr)
+    return 0
+
+
+def _mesh_revoke(args: argparse.Namespace) -> int:
+    from .config import node_id
+    from .mesh.hub import HubError, admin_identity, load_state, revoke_member
+
+    try:
+        pub = revoke_member(_hub_dir(), args.node)
+        state = load_state(_hub_dir())
+    except HubError as e:
+        raise SystemExit(f"closedmesh: {e}") from None
+
+    async def purge() -> None:  # gone from the directory at once, not after its entry expires
+        import nats
+
+        from .mesh.protocol import BUCKET
+        admin = admin_identity(_hub_dir(), node_id(Paths.resolve()))
+        nc = await nats.connect(f"nats://127.0.0.1:{state['port']}", nkeys_seed_str=admin.seed, allow_reconnect=False,
+                                connect_timeout=3)
+        try:
+            kv = await nc.jetstream().key_value(BUCKET)
+            await kv.purge(pub)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(purge())
+    except Exception as e:
+        print(f"closedmesh: revoked, but could not clear its directory entry now ({e}); it expires by itself",
+              file=sys.stderr)
+    print(f"revoked {pub}: it is disconnected and cannot rejoin")
+    return 0
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from .config import node_id
+    from .mesh.hub import Hub, HubError, hub_urls
+
+    paths = Paths.resolve()
+    paths.ensure()
+
+    async def run() -> None:
+        hub = Hub(paths.data / "hub", node_id(paths), host=args.host, port=args.port)
+        try:
+            await hub.start()
+        except HubError:
+            await hub.stop()
+            raise
+        print(f"ClosedMesh hub listening on {', '.join(hub_urls(hub.state))}; invite nodes with: "
+              f"closedmesh mesh invite", flush=True)
+        stop = asyncio.Event()
+        import signal
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await stop.wait()
+        finally:
+            await hub.stop()
+
+    try:
+        asyncio.run(run())
+    except HubError as e:
+        print(f"closedmesh: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="closedmesh", description="ClosedMesh node: OpenAI-compatible LLM server "
                                                                "on llama.cpp.")
@@ -315,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between SSE keep-alive comments while a stream waits (default 5)")
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")
     s.add_argument("--allow-origin", action="append", help="browser origin allowed to call the API (repeatable)")
+    s.add_argument("--hub", action="store_true", help="also run a private mesh hub (embedded nats-server)")
+    s.add_argument("--hub-host", default="0.0.0.0", help="address the hub listens on (default: all, for the LAN)")
+    s.add_argument("--hub-port", type=int, default=4222, help="the hub's port (default 4222)")
     s.set_defaults(func=_serve)
 
     st = sub.add_parser("status", help="show a running node's status")
@@ -351,6 +510,28 @@ def build_parser() -> argparse.ArgumentParser:
         sp = node_opts(msub.add_parser(verb, help=f"{verb} a model on the running node"))
         sp.add_argument("id")
         sp.set_defaults(func=_models_load_unload)
+
+    me = sub.add_parser("mesh", help="join, leave and manage the mesh")
+    mesub = me.add_subparsers(dest="mesh_cmd", required=True)
+    mj = node_opts(mesub.add_parser("join", help="join a mesh: an invite (cmi1.…) or a URL (nats://host:4222)"))
+    mj.add_argument("target", metavar="INVITE-OR-URL")
+    mj.add_argument("--name", help="the name other members see (default: this computer's name)")
+    mj.set_defaults(func=_mesh_join)
+    node_opts(mesub.add_parser("leave", help="leave the mesh")).set_defaults(func=_mesh_leave)
+    mst = node_opts(mesub.add_parser("status", help="mesh state and peers"))
+    mst.add_argument("--json", action="store_true")
+    mst.set_defaults(func=_mesh_status)
+    mi = node_opts(mesub.add_parser("invite", help="print a single-use invite to this machine's hub"))
+    mi.add_argument("--ttl", default="24h", help="how long the invite is valid (e.g. 30m, 24h, 7d; default 24h)")
+    mi.set_defaults(func=_mesh_invite)
+    mr2 = mesub.add_parser("revoke", help="lock a node out of this machine's hub")
+    mr2.add_argument("node", help="the node's id (or a unique prefix of it) or name")
+    mr2.set_defaults(func=_mesh_revoke)
+
+    h = sub.add_parser("hub", help="run a private mesh hub (embedded nats-server) in the foreground")
+    h.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, for the LAN)")
+    h.add_argument("--port", type=int, default=4222, help="port (default 4222)")
+    h.set_defaults(func=_hub)
     return p
 
 

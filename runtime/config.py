@@ -92,3 +92,7 @@ class ServeSettings:
     keepalive_seconds: float = 5.0  # SSE comment interval while a stream waits
     allowed_hosts: tuple[str, ...] = ()  # extra Host header names accepted besides loopback names
     allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to call the API
+    # Mesh
+    hub: bool = False  # run a private hub (embedded nats-server) in this node
+    hub_host: str = "0.0.0.0"  # the hub listens on the LAN so that other machines can join
+    hub_port: int = 4222

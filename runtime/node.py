@@ -37,6 +37,7 @@ class Node:
     _load_task: asyncio.Task | None = None
     _listeners: set = field(default_factory=set)
     _started: bool = False
+    hub: object | None = None  # runtime.mesh.hub.Hub when this node hosts a private mesh (serve --hub)
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -48,6 +49,8 @@ class Node:
         self.manager = ModelManager(self.paths.models, self._engine_config, ttl_seconds=self.settings.model_ttl,
                                     memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial")
         self.manager.subscribe(self._broadcast)
+        from .mesh.mesh import Mesh  # the mesh is part of every node; joining is a setting
+        self.mesh = Mesh(self, self.paths.config)
         self.pinned: list[str] = []
         for s in self.settings.models or [DEFAULT_MODEL_ID]:
             mid, path, embedded = self._resolve_served(s)
@@ -99,11 +102,38 @@ class Node:
                  self.cap.backend, [d.name for d in self.cap.devices] or "none",
                  self.cap.ram_free_bytes / 2**30, self.cap.ram_total_bytes / 2**30, self.cap.physical_cores, threads)
         self.manager.start()
+        await self._start_hub()
+        await self.mesh.start()
         try:
             await self._load_pinned()
         finally:
             self._started = True
             self._broadcast({"type": "node_ready", "ready": self.ready})
+
+    async def _start_hub(self) -> None:
+        """serve --hub: run the private hub and make this node its first member."""
+        if not self.settings.hub:
+            return
+        from .mesh.hub import Hub, HubError, add_member
+        from .mesh.mesh import MeshError
+        hub = Hub(self.paths.data / "hub", self.id, host=self.settings.hub_host, port=self.settings.hub_port)
+        try:
+            await hub.start()
+        except HubError as e:
+            log.error("the private hub did not start: %s", e)
+            self.mesh._set_state("error", f"the private hub did not start: {e}")
+            await hub.stop()
+            return
+        self.hub = hub
+        await asyncio.to_thread(add_member, hub.hub_dir, self.mesh.ident.public, self.mesh.config.name)
+        if not (self.mesh.config.joined and hub.local_url in self.mesh.config.urls):
+            c = self.mesh.config
+            c.joined, c.mode, c.urls = True, "hub", [hub.local_url]
+            c.save(self.mesh.config_path)
+        try:
+            await self.mesh.connect_saved()
+        except MeshError as e:
+            log.error("could not join this node's own hub: %s", e)
 
     async def _load_pinned(self) -> None:
         assert self.runtime_cap is not None
@@ -118,6 +148,8 @@ class Node:
             m = self.manager.get(event["model"])
             if m and m.engine:
                 self.runtime_cap.gpu_layers[m.id] = m.engine.offload.gpu_layers
+        if event.get("type") in ("model_state", "node_ready"):
+            self.mesh.poke()
         for q in list(self._listeners):
             q.put_nowait(event)
 
@@ -128,6 +160,9 @@ class Node:
                 await self._load_task
             except BaseException:
                 pass
+        await self.mesh.close()
+        if self.hub is not None:
+            await self.hub.stop()
         await self.manager.close()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -173,5 +208,6 @@ class Node:
             "models": models,
             "throughput": catalog,
             "requests": {"in_flight": in_flight, "queued": queued},
-            "peers": [],
+            "mesh": self.mesh.status(with_peers=False),
+            "peers": self.mesh.directory.public(),
         }

