@@ -13,6 +13,7 @@ invite's key may only ask to join.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -88,16 +89,17 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def update_state(hub_dir: Path, change) -> dict:
-    """Apply ``change(state)`` under the lock, save, re-render the server config and ask a running
-    server to reload it. Returns the new state."""
+def update_state(hub_dir: Path, change, reload: bool = True) -> dict:
+    """Apply ``change(state)`` under the lock, save, re-render the server config and (``reload``) ask a
+    running server to reload it. Returns the new state."""
     with _locked(hub_dir / STATE_FILE):
         state = load_state(hub_dir)
         change(state)
         _sweep(state, time.time())
         _write_json(hub_dir / STATE_FILE, state)
         write_config(hub_dir, state)
-    reload_server(hub_dir)
+    if reload:
+        reload_server(hub_dir)
     return state
 
 
@@ -278,7 +280,7 @@ class Hub:
             try:
                 self.nc = await nats.connect(self.local_url, nkeys_seed_str=self.admin.seed, name="closedmesh-hub",
                                              max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                             connect_timeout=2, allow_reconnect=True)
+                                             connect_timeout=2, allow_reconnect=False, error_cb=_quiet)
                 break
             except Exception as e:  # not listening yet
                 last = e
@@ -317,8 +319,11 @@ class Hub:
             result = {"ok": False, "error": f"the hub failed to process the join: {e}"}
         payload = canonical(result)
         sig = self.admin.sign(payload)
-        import base64
         await msg.respond(canonical({"r": result, "sig": base64.b64encode(sig).decode()}))
+        # Only now apply the change: the reload drops the invite's connection, which must first get
+        # its answer. The joiner retries its own key until the new member is in.
+        await self.nc.flush()
+        await asyncio.to_thread(reload_server, self.hub_dir)
 
     def _admit(self, body: dict) -> dict:
         inv, node, name = body["invite"], body["node"], str(body.get("name") or "")[:64]
@@ -339,7 +344,7 @@ class Hub:
             s.setdefault("members", {})[node] = {"name": name, "joined_at": time.time()}
             outcome["ok"] = True
 
-        state = update_state(self.hub_dir, admit)
+        state = update_state(self.hub_dir, admit, reload=False)
         if not outcome.get("ok"):
             return {"ok": False, "error": outcome.get("error", "refused")}
         log.info("hub: admitted %s (%s)", name, node)
@@ -380,3 +385,7 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait)
+
+
+async def _quiet(e: Exception) -> None:
+    log.debug("hub admin connection: %s", e)
