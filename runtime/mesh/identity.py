@@ -95,10 +95,10 @@ def load_or_create(name: str, fallback_file: Path) -> Identity:
         ident = Identity.generate()
         set_secret(name, ident.seed)
         return ident
-    except SecretStoreUnavailable as e:
+    except SecretStoreUnavailable:
         if fallback_file.exists():
             return Identity(fallback_file.read_text().strip())
-        log.warning("no system keyring (%s); keeping the mesh key in %s (readable by you only)", e, fallback_file)
+        log.warning("no system keyring here; keeping the mesh key in %s (readable by you only)", fallback_file)
         ident = Identity.generate()
         fallback_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(fallback_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

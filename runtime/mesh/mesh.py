@@ -111,6 +111,13 @@ class PeerLost(Exception):
     """The peer stopped answering (or said it cannot serve): try another."""
 
 
+class PeerBusy(PeerLost):
+    """The peer is alive but has no room for a mesh request now."""
+
+
+BUSY_WAIT_SECONDS = 120.0  # how long a request waits for room when every peer is busy
+
+
 class MeshUnavailable(Exception):
     """No peer could take (or finish) the request."""
 
@@ -149,6 +156,7 @@ class Mesh:
         self._tasks: list[asyncio.Task] = []
         self._poke = asyncio.Event()
         self._served: dict[str, Served] = {}
+        self.served_total = 0  # mesh requests this node answered to the end
         self.in_flight: dict[str, int] = {}  # requests this node has running on each peer
         self._last_announcement: bytes | None = None
         self._pump = None
@@ -173,6 +181,7 @@ class Mesh:
             "hub": {"urls": hub_urls_of(self.node)} if getattr(self.node, "hub", None) is not None else None,
             "limits": asdict(self.config.limits),
             "serving_mesh_requests": len(self._served),
+            "served_total": self.served_total,
             "peer_count": len(self.directory.peers),
             "rejected_announcements": self.directory.rejected,
         }
@@ -529,9 +538,19 @@ class Mesh:
         queue = list(first)
         started = False
         last_error = "no peer serves this model"
+        busy: set[str] = set()
+        busy_deadline = time.monotonic() + BUSY_WAIT_SECONDS
+        pause = 0.2
         while True:
             if not queue:
                 queue = self.candidates(model_id, None if max_tokens is None else max_tokens - tokens_before, tried)
+            if not queue and busy and time.monotonic() < busy_deadline:
+                # Every peer that is still there is busy: wait for room instead of failing the request.
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, 2.0)
+                tried -= busy
+                busy.clear()
+                continue
             if not queue:
                 where = "every peer serving it was lost" if tried else "no live peer serves it"
                 raise MeshUnavailable(f"The answer from the mesh could not be {'finished' if started else 'started'}: "
@@ -569,6 +588,10 @@ class Mesh:
                                          "completion_tokens": done,
                                          "cached_tokens": int(u.get("cached_tokens", 0)) if not tokens_before else 0}}
                         return
+            except PeerBusy as e:
+                last_error = str(e)
+                busy.add(peer.id)
+                continue
             except PeerLost as e:
                 last_error = str(e)
                 log.info("mesh: peer %s lost (%s)%s", peer.name, e,
@@ -614,6 +637,9 @@ class Mesh:
                 if t == "err":
                     err = m.get("error") or {}
                     status = int(m.get("status", 500))
+                    if err.get("code") == "peer_busy":
+                        finished = True
+                        raise PeerBusy(f"{peer.name} is busy")
                     if status >= 500 or err.get("code") in _RETRYABLE_CODES:
                         raise PeerLost(f"{peer.name}: {err.get('message', 'error')}")
                     finished = True
@@ -730,6 +756,7 @@ class Mesh:
                     await self._send(s, {"t": "d", "x": ev.text, "n": n})
                 elif isinstance(ev, DoneEvent):
                     gen.jobs[0].done = ev
+                    self.served_total += 1
                     await self._send(s, {"t": "done", "f": ev.finish_reason,
                                          "u": {"prompt_tokens": len(prep.prompts[0]),
                                                "completion_tokens": ev.completion_tokens,

@@ -117,12 +117,14 @@ def model_copy(home: Path, model: Path, new_id: str) -> Path:
 MESH_ARGS = ("--slots", "2", "--ctx-per-slot", "1024", "--keepalive", "0.5")
 
 
-def start_mesh_node(tmp: Path, name: str, model_path: Path, model_id: str | None = None,
+def start_mesh_node(tmp: Path, name: str, model_path: Path, *model_ids: str,
                     extra: tuple[str, ...] = ()) -> NodeProcess:
+    """A node serving the default model under each of ``model_ids`` (the default id when none)."""
     home = tmp / name
     seed_home(home, model_path)
-    model = model_copy(home, model_path, model_id) if model_id else home / "data" / "models" / model_path.name
-    return start_node(home, "--model", str(model), *MESH_ARGS, *extra)
+    models = [model_copy(home, model_path, m) for m in model_ids] or [home / "data" / "models" / model_path.name]
+    args = [a for m in models for a in ("--model", str(m))]
+    return start_node(home, *args, *MESH_ARGS, *extra)
 
 
 def join(node: NodeProcess, invite: str, name: str) -> dict:

@@ -1,0 +1,187 @@
+"""The mesh end to end: a real hub (embedded nats-server) and real nodes, each its own process with its
+own home folder and port, serving the real model. Models are told apart by id (the same GGUF linked
+under several names), so routing by model is observable."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import wait_for
+from .conftest import api, join, mesh_status, peer_names, start_hub, start_mesh_node
+
+pytestmark = pytest.mark.e2e
+
+EOS_BAN = {"0": -100, "2": -100, "4": -100}
+
+
+@pytest.fixture(scope="module")
+def mesh3(tmp_path_factory, model_path):
+    """hub + A (alpha) + B (beta, shared) + C (gamma, shared), all joined."""
+    tmp = tmp_path_factory.mktemp("mesh3")
+    hub = start_hub(tmp / "hub")
+    nodes = {}
+    try:
+        nodes["a"] = start_mesh_node(tmp, "a", model_path, "alpha")
+        nodes["b"] = start_mesh_node(tmp, "b", model_path, "beta", "shared")
+        nodes["c"] = start_mesh_node(tmp, "c", model_path, "gamma", "shared")
+        for name, n in nodes.items():
+            join(n, hub.invite(), f"node-{name}")
+        wait_for(lambda: all(len(mesh_status(n)["peers"]) == 2 for n in nodes.values()), 10, what="full directory")
+        yield hub, nodes
+    finally:
+        for n in nodes.values():
+            n.stop()
+        hub.stop()
+
+
+def _served(node) -> int:
+    return mesh_status(node)["served_total"]
+
+
+def _client(node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_and_peers_visible(mesh3):
+    _, n = mesh3
+    models = {m["id"]: m["closedmesh"] for m in _client(n["a"]).models.list().model_dump()["data"]}
+    assert models["alpha"]["served_by"] == "local" and models["alpha"]["peers"] == 0
+    assert models["beta"]["served_by"] == "mesh" and models["beta"]["peers"] == 1
+    assert models["shared"]["served_by"] == "mesh" and models["shared"]["peers"] == 2
+    st = api(n["a"], "GET", "/api/status", admin=False)[1]
+    assert st["mesh"]["state"] == "joined"
+    assert {p["name"] for p in st["peers"]} == {"node-b", "node-c"}
+    b = next(p for p in st["peers"] if p["name"] == "node-b")
+    assert {m["id"] for m in b["models"]} >= {"beta", "shared"} and b["state"] == "live"
+    assert b["free_slots"] >= 1 and b["backend"] == "cpu"
+
+
+def test_routing_by_model(mesh3):
+    _, n = mesh3
+    before = {k: _served(v) for k, v in n.items()}
+    c = _client(n["a"])
+    r = c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12)
+    assert r.model == "beta" and r.choices[0].message.content
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
+    r = c.completions.create(model="gamma", prompt="The sky is", max_tokens=8)
+    assert r.model == "gamma" and r.choices[0].text
+    after = {k: _served(v) for k, v in n.items()}
+    assert after["b"] == before["b"] + 1 and after["c"] == before["c"] + 1 and after["a"] == before["a"]
+    # a model that only this node serves stays here
+    r = c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert r.model == "alpha"
+    assert {k: _served(v) for k, v in n.items()} == after
+
+
+def test_streaming_through_the_mesh_with_usage(mesh3):
+    _, n = mesh3
+    stream = _client(n["a"]).chat.completions.create(
+        model="beta", messages=[{"role": "user", "content": "Count from 1 to 10."}], max_tokens=30, stream=True,
+        stream_options={"include_usage": True}, temperature=0)
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 30
+    assert any(ch.choices and ch.choices[0].finish_reason for ch in chunks)
+
+
+def test_load_spreads_across_peers(mesh3):
+    _, n = mesh3
+    before = {k: _served(n[k]) for k in ("b", "c")}
+    c = _client(n["a"])
+    errors = []
+
+    def one(i: int) -> None:
+        try:
+            c.chat.completions.create(model="shared", messages=[{"role": "user", "content": f"Say the number {i}."}],
+                                      max_tokens=24, temperature=0, logit_bias=EOS_BAN)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    gained = {k: _served(n[k]) - before[k] for k in ("b", "c")}
+    assert sum(gained.values()) == 6
+    assert gained["b"] >= 1 and gained["c"] >= 1, gained
+
+
+def test_unknown_model_lists_mesh_models(mesh3):
+    _, n = mesh3
+    with pytest.raises(openai.NotFoundError) as e:
+        _client(n["a"]).chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "x"}])
+    assert "beta" in str(e.value) and "shared" in str(e.value)
+
+
+def test_bad_request_is_refused_before_the_mesh(mesh3):
+    _, n = mesh3
+    with pytest.raises(openai.BadRequestError):
+        _client(n["a"]).chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}],
+                                                temperature=5)
+
+
+def test_client_disconnect_cancels_work_on_the_peer(mesh3):
+    _, n = mesh3
+    body = {"model": "beta", "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 900,
+            "stream": True, "temperature": 0, "logit_bias": EOS_BAN}
+    with httpx.Client(timeout=60) as h:
+        with h.stream("POST", n["a"].v1 + "/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    seen += 1
+                if seen >= 5:
+                    break
+            assert mesh_status(n["b"])["serving_mesh_requests"] == 1
+    # The client went away: the peer stops generating (not 900 tokens later).
+    wait_for(lambda: mesh_status(n["b"])["serving_mesh_requests"] == 0, 10, what="the peer to stop")
+    st = api(n["b"], "GET", "/api/status", admin=False)[1]
+    assert st["requests"]["in_flight"] == 0
+
+
+def test_events_show_a_joining_and_leaving_peer(mesh3, tmp_path, model_path):
+    hub, n = mesh3
+    events: list[dict] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with urllib.request.urlopen(n["a"].base_url + "/api/events", timeout=60) as r:
+            ev = None
+            for raw in r:
+                if stop.is_set():
+                    return
+                line = raw.decode().strip()
+                if line.startswith("event: "):
+                    ev = line[7:]
+                elif line.startswith("data: ") and ev == "peers":
+                    events.append({"t": time.monotonic(), "names": {p["name"] for p in json.loads(line[6:])["peers"]}})
+
+    threading.Thread(target=listen, daemon=True).start()
+    d = start_mesh_node(tmp_path, "d", model_path, "delta")
+    try:
+        t0 = time.monotonic()
+        join(d, hub.invite(), "node-d")
+        wait_for(lambda: any("node-d" in e["names"] for e in events), 10, what="a peers event with node-d")
+        seen = next(e["t"] for e in events if "node-d" in e["names"])
+        assert seen - t0 < 2.0 + 1.0  # within 2 s of the join completing (join itself included here)
+        assert "node-d" in peer_names(n["b"])
+        t1 = time.monotonic()
+        code, body = api(d, "POST", "/api/mesh/leave", {})
+        assert code == 200 and body["state"] == "off"
+        wait_for(lambda: events and "node-d" not in events[-1]["names"], 5, what="node-d gone from events")
+        assert time.monotonic() - t1 < 2.0
+        assert "node-d" not in peer_names(n["c"])
+    finally:
+        stop.set()
+        d.stop()
