@@ -298,8 +298,22 @@ class Hub:
         self._tasks = (asyncio.get_running_loop().create_task(self._janitor()),)
         log.info("hub running: %s (data in %s)", ", ".join(hub_urls(self.state)), self.hub_dir)
 
+    def _stop_stale_server(self) -> None:
+        """A nats-server left running by a hub process that crashed holds the port: stop it."""
+        try:
+            pid = int((self.hub_dir / "nats-server.pid").read_text().strip())
+            p = psutil.Process(pid)
+            if "nats-server" in p.name() and str(self.hub_dir) in " ".join(p.cmdline()):
+                log.info("stopping the nats-server (pid %d) left behind by an earlier hub", pid)
+                p.terminate()
+                p.wait(10)
+        except (OSError, ValueError, psutil.Error):
+            pass
+
     def _check_port(self) -> None:
+        self._stop_stale_server()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server itself does
         try:
             s.bind((self.host if self.host else "0.0.0.0", self.port))
         except OSError:

@@ -330,14 +330,15 @@ class Mesh:
             opts["nkeys_seed_str"] = self.ident.seed
         nc = None
         # Right after a join the hub is reloading its configuration: the first attempts may be refused.
-        deadline = time.monotonic() + (8 if mode == "hub" else 0)
+        deadline = time.monotonic() + (8 if mode == "hub" and self.state == CONNECTING else 0)
         while True:
             try:
                 nc = await nats.connect(**dict(opts, allow_reconnect=False))
                 break
             except Exception as e:
                 err = _connect_error(e, urls, invite=False)
-                if time.monotonic() >= deadline or err.code != "not_authorized":
+                # (a reload may also drop a connection that was just made)
+                if time.monotonic() >= deadline:
                     raise err from None
                 await asyncio.sleep(0.25)
         # Reconnect from here on: nats-py keeps trying with our callbacks (a fresh client with the
