@@ -2,8 +2,8 @@
 owns the tray, the main window, the mesh toggle and the settings. Pages and the tray act through it.
 
 Lifecycle: ``start()`` binds the port and starts the node (a taken port opens the port dialog);
-``quit()`` leaves the mesh, stops the node (running generations end with an explicit error), joins
-its thread, closes the client and releases the single-instance lock — nothing is left running.
+``quit()`` closes the client, stops the node (running generations end with an explicit error; the
+node leaves the mesh's directory) and joins its thread — nothing is left running.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from .dialogs import PortDialog
 from .mesh import MeshToggle
 from .runtime_host import PortInUse, RuntimeHost, next_free_port
 from .settings import AppSettings, SettingsStore
-from .state import NodeState, mesh_state, node_ready
 from .store import NodeStore
 from .tray import Tray
 from .window import MainWindow
@@ -82,13 +81,12 @@ class AppController(QObject):
         self.client: NodeClient | None = None
         self.port_dialog: PortDialog | None = None
         self.quitting = False
-        self._ready_seen = False
         self._restarting: threading.Thread | None = None
 
         self.store = NodeStore(self)
-        self.toggle = MeshToggle(self.store, self.settings, self.save_settings, self)
+        self.toggle = MeshToggle(self.store, self.settings, self)
         self.toggle.failed.connect(lambda msg: self.notify(msg))
-        self.store.changed.connect(self._on_state)
+        self.toggle.needs_target.connect(self._choose_mesh)
         self._runtime_exited.connect(self._on_runtime_exited)
         self._restart_ready.connect(self._start_after_restart)
         self.tray = Tray(self, self.tray_available)
@@ -103,6 +101,11 @@ class AppController(QObject):
         if self._attach is not None:
             return urlsplit(self._attach[0]).port
         return None
+
+    @property
+    def attached(self) -> bool:
+        """The app follows a node it did not start (it cannot move or stop it)."""
+        return self._attach is not None
 
     @property
     def tray_visible(self) -> bool:
@@ -137,7 +140,6 @@ class AppController(QObject):
             self.notify(f"The node could not start: {e}")
             return False
         self.host = host
-        self._ready_seen = False
         self.store.set_start_error(None)
         self._connect(host.base_url, host.admin_token)
         log.info("the node is serving on %s", host.base_url)
@@ -186,7 +188,7 @@ class AppController(QObject):
     def change_port(self, port: int) -> None:
         """Restart the node on another port (Settings). The old one stops on a helper thread; the UI
         keeps running meanwhile."""
-        if self.port == port or self._restarting is not None:
+        if self.attached or self.port == port or self._restarting is not None:
             return
         old = self.host
         if self.client is not None:
@@ -207,13 +209,9 @@ class AppController(QObject):
         if not self.quitting:
             self.start_runtime(port)
 
-    def _on_state(self, state: NodeState) -> None:
-        if not self._ready_seen and state.connected and node_ready(state):
-            self._ready_seen = True
-            # once per node start: the share limits the user chose, and the mesh if they were in it
-            if self.settings.limits() and state.mesh_supported:
-                self.apply_limits()
-            self.toggle.rejoin_if_wanted()
+    def _choose_mesh(self) -> None:
+        self.show_window("settings")
+        self.window.settings.invite.setFocus()
 
     # -- actions -------------------------------------------------------------------------------------------
 
@@ -263,11 +261,11 @@ class AppController(QObject):
 
         self.model_action("load" if loaded else "unload", model, on_done=done)
 
-    def apply_limits(self, on_done: Callable[[ApiResult], None] | None = None) -> None:
-        limits = self.settings.limits()
-        if self.client is None or not limits:
+    def apply_limits(self, limits: dict[str, int], on_done: Callable[[ApiResult], None] | None = None) -> None:
+        """Share limits for requests from the mesh (the node keeps them)."""
+        if self.client is None:
             if on_done:
-                on_done(ApiResult(200, None))
+                on_done(ApiResult(0, None, "the node is not running"))
             return
 
         def done(r: ApiResult) -> None:
@@ -309,11 +307,9 @@ class AppController(QObject):
         if self.port_dialog is not None:
             self.port_dialog.close()
         self.window.hide()
-        if self.client is not None and mesh_state(self.store.state) in ("joined", "connecting", "reconnecting"):
-            try:  # say goodbye so peers stop routing here at once; the node's own shutdown follows
-                self.client.request("POST", "/api/mesh/leave", {}, timeout=5).result(6)
-            except Exception as e:  # noqa: BLE001 — leaving is best effort; stopping the node ends it anyway
-                log.warning("leaving the mesh before quitting: %s", e)
+        # No POST /api/mesh/leave here: that would also forget the mesh. The node's own shutdown
+        # answers the peers' requests running here with "shutting down", leaves the directory at once
+        # and keeps the setting, so the next start rejoins.
         self.store.detach()
         # The client first: an open events stream would hold the node's shutdown for seconds.
         if self.client is not None:
@@ -324,6 +320,11 @@ class AppController(QObject):
         if self.host is not None:
             self.host.stop()
         self.window.close()
+        # Qt objects are deleted here, on the Qt thread, once control returns to the event loop; left
+        # to Python's garbage collector they could be destroyed on another thread, which crashes Qt.
+        self.tray.dispose()
+        self.window.deleteLater()
+        self.deleteLater()
         log.info("ClosedMesh app stopped")
         if self._on_quit is not None:
             self._on_quit()

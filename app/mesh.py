@@ -1,16 +1,17 @@
 """The "Join the mesh" toggle: one click joins (or leaves) through the node's control API, with the
-phase in between shown, a plain-words message and the toggle back off when joining fails, and the
-user's wish remembered for the next start.
+phase in between shown, and a plain-words message and the toggle back off when joining fails.
 
-Contract (the node's): ``POST /api/mesh/join {"invite"?}`` answers the mesh object once joined, or an
-OpenAI-shaped error (400/502/503); ``POST /api/mesh/leave`` answers the mesh object. A node without
-the mesh answers 404 ``not_found`` for these routes: the toggle says so instead of failing obscurely.
+Contract (the node's): ``POST /api/mesh/join {"invite", "name"?}`` answers the mesh object once joined,
+or an OpenAI-shaped error (400/502/503); ``POST /api/mesh/leave`` answers the mesh object. The node
+remembers that it is in the mesh and rejoins by itself after a restart: the app keeps no wish of its
+own. A node without the mesh answers 404 ``not_found`` for these routes: the toggle says so instead
+of failing obscurely.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from PySide6.QtCore import QObject, Signal
 
@@ -24,6 +25,8 @@ Phase = Literal["off", "joining", "joined", "leaving"]
 JOIN_TIMEOUT_S = 90.0  # connecting to a far NATS server, and the hub's first answer, can take a while
 NO_MESH_MESSAGE = ("Joining is not available yet: this version of the ClosedMesh node has no mesh support "
                    "(it does not know the /api/mesh routes).")
+NO_TARGET_MESSAGE = ("Choose the mesh first: paste the invite you were given (or the address of an open mesh, "
+                     "nats://…) in Settings → Mesh, then join again.")
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,13 @@ def phase_from_node(node_mesh_state: str) -> Phase:
 class MeshToggle(QObject):
     changed = Signal()  # phase or view changed
     failed = Signal(str)  # joining (or staying joined) failed: plain words for the user
+    needs_target = Signal()  # no mesh chosen yet: the UI shows where to choose one
     joined = Signal()
 
-    def __init__(self, store: NodeStore, settings: AppSettings, save: Callable[[], None],
-                 parent: QObject | None = None) -> None:
+    def __init__(self, store: NodeStore, settings: AppSettings, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store
         self.settings = settings
-        self._save = save
         self.phase: Phase = "off"
         self._last_view: ToggleView | None = None
         store.changed.connect(self._sync)
@@ -87,23 +89,22 @@ class MeshToggle(QObject):
             self._last_view = v
             self.changed.emit()
 
-    def _remember(self, joined: bool) -> None:
-        if self.settings.mesh_joined != joined:
-            self.settings.mesh_joined = joined
-            self._save()
-
     def set_wanted(self, on: bool) -> None:
         """The user clicked the toggle."""
         if self.phase in ("joining", "leaving") or self.client is None:
             self._redraw(force=True)  # the click is ignored while busy: put the check mark back
             return
         if on and self.phase != "joined":
+            body = self.settings.join_body()
+            if body is None:
+                self._redraw(force=True)  # the click put a check mark: take it back
+                self.failed.emit(NO_TARGET_MESSAGE)
+                self.needs_target.emit()
+                return
             self._set_phase("joining")
-            self.client.request("POST", "/api/mesh/join", self.settings.join_body(), timeout=JOIN_TIMEOUT_S,
-                                on_done=self._joined)
+            self.client.request("POST", "/api/mesh/join", body, timeout=JOIN_TIMEOUT_S, on_done=self._joined)
         elif not on and self.phase != "off":
             self._set_phase("leaving")
-            self._remember(False)
             self.client.request("POST", "/api/mesh/leave", {}, timeout=30, on_done=self._left)
         else:
             self._redraw(force=True)
@@ -115,14 +116,12 @@ class MeshToggle(QObject):
             if state in ("off", "error"):  # answered 200 but not in: treat as a failure
                 self._fail(r.data.get("error") or "the node could not join the mesh")
                 return
-            self._remember(True)
             self._set_phase("joined")
             self.joined.emit()
             return
         self._fail(NO_MESH_MESSAGE if r.route_missing else (r.error or "the node could not join the mesh"))
 
     def _fail(self, message: str) -> None:
-        self._remember(False)
         self._set_phase("off")
         self.failed.emit(f"Could not join the mesh: {message}")
 
@@ -141,9 +140,3 @@ class MeshToggle(QObject):
         if self.phase == "joined" and node_phase == "off" and mesh_state(state) == "error":
             self.failed.emit(f"The mesh connection failed: {(state.mesh or {}).get('error') or 'unknown error'}")
         self._set_phase(node_phase)
-
-    def rejoin_if_wanted(self) -> None:
-        """At start: join again when the user was in the mesh when the app last ran."""
-        s = self.store.state
-        if self.settings.mesh_joined and s.mesh_supported and mesh_state(s) == "off" and self.phase == "off":
-            self.set_wanted(True)

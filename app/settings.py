@@ -1,8 +1,8 @@
 """The app's own settings (a JSON file in the config folder) and the hosted-mesh API key (OS keyring).
 
-The node keeps its own state; this file holds only what the app decides: which port to start the node
-on, whether the user wants to be in the mesh and which one, the share limits to apply, and whether the
-first-run welcome was shown. A missing or damaged file gives the defaults (and a damaged one is kept
+The node keeps its own state (whether it is in the mesh, its share limits: config/mesh.json); this file
+holds only what the app decides: which port to start the node on, which mesh to join (an invite or a
+URL) and under which name, and whether the first-run welcome was shown. A missing or damaged file gives the defaults (and a damaged one is kept
 aside, never silently overwritten). No Qt here.
 """
 
@@ -25,31 +25,26 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "app-settings.json"
 HOSTED_MESH_KEY_NAME = "hosted-mesh-api-key"
 
-# Share limits shown before the node reports its own (the contract's fields of GET /api/mesh "limits").
-DEFAULT_LIMITS = {"max_tokens": 2048, "max_concurrent": 2, "reserved_local_slots": 1}
+# Share limits shown before the node reports its own (the fields of GET /api/mesh "limits").
+DEFAULT_LIMITS = {"max_tokens": 2048, "max_concurrent": 4, "reserved_local_slots": 1}
 
 
 @dataclass
 class AppSettings:
     port: int = DEFAULT_PORT
     welcome_shown: bool = False
-    mesh_joined: bool = False  # the user's wish: rejoin at the next start
-    mesh_invite: str = ""  # an invite token or a nats:// URL; empty: the public mesh
-    # Share limits for requests from the mesh; None: the node's defaults.
-    limit_max_tokens: int | None = None
-    limit_max_concurrent: int | None = None
-    limit_reserved_local_slots: int | None = None
+    mesh_invite: str = ""  # the mesh to join: an invite token (cmi1.…) or a nats:// URL (an open mesh)
+    mesh_name: str = ""  # this computer's name in the mesh; empty: the node's default (the host name)
 
-    def limits(self) -> dict[str, int]:
-        """The limits the user chose (only those they set), as POST /api/mesh/limits takes them."""
-        chosen = {"max_tokens": self.limit_max_tokens, "max_concurrent": self.limit_max_concurrent,
-                  "reserved_local_slots": self.limit_reserved_local_slots}
-        return {k: v for k, v in chosen.items() if v is not None}
-
-    def join_body(self) -> dict[str, str]:
-        """The body of POST /api/mesh/join: the invite when there is one, nothing for the public mesh."""
+    def join_body(self) -> dict[str, str] | None:
+        """The body of POST /api/mesh/join, or None when no mesh was chosen yet."""
         invite = self.mesh_invite.strip()
-        return {"invite": invite} if invite else {}
+        if not invite:
+            return None
+        body = {"invite": invite}
+        if self.mesh_name.strip():
+            body["name"] = self.mesh_name.strip()
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AppSettings":
@@ -60,10 +55,7 @@ class AppSettings:
                 continue
             v = data[f.name]
             default = getattr(s, f.name)
-            if f.name.startswith("limit_"):
-                if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-                    setattr(s, f.name, v)
-            elif isinstance(default, bool):
+            if isinstance(default, bool):
                 if isinstance(v, bool):
                     setattr(s, f.name, v)
             elif isinstance(default, int):

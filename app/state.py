@@ -160,6 +160,23 @@ def requests_in_flight(state: NodeState) -> int:
     return int(((state.status or {}).get("requests") or {}).get("in_flight") or 0)
 
 
+def wants_mesh(state: NodeState) -> bool:
+    """The node is set to be in the mesh (it rejoins by itself after a restart or a dropped connection):
+    its mesh status has a ``mode`` then. A node that does not say falls back to its state."""
+    mesh = state.mesh or {}
+    if "mode" in mesh:
+        return bool(mesh.get("mode"))
+    return mesh_state(state) in ("joined", "connecting", "reconnecting")
+
+
+def serving_mesh_requests(state: NodeState) -> int:
+    """Requests from peers running here now (all requests in flight when the node does not tell them apart)."""
+    mesh = state.mesh or {}
+    if isinstance(mesh.get("serving_mesh_requests"), int):
+        return mesh["serving_mesh_requests"]
+    return requests_in_flight(state)
+
+
 def local_models(state: NodeState) -> list[dict[str, Any]]:
     """Models on this machine (downloaded, loading, loaded), in the node's order."""
     return [m for m in (state.status or {}).get("models", []) if m.get("state") in LOCAL_MODEL_STATES]
@@ -194,26 +211,25 @@ def backend_name(state: NodeState) -> str | None:
     return backend_words(((state.status or {}).get("capability") or {}).get("backend"))
 
 
-def tray_kind(state: NodeState, want_joined: bool = False) -> TrayKind:
+def tray_kind(state: NodeState) -> TrayKind:
     """Which icon the tray shows.
 
     ``error``: the node cannot serve (start failed, a model it was started with failed), or the mesh
-    failed while the user wants to be joined. ``starting``: not ready yet, or connecting to the mesh.
-    ``serving``: joined and answering requests right now (the node does not yet tell mesh requests
-    from local ones in /api/status, so any request in flight counts). ``joined``: in the mesh.
+    failed while the node is set to be in it. ``starting``: not ready yet, or connecting to the mesh.
+    ``serving``: joined and answering requests from peers right now. ``joined``: in the mesh.
     ``solo``: serving this machine only.
     """
     if node_errors(state):
         return "error"
     ms = mesh_state(state)
-    if ms == "error" and want_joined:
+    if ms == "error" and wants_mesh(state):
         return "error"
     if not state.connected or not node_ready(state):
         return "starting"
     if ms in ("connecting", "reconnecting"):
         return "starting"
     if ms == "joined":
-        return "serving" if requests_in_flight(state) > 0 else "joined"
+        return "serving" if serving_mesh_requests(state) > 0 else "joined"
     return "solo"
 
 
@@ -221,7 +237,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def status_line(state: NodeState, want_joined: bool = False) -> str:
+def status_line(state: NodeState) -> str:
     """One line for the top of the tray menu, e.g. "Joined · 12 peers · 9 models · CUDA"."""
     errors = node_errors(state)
     if errors:
@@ -235,11 +251,11 @@ def status_line(state: NodeState, want_joined: bool = False) -> str:
     parts: list[str] = []
     ms = mesh_state(state)
     if ms == "joined":
-        parts.append("Serving peers" if requests_in_flight(state) else "Joined")
+        parts.append("Serving peers" if serving_mesh_requests(state) else "Joined")
         parts.append(_plural(live_peer_count(state), "peer"))
     elif ms in ("connecting", "reconnecting"):
         parts.append(MESH_STATE_WORDS[ms])
-    elif ms == "error" and want_joined:
+    elif ms == "error" and wants_mesh(state):
         parts.append("Mesh error")
     else:
         parts.append("Solo")
@@ -250,8 +266,8 @@ def status_line(state: NodeState, want_joined: bool = False) -> str:
     return " · ".join(parts)
 
 
-def tooltip(state: NodeState, port: int | None, want_joined: bool = False) -> str:
-    line = f"ClosedMesh — {status_line(state, want_joined)}"
+def tooltip(state: NodeState, port: int | None) -> str:
+    line = f"ClosedMesh — {status_line(state)}"
     return f"{line}\nhttp://localhost:{port}/v1" if port else line
 
 

@@ -81,13 +81,12 @@ class Tray(QObject):
         self.join_action.setText(v.text)
 
     def render(self, state: NodeState) -> None:
-        want = self.controller.settings.mesh_joined
-        kind = tray_kind(state, want)
+        kind = tray_kind(state)
         if kind != self.kind:
             self.kind = kind
             self.icon.setIcon(icons.icon(kind))
-        self.status_action.setText(status_line(state, want))
-        self.icon.setToolTip(tooltip(state, self.controller.port, want))
+        self.status_action.setText(status_line(state))
+        self.icon.setToolTip(tooltip(state, self.controller.port))
         self.chat_action.setEnabled(self.controller.port is not None)
         self._render_toggle()
         self._render_models(state)
@@ -128,3 +127,11 @@ class Tray(QObject):
 
     def hide(self) -> None:
         self.icon.hide()
+
+    def dispose(self) -> None:
+        """Delete the Qt objects without a parent (see AppController.quit)."""
+        self.icon.hide()
+        self.icon.setContextMenu(None)
+        self.icon.deleteLater()
+        self.menu.deleteLater()
+        self.deleteLater()

@@ -54,7 +54,7 @@ class MainWindow(QMainWindow):
         self._render_status(controller.store.state)
 
     def _render_status(self, state: NodeState) -> None:
-        self.status.setText(status_line(state, self.controller.settings.mesh_joined))
+        self.status.setText(status_line(state))
 
     def add_welcome(self) -> WelcomePage:
         """The first-run Welcome tab, first and selected; "Got it" closes it."""

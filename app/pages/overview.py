@@ -54,8 +54,10 @@ def _mesh_words(state: NodeState) -> str:
         words += f" · {live_peer_count(state)} live peers"
         if mesh.get("url"):
             words += f" · {mesh['url']}"
-    if ms == "error":
+    if ms in ("off", "error") and (mesh.get("error") or ms == "error"):
         words = f"Not joined — {mesh.get('error') or 'the last attempt failed'}"
+    if ms == "reconnecting" and mesh.get("error"):
+        words += f" — {mesh['error']}"
     return words
 
 
@@ -118,9 +120,8 @@ class OverviewPage(QWidget):
         self.join.setText("Leave the mesh" if v.checked and v.enabled else v.text)
 
     def render(self, state: NodeState) -> None:
-        want = self.controller.settings.mesh_joined
-        self.icon.setPixmap(icons.pixmap(tray_kind(state, want), 48))
-        self.headline.setText(status_line(state, want))
+        self.icon.setPixmap(icons.pixmap(tray_kind(state), 48))
+        self.headline.setText(status_line(state))
         port = self.controller.port
         self.api.setText(f"OpenAI API: http://localhost:{port}/v1" if port else "The node is not running")
         st = state.status or {}

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit,
-                               QPushButton, QRadioButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton, QScrollArea,
+                               QSpinBox, QVBoxLayout, QWidget)
 
 from ..client import ApiResult
 from ..settings import DEFAULT_LIMITS, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
-from ..state import NodeState
+from ..state import NodeState, wants_mesh
 from ..widgets import Banner, muted
 
 if TYPE_CHECKING:
@@ -18,16 +18,14 @@ if TYPE_CHECKING:
 
 LIMIT_FIELDS = (
     ("max_tokens", "Longest answer for a mesh request", "tokens", 1, 1_000_000),
-    ("max_concurrent", "Mesh requests at the same time", "", 0, 256),
+    ("max_concurrent", "Mesh requests at the same time", "", 1, 256),
     ("reserved_local_slots", "Slots kept free for this computer", "", 0, 64),
 )
 
 
-def limits_to_show(node_limits: dict | None, chosen: dict[str, int]) -> dict[str, int]:
-    """What the share-limit fields show (pure): the node's current limits when it reports them, else the
-    user's saved choice, else the defaults."""
+def limits_to_show(node_limits: dict | None) -> dict[str, int]:
+    """What the share-limit fields show (pure): the node's limits, the defaults where it says nothing."""
     shown = dict(DEFAULT_LIMITS)
-    shown.update(chosen)
     for k in DEFAULT_LIMITS:
         v = (node_limits or {}).get(k)
         if isinstance(v, int) and not isinstance(v, bool):
@@ -40,6 +38,20 @@ def _form(parent: QWidget) -> QFormLayout:
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
     form.setHorizontalSpacing(12)
     return form
+
+
+def mesh_setting_words(state: NodeState) -> str:
+    """What the node is set to now (pure)."""
+    if state.mesh_supported is False:
+        return "This version of the node cannot join a mesh yet."
+    mesh = state.mesh or {}
+    name = (mesh.get("node") or {}).get("name")
+    named = f" as “{name}”" if name else ""
+    urls = mesh.get("urls") or ([mesh["url"]] if mesh.get("url") else [])
+    if wants_mesh(state) and urls:
+        how = " (private mesh)" if mesh.get("mode") == "hub" else ""
+        return f"Now: in the mesh at {', '.join(urls)}{how}{named}."
+    return f"Now: not in a mesh{named}." if mesh else ""
 
 
 class SettingsPage(QWidget):
@@ -69,6 +81,8 @@ class SettingsPage(QWidget):
         self.port.setRange(1024, 65535)
         self.port.setValue(s.port)
         self.port.setMinimumWidth(110)
+        self.port.setEnabled(not controller.attached)  # a node the app did not start keeps its port
+        self._port_shown = s.port
         form.addRow("Port:", self.port)
         form.addRow(muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts the "
                           "node."))
@@ -76,21 +90,19 @@ class SettingsPage(QWidget):
 
         # Mesh
         mesh = QGroupBox("Mesh")
-        ml = QVBoxLayout(mesh)
-        self.public = QRadioButton("The public mesh")
-        self.private = QRadioButton("A private mesh — paste its invite or nats:// address:")
-        group = QButtonGroup(self)
-        group.addButton(self.public)
-        group.addButton(self.private)
+        mf = _form(mesh)
         self.invite = QLineEdit(s.mesh_invite)
-        self.invite.setPlaceholderText("invite token or nats://host:4222")
-        (self.private if s.mesh_invite.strip() else self.public).setChecked(True)
-        self.invite.setEnabled(self.private.isChecked())
-        self.private.toggled.connect(self.invite.setEnabled)
-        ml.addWidget(self.public)
-        ml.addWidget(self.private)
-        ml.addWidget(self.invite)
-        ml.addWidget(muted("Used the next time you join. Whoever runs a mesh can see which computers are in it."))
+        self.invite.setPlaceholderText("cmi1.… invite, or nats://host:4222")
+        self.invite.setMinimumWidth(420)
+        mf.addRow("Invite or address:", self.invite)
+        self.mesh_name = QLineEdit(s.mesh_name)
+        self.mesh_name.setMinimumWidth(240)
+        mf.addRow("This computer's name:", self.mesh_name)
+        mf.addRow(muted("Paste the invite the mesh's owner gave you, or the address of an open mesh. “Join the "
+                        "mesh” uses it; the node then remembers the mesh and rejoins it after a restart. Other "
+                        "members see this computer's name."))
+        self.mesh_now = muted()
+        mf.addRow(self.mesh_now)
         root.addWidget(mesh)
 
         # Hosted-mesh API key
@@ -124,8 +136,8 @@ class SettingsPage(QWidget):
                 sb.setSuffix(f" {suffix}")
             self.limits[name] = sb
             sl.addRow(label + ":", sb)
-        sl.addRow(muted("Limits for requests that other computers send to this one. Your own requests are "
-                        "never limited by them."))
+        sl.addRow(muted("Limits for requests that other computers send to this one, kept by the node. Your own "
+                        "requests are never limited by them."))
         root.addWidget(share)
 
         # Start at login
@@ -143,7 +155,7 @@ class SettingsPage(QWidget):
         bar = QWidget()  # outside the scroll area: always in view
         buttons = QHBoxLayout(bar)
         buttons.setContentsMargins(16, 8, 24, 8)
-        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you save."))
+        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you click Save."))
         buttons.addStretch(1)
         self.save = QPushButton("Save")
         self.save.setDefault(True)
@@ -167,6 +179,11 @@ class SettingsPage(QWidget):
             self._show_limits(node_limits)
         elif not self._limits_from_node and not self._limits_shown:
             self._show_limits(None)
+        self.mesh_now.setText(mesh_setting_words(state))
+        running = self.controller.port  # the port in use (a --port given at start wins over the setting)
+        if running and running != self._port_shown and self.port.value() == self._port_shown:
+            self._port_shown = running
+            self.port.setValue(running)
 
     def _show_autostart(self, on: bool) -> None:
         self.autostart.blockSignals(True)
@@ -175,7 +192,7 @@ class SettingsPage(QWidget):
 
     def _show_limits(self, node_limits: dict | None) -> None:
         self._limits_shown = True
-        for k, v in limits_to_show(node_limits, self.controller.settings.limits()).items():
+        for k, v in limits_to_show(node_limits).items():
             self.limits[k].setValue(v)
 
     def refresh_key_status(self) -> None:
@@ -221,19 +238,18 @@ class SettingsPage(QWidget):
         """Save the settings file, send the share limits to the node, and move the node to a new port."""
         c = self.controller
         s = c.settings
-        s.mesh_invite = self.invite.text().strip() if self.private.isChecked() else ""
-        if self.private.isChecked() and not s.mesh_invite:
-            self.banner.show_message("Paste the private mesh's invite or nats:// address, or choose the public mesh.")
-            return
-        s.limit_max_tokens = self.limits["max_tokens"].value()
-        s.limit_max_concurrent = self.limits["max_concurrent"].value()
-        s.limit_reserved_local_slots = self.limits["reserved_local_slots"].value()
+        s.mesh_invite = self.invite.text().strip()
+        s.mesh_name = self.mesh_name.text().strip()
         new_port = self.port.value()
-        port_changed = new_port != s.port or (c.port is not None and new_port != c.port)
-        s.port = new_port
+        port_changed = new_port != self._port_shown and not c.attached
+        if port_changed:
+            s.port = self._port_shown = new_port
         c.save_settings()
         self.banner.show_message("Settings saved.", "ok")
-        c.apply_limits(on_done=self._limits_applied)
+        node_limits = (c.store.state.mesh or {}).get("limits") or {}
+        chosen = {k: sb.value() for k, sb in self.limits.items()}
+        if any(node_limits.get(k) != v for k, v in chosen.items()):
+            c.apply_limits(chosen, on_done=self._limits_applied)
         if port_changed:
             c.change_port(new_port)
 

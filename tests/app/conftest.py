@@ -138,5 +138,10 @@ def start_app(qtbot, qapp, tmp_path, user_dirs):
         return c
 
     yield start
+    from PySide6.QtCore import QCoreApplication, QEvent
+
     for c in made:
         c.quit()
+    # run the deferred deletes now, on this (the Qt) thread
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    qtbot.wait(1)

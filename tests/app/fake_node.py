@@ -39,10 +39,12 @@ class FakeNode:
     def __init__(self) -> None:
         self.token = TOKEN
         self.mesh: dict[str, Any] = {
-            "state": "off", "url": None, "error": None, "node": {"id": "fake-node-id", "name": "test-box"},
-            "hub": None, "limits": {"max_tokens": 4096, "max_concurrent": 2, "reserved_local_slots": 1}}
+            "state": "off", "url": None, "urls": [], "mode": None, "error": None,
+            "node": {"id": "fake-node-id", "name": "test-box"}, "hub": None,
+            "limits": {"max_tokens": 4096, "max_concurrent": 2, "reserved_local_slots": 1},
+            "serving_mesh_requests": 0, "served_total": 0, "peer_count": 0}
         self.peers: list[dict] = []
-        self.in_flight = 0
+        self.in_flight = 0  # requests running here (local and from peers)
         self.join_failure: tuple[int, str] | None = None  # (status, message) for the next joins
         self.hold_join: asyncio.Event | None = None  # joins wait until this is set (release_join)
         self.calls: list[tuple[str, str, Any]] = []
@@ -109,6 +111,11 @@ class FakeNode:
 
         self.loop.call_soon_threadsafe(put)
 
+    def set_serving(self, n: int) -> None:
+        """n requests from peers running here (they count in requests in flight too)."""
+        self.in_flight = n
+        self.set_mesh(serving_mesh_requests=n)
+
     def set_mesh(self, **changes: Any) -> None:
         self.mesh.update(changes)
         self.push("mesh", {"type": "mesh", **self.mesh})
@@ -171,17 +178,28 @@ class FakeNode:
     async def _join(self, request: web.Request) -> web.Response:
         if (denied := self._admin(request)) is not None:
             return denied
-        await self._body(request)
-        self.set_mesh(state="connecting", error=None, url="nats://hub.example:4222")
+        body = await self._body(request) or {}
+        target = body.get("invite") or body.get("url")
+        if not target:
+            return web.json_response({"error": {
+                "message": "'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
+                           "(nats://host:4222).", "type": "invalid_request_error", "param": "invite",
+                "code": "missing_required_parameter"}}, status=400)
+        self.set_mesh(state="connecting", error=None)
         if self.hold_join is not None:
             await self.hold_join.wait()
-        if self.join_failure is not None:
+        if self.join_failure is not None:  # as the node does: "error", then "off" with the message
             status, message = self.join_failure
             self.set_mesh(state="error", error=message)
+            self.set_mesh(state="off", error=message)
             return web.json_response({"error": {"message": message, "type": "server_error", "param": None,
-                                                "code": "mesh_unreachable"}}, status=status)
+                                                "code": "mesh_unavailable"}}, status=status)
         self.peers = list(PEERS)
-        self.set_mesh(state="joined", hub={"urls": ["nats://hub.example:4222"]})
+        url = target if "://" in target else "nats://hub.example:4222"
+        if body.get("name"):
+            self.mesh["node"] = {**self.mesh["node"], "name": body["name"]}
+        self.set_mesh(state="joined", url=url, urls=[url], mode="open" if "://" in target else "hub",
+                      peer_count=len(self.peers))
         self.push("peers", {"type": "peers", "peers": self.peers})
         return web.json_response(self.mesh_doc())
 
@@ -190,7 +208,7 @@ class FakeNode:
             return denied
         await self._body(request)
         self.peers = []
-        self.set_mesh(state="off", url=None, hub=None, error=None)
+        self.set_mesh(state="off", url=None, mode=None, error=None, peer_count=0)
         self.push("peers", {"type": "peers", "peers": []})
         return web.json_response(self.mesh_doc())
 

@@ -130,17 +130,22 @@ def test_tray_actions(qtbot, home, start_app, tmp_path):
     assert {m["id"]: m["state"] for m in status(c)["models"]}["SmolLM2-135M-Instruct"] == "ready"
 
 
-def test_a_node_without_the_mesh_says_so_and_the_toggle_goes_back_off(qtbot, home, start_app):
+def test_join_failures_against_the_real_node_are_said_plainly(qtbot, home, start_app):
+    """The real node's mesh (no hub here: the join toggle against a real hub is tested with the hub):
+    a bad invite turns the toggle back off with the node's message."""
     c = start_app()
     wait_ready(qtbot, c)
-    if c.store.state.mesh_supported:
-        pytest.skip("this node has the mesh: the toggle is tested against it elsewhere")
-    c.tray.join_action.trigger()
-    qtbot.waitUntil(lambda: "no mesh support" in c.window.banner.text(), timeout=10_000)
-    assert not c.tray.join_action.isChecked()
-    assert c.window.overview.join.text().startswith("Join the mesh")
-    assert c.settings.mesh_joined is False
-    assert "Not available" in c.window.overview.fields["mesh"].text()
+    assert c.store.state.mesh_supported and c.store.state.mesh["state"] == "off"
+    for invite, words in (("cmi1.not-a-real-invite", "invite is damaged"),):
+        c.window.banner.clear()
+        c.settings.mesh_invite = invite
+        c.tray.join_action.trigger()
+        qtbot.waitUntil(lambda: c.window.banner.text().startswith("Could not join the mesh: "), timeout=60_000)
+        assert words in c.window.banner.text(), c.window.banner.text()
+        assert c.toggle.phase == "off" and not c.tray.join_action.isChecked()
+        assert c.window.overview.join.text() == "Join the mesh"
+        qtbot.waitUntil(lambda: c.store.state.mesh["state"] == "off", timeout=10_000)
+        assert c.tray.kind == "solo"  # a failed attempt does not leave the node set to be in a mesh
 
 
 def test_welcome_is_shown_once_and_downloads_the_recommended_model(qtbot, home, start_app):
@@ -167,30 +172,29 @@ def test_settings_are_saved_and_the_key_goes_to_the_keyring(qtbot, home, start_a
     c = start_app()
     wait_ready(qtbot, c)
     page = c.window.settings
-    page.private.setChecked(True)
-    page.invite.setText("nats://mesh.example:4222")
+    assert page.port.value() == c.port  # the port in use (the tests start on a free one)
+    page.invite.setText(" nats://mesh.example:4222 ")
+    page.mesh_name.setText("test laptop")
     page.limits["max_tokens"].setValue(1024)
     page.limits["max_concurrent"].setValue(3)
-    page.limits["reserved_local_slots"].setValue(1)
+    page.limits["reserved_local_slots"].setValue(0)
+    port = c.port
     page.save.click()
     saved = json.loads((Paths.resolve().config / "app-settings.json").read_text())
-    assert saved["mesh_invite"] == "nats://mesh.example:4222"
-    assert (saved["limit_max_tokens"], saved["limit_max_concurrent"], saved["limit_reserved_local_slots"]) == (1024, 3, 1)
-    assert c.settings.join_body() == {"invite": "nats://mesh.example:4222"}
-    # the node has no mesh yet: saved, and said plainly
-    if not c.store.state.mesh_supported:
-        qtbot.waitUntil(lambda: "once the node supports the mesh" in page.banner.text(), timeout=10_000)
-    # private mesh without an address: refused in plain words
-    page.invite.setText("")
-    page.save.click()
-    assert "invite" in page.banner.text()
+    assert (saved["mesh_invite"], saved["mesh_name"]) == ("nats://mesh.example:4222", "test laptop")
+    assert c.settings.join_body() == {"invite": "nats://mesh.example:4222", "name": "test laptop"}
+    assert c.port == port and c._restarting is None  # the port was not touched: no restart
+    # the share limits went to the node, which keeps them
+    qtbot.waitUntil(lambda: httpx.get(f"http://127.0.0.1:{c.port}/api/mesh", timeout=10).json()["limits"] ==
+                    {"max_tokens": 1024, "max_concurrent": 3, "reserved_local_slots": 0}, timeout=10_000)
+    assert page.banner.text() == "Settings saved."
     # the hosted-mesh key
     page.key.setText("  hm_secret_123 ")
     page.save_key.click()
-    assert memory_keyring.items == {("ClosedMesh", "hosted-mesh-api-key"): "hm_secret_123"}
+    assert memory_keyring.items[("ClosedMesh", "hosted-mesh-api-key")] == "hm_secret_123"
     assert page.key.text() == "" and "stored in the system keyring" in page.key_status.text()
     page.remove_key.click()
-    assert memory_keyring.items == {}
+    assert ("ClosedMesh", "hosted-mesh-api-key") not in memory_keyring.items
 
 
 def test_settings_key_without_a_keyring_is_a_plain_error(qtbot, user_dirs, start_app, memory_keyring):

@@ -1,17 +1,14 @@
 """The "Join the mesh" toggle and the mesh views, against a stand-in node that implements the mesh's
 HTTP contract (tests/app/fake_node.py): join with progress, join failure (toggle back off, the message
-shown), leave, share limits, rejoin at start, a dropped mesh, and quitting while joined."""
+shown), no mesh chosen yet, leave, share limits, a dropped mesh, and quitting while joined."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from app.settings import AppSettings, SettingsStore
-from runtime.config import Paths
-
 from .fake_node import FakeNode
+
+INVITE = "cmi1.eyJ1cmxzIjpbIm5hdHM6Ly9odWIuZXhhbXBsZTo0MjIyIl19.sig"
 
 
 @pytest.fixture
@@ -21,11 +18,12 @@ def fake():
     node.close()
 
 
-def attached(qtbot, start_app, fake: FakeNode):
+def attached(qtbot, start_app, fake: FakeNode, invite: str = INVITE):
     c = start_app(attach=(fake.base_url, fake.token))
     qtbot.waitUntil(lambda: c.store.state.connected and c.store.state.mesh_supported, timeout=30_000)
     if c.window.welcome is not None:
         c.window.close_welcome()
+    c.settings.mesh_invite = invite
     return c
 
 
@@ -45,13 +43,11 @@ def test_join_shows_progress_then_joined_with_peers(qtbot, start_app, fake, shot
     c.tray.menu.hide()
     fake.release_join()
     qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
-    assert ("POST", "/api/mesh/join", {}) in fake.calls  # the public mesh: no invite
+    assert ("POST", "/api/mesh/join", {"invite": INVITE}) in fake.calls
     assert c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
     assert c.window.overview.join.text() == "Leave the mesh"
     qtbot.waitUntil(lambda: c.tray.status_action.text() == "Joined · 3 peers · 8 models · CPU", timeout=10_000)
     assert c.tray.kind == "joined"
-    saved = json.loads((Paths.resolve().config / "app-settings.json").read_text())
-    assert saved["mesh_joined"] is True  # rejoined at the next start
     # Peers tab: the live table
     w = c.window
     w.show_tab("peers")
@@ -69,9 +65,8 @@ def test_join_shows_progress_then_joined_with_peers(qtbot, start_app, fake, shot
     fake.peers = fake.peers[:2]
     fake.push("peers", {"type": "peers", "peers": fake.peers})
     qtbot.waitUntil(lambda: t.rowCount() == 2, timeout=10_000)
-    # serving peers: requests in flight while joined
-    fake.in_flight = 2
-    c.store.refresh()
+    # serving peers: requests from peers running here
+    fake.set_serving(2)
     qtbot.waitUntil(lambda: c.tray.kind == "serving", timeout=10_000)
     assert c.tray.status_action.text().startswith("Serving peers · 2 peers")
     w.show_tab("overview")
@@ -85,24 +80,22 @@ def test_join_shows_progress_then_joined_with_peers(qtbot, start_app, fake, shot
     c.tray.join_action.trigger()
     qtbot.waitUntil(lambda: c.toggle.phase == "off" and not c.tray.join_action.isChecked(), timeout=10_000)
     assert ("POST", "/api/mesh/leave", {}) in fake.calls
-    assert c.settings.mesh_joined is False
     qtbot.waitUntil(lambda: c.tray.kind == "solo", timeout=10_000)
 
 
 def test_join_failure_turns_the_toggle_back_off_with_the_message(qtbot, start_app, fake, shot):
-    c = attached(qtbot, start_app, fake)
-    c.settings.mesh_invite = "nats://hub.example:4222"
+    c = attached(qtbot, start_app, fake, invite="nats://hub.example:4222")
+    c.settings.mesh_name = "my-laptop"
     fake.join_failure = (502, "could not reach nats://hub.example:4222 (connection refused)")
     c.window.overview.join.click()
     qtbot.waitUntil(lambda: c.toggle.phase == "off" and "connection refused" in c.window.banner.text(),
                     timeout=10_000)
-    assert ("POST", "/api/mesh/join", {"invite": "nats://hub.example:4222"}) in fake.calls
+    assert ("POST", "/api/mesh/join", {"invite": "nats://hub.example:4222", "name": "my-laptop"}) in fake.calls
     assert c.window.banner.text() == ("Could not join the mesh: could not reach nats://hub.example:4222 "
                                       "(connection refused)")
     assert not c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
     assert c.window.overview.join.text() == "Join the mesh"
-    assert c.settings.mesh_joined is False
-    # the failed attempt does not leave a red icon behind: the user is not in the mesh and did not ask to stay
+    # the failed attempt does not leave a red icon behind: the node is not set to be in a mesh
     qtbot.waitUntil(lambda: c.tray.kind == "solo", timeout=10_000)
     qtbot.waitUntil(lambda: c.window.overview.fields["mesh"].text() == (
         "Not joined — could not reach nats://hub.example:4222 (connection refused)"), timeout=10_000)
@@ -113,6 +106,8 @@ def test_share_limits_from_settings_go_to_the_node(qtbot, start_app, fake):
     c = attached(qtbot, start_app, fake)
     page = c.window.settings
     qtbot.waitUntil(lambda: page.limits["max_tokens"].value() == 4096, timeout=10_000)  # the node's own limits
+    page.save.click()
+    assert not any(p == "/api/mesh/limits" for _, p, _ in fake.calls)  # unchanged: nothing sent
     page.limits["max_tokens"].setValue(1000)
     page.limits["max_concurrent"].setValue(5)
     page.limits["reserved_local_slots"].setValue(2)
@@ -124,14 +119,21 @@ def test_share_limits_from_settings_go_to_the_node(qtbot, start_app, fake):
     assert page.banner.text() == "Settings saved."
 
 
-def test_rejoins_at_start_when_the_user_was_in_the_mesh(qtbot, start_app, fake):
-    paths = Paths.resolve()
-    SettingsStore(paths.config).save(AppSettings(welcome_shown=True, mesh_joined=True,
-                                                 limit_max_tokens=512))
-    c = start_app(attach=(fake.base_url, fake.token))
-    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=30_000)
-    assert ("POST", "/api/mesh/join", {}) in fake.calls
-    assert ("POST", "/api/mesh/limits", {"max_tokens": 512}) in fake.calls  # the saved limits, applied again
+def test_joining_without_a_chosen_mesh_shows_where_to_choose_one(qtbot, start_app, fake):
+    c = attached(qtbot, start_app, fake, invite="")
+    c.tray.join_action.trigger()
+    assert c.window.banner.text().startswith("Choose the mesh first")
+    assert not c.tray.join_action.isChecked() and c.toggle.phase == "off"
+    assert c.window.tabs.currentWidget() is c.window.settings
+    assert not any(p == "/api/mesh/join" for _, p, _ in fake.calls)
+    # chosen and saved in Settings: the next click joins with it
+    c.window.settings.invite.setText("nats://open.example:4222")
+    c.window.settings.save.click()
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    assert ("POST", "/api/mesh/join", {"invite": "nats://open.example:4222"}) in fake.calls
+    qtbot.waitUntil(lambda: "in the mesh at nats://open.example:4222 as “test-box”" in
+                    c.window.settings.mesh_now.text(), timeout=10_000)
 
 
 def test_a_dropped_mesh_turns_the_toggle_off_and_says_why(qtbot, start_app, fake):
@@ -144,14 +146,14 @@ def test_a_dropped_mesh_turns_the_toggle_off_and_says_why(qtbot, start_app, fake
     fake.set_mesh(state="error", error="the hub closed the connection (auth expired)")
     qtbot.waitUntil(lambda: c.toggle.phase == "off", timeout=10_000)
     assert "auth expired" in c.window.banner.text()
-    assert c.tray.kind == "error"  # the user wants to be joined and is not: red
-    assert c.settings.mesh_joined is True  # the wish stays: the next start tries again
+    assert c.tray.kind == "error"  # the node is set to be in the mesh and is not: red
 
 
-def test_quit_while_joined_leaves_the_mesh(qtbot, start_app, fake):
+def test_quitting_does_not_make_the_node_forget_the_mesh(qtbot, start_app, fake):
+    """Quitting stops the node, whose shutdown leaves the mesh's directory but keeps the setting (it
+    rejoins at the next start); a POST /api/mesh/leave would make it forget the mesh."""
     c = attached(qtbot, start_app, fake)
     c.tray.join_action.trigger()
     qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
     c.quit()
-    assert ("POST", "/api/mesh/leave", {}) in fake.calls
-    assert c.settings.mesh_joined is True  # quitting is not leaving for good: the next start rejoins
+    assert not any(p == "/api/mesh/leave" for _, p, _ in fake.calls)

@@ -18,30 +18,27 @@ from .conftest import NoKeyring
 def test_defaults_when_there_is_no_file(tmp_path):
     s = SettingsStore(tmp_path).load()
     assert s == AppSettings()
-    assert (s.port, s.welcome_shown, s.mesh_joined, s.mesh_invite) == (9337, False, False, "")
-    assert s.limits() == {} and s.join_body() == {}
+    assert (s.port, s.welcome_shown, s.mesh_invite, s.mesh_name) == (9337, False, "", "")
+    assert s.join_body() is None  # no mesh chosen yet
 
 
 def test_round_trip_and_owner_only_file(tmp_path):
     store = SettingsStore(tmp_path / "config")
-    s = AppSettings(port=9444, welcome_shown=True, mesh_joined=True, mesh_invite=" nats://hub.example:4222 ",
-                    limit_max_tokens=1024, limit_max_concurrent=0)
+    s = AppSettings(port=9444, welcome_shown=True, mesh_invite=" nats://hub.example:4222 ", mesh_name=" box ")
     store.save(s)
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600  # an invite may grant access to a private mesh
     back = store.load()
     assert back == s
-    assert back.join_body() == {"invite": "nats://hub.example:4222"}
-    assert back.limits() == {"max_tokens": 1024, "max_concurrent": 0}
+    assert back.join_body() == {"invite": "nats://hub.example:4222", "name": "box"}
     assert not list((tmp_path / "config").glob("*.tmp"))
 
 
 def test_wrong_types_and_unknown_fields_are_ignored(tmp_path):
     store = SettingsStore(tmp_path)
-    store.path.write_text(json.dumps({"port": "9444", "welcome_shown": 1, "mesh_invite": 5, "limit_max_tokens": -3,
-                                      "limit_max_concurrent": 4, "from_a_newer_app": True, "mesh_joined": True}))
+    store.path.write_text(json.dumps({"port": "9444", "welcome_shown": 1, "mesh_invite": 5, "mesh_name": "box",
+                                      "from_a_newer_app": True, "mesh_joined": True}))
     s = store.load()
-    assert (s.port, s.welcome_shown, s.mesh_invite, s.limit_max_tokens) == (9337, False, "", None)
-    assert s.limit_max_concurrent == 4 and s.mesh_joined is True
+    assert (s.port, s.welcome_shown, s.mesh_invite, s.mesh_name) == (9337, False, "", "box")
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"])

@@ -9,10 +9,10 @@ from app.client import SSEParser, error_message
 from app.mesh import ToggleView, phase_from_node, toggle_view
 from app.model_rows import model_rows, recommended_row
 from app.pages.peers import peer_cells, peers_summary
-from app.pages.settings_page import limits_to_show
+from app.pages.settings_page import limits_to_show, mesh_setting_words
 from app.state import (NodeState, apply_event, apply_mesh, download_fraction, download_text, format_bytes,
                        format_duration, format_eta, format_ms, format_rate, format_tps, routable_model_count,
-                       status_line, tooltip, tray_kind)
+                       status_line, tooltip, tray_kind, wants_mesh)
 
 
 def status_doc(models=None, ready=True, backend="cpu", in_flight=0, mesh=None, peers=None) -> dict:
@@ -91,33 +91,48 @@ def test_status_before_the_first_snapshot_ignores_model_events():
 # -- tray icon and status line ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state, want, kind", [
-    (NodeState(), False, "starting"),
-    (connected(status_doc(ready=False)), False, "starting"),
-    (connected(status_doc()), False, "solo"),
-    (connected(status_doc(mesh={"state": "connecting"})), True, "starting"),
-    (connected(status_doc(mesh={"state": "joined"})), True, "joined"),
-    (connected(status_doc(mesh={"state": "joined"}, in_flight=2)), True, "serving"),
-    (connected(status_doc(mesh={"state": "error", "error": "hub gone"})), True, "error"),
-    (connected(status_doc(mesh={"state": "error", "error": "hub gone"})), False, "solo"),
-    (connected(status_doc(models=[{"id": "Smol", "state": "error", "pinned": True, "error": "bad file"}])),
-     False, "error"),
-    (NodeState(start_error="port 9337 is in use"), False, "error"),
+@pytest.mark.parametrize("state, kind", [
+    (NodeState(), "starting"),
+    (connected(status_doc(ready=False)), "starting"),
+    (connected(status_doc()), "solo"),
+    (connected(status_doc(mesh={"state": "connecting", "mode": "hub"})), "starting"),
+    (connected(status_doc(mesh={"state": "joined", "mode": "hub", "serving_mesh_requests": 0})), "joined"),
+    # requests in flight that are not from peers: still "joined"
+    (connected(status_doc(mesh={"state": "joined", "mode": "hub", "serving_mesh_requests": 0}, in_flight=3)),
+     "joined"),
+    (connected(status_doc(mesh={"state": "joined", "mode": "open", "serving_mesh_requests": 2})), "serving"),
+    # a node that does not count mesh requests apart: any request in flight counts
+    (connected(status_doc(mesh={"state": "joined"}, in_flight=2)), "serving"),
+    # set to be in the mesh and failing: red; a failed attempt while not set to be in one: not red
+    (connected(status_doc(mesh={"state": "error", "mode": "hub", "error": "hub gone"})), "error"),
+    (connected(status_doc(mesh={"state": "error", "mode": None, "error": "hub gone"})), "solo"),
+    (connected(status_doc(mesh={"state": "off", "mode": None, "error": "connection refused"})), "solo"),
+    (connected(status_doc(models=[{"id": "Smol", "state": "error", "pinned": True, "error": "bad file"}])), "error"),
+    (NodeState(start_error="port 9337 is in use"), "error"),
 ])
-def test_tray_kind(state, want, kind):
-    assert tray_kind(state, want) == kind
+def test_tray_kind(state, kind):
+    assert tray_kind(state) == kind
+
+
+def test_wants_mesh():
+    assert not wants_mesh(NodeState())
+    assert wants_mesh(connected(status_doc(mesh={"state": "reconnecting", "mode": "hub"})))
+    assert not wants_mesh(connected(status_doc(mesh={"state": "off", "mode": None})))
+    assert wants_mesh(connected(status_doc(mesh={"state": "joined"})))  # no "mode": from the state
 
 
 def test_status_line_examples():
     peers = [peer(f"p{i}", [f"M{i}", "Shared"]) for i in range(12)] + [peer("old", ["Gone"], state="stale")]
     models = [{"id": f"L{i}", "state": "on_disk"} for i in range(3)] + [{"id": "Smol", "state": "ready"}]
-    s = connected(status_doc(models=models, backend="cuda", mesh={"state": "joined"}, peers=peers))
+    s = connected(status_doc(models=models, backend="cuda", mesh={"state": "joined", "serving_mesh_requests": 0},
+                             peers=peers))
     # 4 local + 12 distinct peer models + "Shared" (the stale peer's model does not count)
     assert routable_model_count(s) == 17
-    assert status_line(s, True) == "Joined · 12 peers · 17 models · CUDA"
+    assert status_line(s) == "Joined · 12 peers · 17 models · CUDA"
     assert status_line(connected(status_doc())) == "Solo · 1 model · CPU"
     assert status_line(connected(status_doc(mesh={"state": "reconnecting"}))) == "Reconnecting… · 1 model · CPU"
-    assert status_line(connected(status_doc(mesh={"state": "joined"}, in_flight=1), )).startswith("Serving peers · 0 peers")
+    assert status_line(connected(status_doc(mesh={"state": "joined", "serving_mesh_requests": 1}))).startswith(
+        "Serving peers · 0 peers")
     assert status_line(NodeState()) == "Starting…"
     assert status_line(connected(status_doc(ready=False))) == "Starting… (loading models)"
     assert status_line(NodeState(start_error="port 9337 is in use")) == "Error: port 9337 is in use"
@@ -237,11 +252,21 @@ def test_toggle_view():
 
 
 def test_limits_shown():
-    assert limits_to_show(None, {}) == {"max_tokens": 2048, "max_concurrent": 2, "reserved_local_slots": 1}
-    assert limits_to_show(None, {"max_tokens": 512}) == {"max_tokens": 512, "max_concurrent": 2,
-                                                         "reserved_local_slots": 1}
-    node = {"max_tokens": 4096, "max_concurrent": 4, "reserved_local_slots": 0}
-    assert limits_to_show(node, {"max_tokens": 512}) == node
+    assert limits_to_show(None) == {"max_tokens": 2048, "max_concurrent": 4, "reserved_local_slots": 1}
+    node = {"max_tokens": 4096, "max_concurrent": 2, "reserved_local_slots": 0}
+    assert limits_to_show(node) == node
+    assert limits_to_show({"max_tokens": 100, "max_concurrent": True}) == {"max_tokens": 100, "max_concurrent": 4,
+                                                                          "reserved_local_slots": 1}
+
+
+def test_mesh_setting_words():
+    assert mesh_setting_words(connected(status_doc())) == "This version of the node cannot join a mesh yet."
+    s = connected(status_doc(mesh={"state": "off", "mode": None, "urls": ["nats://a:4222"],
+                                   "node": {"name": "box"}}))
+    assert mesh_setting_words(s) == "Now: not in a mesh as “box”."
+    s = connected(status_doc(mesh={"state": "reconnecting", "mode": "hub", "urls": ["nats://a:4222", "nats://b:4222"],
+                                   "node": {"name": "box"}}))
+    assert mesh_setting_words(s) == "Now: in the mesh at nats://a:4222, nats://b:4222 (private mesh) as “box”."
 
 
 # -- the client's wire helpers ---------------------------------------------------------------------------
