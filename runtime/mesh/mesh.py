@@ -115,7 +115,8 @@ class PeerBusy(PeerLost):
     """The peer is alive but has no room for a mesh request now."""
 
 
-BUSY_WAIT_SECONDS = 120.0  # how long a request waits for room when every peer is busy
+BUSY_WAIT_SECONDS = 120.0
+COALESCE_SECONDS = 0.04  # a serving peer batches the tokens of this long into one message  # how long a request waits for room when every peer is busy
 
 
 class MeshUnavailable(Exception):
@@ -578,9 +579,10 @@ class Mesh:
                             yield {"t": "start", "prompt_tokens": prompt_tokens, "model": ev.get("m") or model_id}
                     elif ev["t"] == "d":
                         started = True
-                        text += ev["x"]
                         peer_tokens = ev.get("n", peer_tokens + 1)
-                        yield {"t": "d", "text": ev["x"]}
+                        for piece in ev["x"]:
+                            text += piece
+                            yield {"t": "d", "text": piece}
                     elif ev["t"] == "done":
                         u = ev.get("u") or {}
                         done = tokens_before + int(u.get("completion_tokens", peer_tokens))
@@ -750,12 +752,25 @@ class Mesh:
             s.gen = gen
             await self._send(s, {"t": "start", "p": len(prep.prompts[0]), "m": prep.engine.id})
             n = 0
+            pieces: list[str] = []
+            flush_at = 0.0  # the first token goes out at once; later ones in batches (fewer messages)
             while not gen.finished and not s.cancelled:
-                _, ev = await gen.next(None)
+                timeout = None if not pieces else max(0.0, flush_at - time.monotonic())
+                try:
+                    _, ev = await gen.next(timeout)
+                except asyncio.TimeoutError:
+                    ev = None
                 if isinstance(ev, TokenEvent):
                     n += 1
-                    await self._send(s, {"t": "d", "x": ev.text, "n": n})
-                elif isinstance(ev, DoneEvent):
+                    pieces.append(ev.text)
+                    if n > 1 and len(pieces) == 1:
+                        flush_at = time.monotonic() + COALESCE_SECONDS
+                    if n > 1 and time.monotonic() < flush_at:
+                        continue
+                if pieces:
+                    await self._send(s, {"t": "d", "x": pieces, "n": n})
+                    pieces = []
+                if isinstance(ev, DoneEvent):
                     gen.jobs[0].done = ev
                     self.served_total += 1
                     await self._send(s, {"t": "done", "f": ev.finish_reason,
