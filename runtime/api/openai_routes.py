@@ -538,6 +538,11 @@ def route(node: Node, gp: GenerationParams) -> list | None:
         return None
     peers = mesh.candidates(gp.model, gp.max_tokens)
     if not peers:
+        capped = mesh.candidates(gp.model, None)
+        if capped and not node.find(gp.model):
+            cap = max((p.announcement.get("limits") or {}).get("max_tokens") or 0 for p in capped)
+            raise invalid(f"The peers serving '{gp.model}' accept at most {cap} tokens per mesh request; "
+                          f"ask for max_tokens <= {cap}.", "max_tokens", "mesh_limit")
         return None
     m = node.find(gp.model)
     if m is None or m not in node.manager.routable():

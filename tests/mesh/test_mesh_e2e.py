@@ -185,3 +185,71 @@ def test_events_show_a_joining_and_leaving_peer(mesh3, tmp_path, model_path):
     finally:
         stop.set()
         d.stop()
+
+
+def test_share_limits_are_announced_and_enforced(mesh3):
+    _, n = mesh3
+    code, st = api(n["b"], "POST", "/api/mesh/limits", {"max_tokens": 8})
+    assert code == 200 and st["limits"]["max_tokens"] == 8
+    try:
+        wait_for(lambda: next(p for p in mesh_status(n["a"])["peers"] if p["name"] == "node-b")["limits"]["max_tokens"]
+                 == 8, 5, what="the new limit in a's directory")
+        c = _client(n["a"])
+        # no max_tokens: the peer's cap applies
+        r = c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "Tell a story."}],
+                                      logit_bias=EOS_BAN)
+        assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}], max_tokens=100)
+        assert "at most 8 tokens" in str(e.value)
+        code, body = api(n["b"], "POST", "/api/mesh/limits", {"max_tokens": 0})
+        assert code == 400 and "max_tokens" in body["error"]["message"]
+        code, body = api(n["b"], "POST", "/api/mesh/limits", {"max_tokens": 50}, admin=False)
+        assert code == 401
+        assert json.loads((n["b"].home / "config" / "mesh.json").read_text())["limits"]["max_tokens"] == 8
+    finally:
+        api(n["b"], "POST", "/api/mesh/limits", {"max_tokens": 2048})
+
+
+def test_cli_mesh_status(mesh3):
+    import os
+    import subprocess
+
+    from ..conftest import CLOSEDMESH
+    _, n = mesh3
+    a = n["a"]
+    r = subprocess.run([str(CLOSEDMESH), "mesh", "status", "--port", str(a.port)], capture_output=True, text=True,
+                       env=dict(os.environ, CLOSEDMESH_HOME=str(a.home)), timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "mesh: joined" in r.stdout and "node-b" in r.stdout and "node-c" in r.stdout and "2 peers" in r.stdout
+
+
+def test_serve_with_embedded_hub(tmp_path, model_path):
+    from .conftest import free_port
+    hub_port = free_port()
+    host = start_mesh_node(tmp_path, "host", model_path, "hosted",
+                           extra=("--hub", "--hub-host", "127.0.0.1", "--hub-port", str(hub_port)))
+    guest = start_mesh_node(tmp_path, "guest", model_path, "guest-model")
+    try:
+        wait_for(lambda: mesh_status(host)["state"] == "joined", 20, what="the host node on its own hub")
+        assert mesh_status(host)["hub"]["urls"] == [f"nats://127.0.0.1:{hub_port}"]
+        code, inv = api(host, "POST", "/api/mesh/invite", {"ttl_seconds": 600})
+        assert code == 200 and inv["invite"].startswith("cmi1.")
+        join(guest, inv["invite"], "guest")
+        host_id = mesh_status(host)["node"]["id"]
+        wait_for(lambda: peer_names(host) == {"guest"} and [p["id"] for p in mesh_status(guest)["peers"]] == [host_id],
+                 10, what="host and guest see each other")
+        r = _client(guest).chat.completions.create(model="hosted", messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=4)
+        assert r.model == "hosted"
+        code, body = api(guest, "POST", "/api/mesh/invite", {})
+        assert code == 409 and "--hub" in body["error"]["message"]
+    finally:
+        guest.stop()
+        assert host.stop() == 0
+    # the embedded nats-server went away with its node
+    pid = int((host.home / "data" / "hub" / "nats-server.pid").read_text()) if (
+        host.home / "data" / "hub" / "nats-server.pid").exists() else None
+    if pid is not None:
+        import psutil
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
