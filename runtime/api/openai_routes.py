@@ -447,9 +447,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     body = await _read_body(request)
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
-    parse_prompts(body)
+    prompts_in = parse_prompts(body)
     remote = route(node, gp)
     if remote:
+        if len(prompts_in) > 1 or body.get("echo"):
+            raise invalid(f"'{gp.model}' is served by mesh peers, which take one prompt per request and no "
+                          f"echo; send the prompts as separate requests.", "prompt", "mesh_unsupported")
         from .mesh_routes import proxy
         return await proxy(request, "completion", body, gp, remote)
     prep = await prepare_completion(node, body, gp)
