@@ -616,13 +616,22 @@ class Mesh:
         finished = False
         try:
             await nc.publish(req_subject(peer.id), sealed, reply=inbox, headers={"CM-Rid": rid})
+            probed = False
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=LIVENESS_TIMEOUT)
+                    # Half the liveness window in silence: probe. A peer whose process is gone has no
+                    # subscription left, so NATS answers "no responders" at once; a live one ignores the
+                    # empty probe. Then the rest of the window.
+                    msg = await sub.next_msg(timeout=LIVENESS_TIMEOUT / 2)
                 except (asyncio.TimeoutError, NatsError) as e:
-                    if isinstance(e, asyncio.TimeoutError) or "timeout" in str(e).lower():
-                        raise PeerLost(f"no word from {peer.name} for {LIVENESS_TIMEOUT:.0f} s") from None
-                    raise PeerLost(str(e)) from None
+                    if not (isinstance(e, asyncio.TimeoutError) or "timeout" in str(e).lower()):
+                        raise PeerLost(str(e)) from None
+                    if not probed:
+                        probed = True
+                        await nc.publish(req_subject(peer.id), b"", reply=inbox)
+                        continue
+                    raise PeerLost(f"no word from {peer.name} for {LIVENESS_TIMEOUT:.0f} s") from None
+                probed = False
                 if msg.headers and msg.headers.get("Status") == "503":
                     raise PeerLost(f"{peer.name} is not listening (it left or crashed)")
                 try:
