@@ -59,9 +59,11 @@ class Directory:
     peers: dict[str, Peer] = field(default_factory=dict)
     rejected: int = 0  # announcements that failed verification (forgeries, damage)
 
-    def apply(self, key: str, raw: bytes | None, now: float | None = None) -> bool:
+    def apply(self, key: str, raw: bytes | None, now: float | None = None, stored: bool = False) -> bool:
         """One KV update (raw None: deleted or purged). True when the set of peers or what they serve
-        changed in a way the UI should show."""
+        changed in a way the UI should show. ``stored``: an entry read back from the bucket when a watch
+        starts, perhaps long after it was written (a crashed node's leftover): it counts as seen when it
+        was written, by the announcement's own clock, not now."""
         now = time.monotonic() if now is None else now
         if key == self.self_id:
             return False
@@ -73,12 +75,18 @@ class Directory:
             self.rejected += 1
             log.warning("ignoring a directory entry: %s", e)
             return self.peers.pop(key, None) is not None
+        seen = now
+        if stored and isinstance(ann.get("ts"), (int, float)):
+            ttl = ann.get("ttl") or ANNOUNCE_TTL
+            seen = now - min(max(0.0, time.time() - ann["ts"]), ttl + 1)
         old = self.peers.get(key)
         if old is None:
-            self.peers[key] = Peer(key, ann, now)
+            if now - seen > (ann.get("ttl") or ANNOUNCE_TTL):
+                return False  # already expired
+            self.peers[key] = Peer(key, ann, seen)
             return True
         changed = _visible(old.announcement) != _visible(ann)
-        old.announcement, old.last_seen = ann, now
+        old.announcement, old.last_seen = ann, max(old.last_seen, seen)
         return changed
 
     def expire(self, now: float | None = None) -> list[str]:

@@ -374,6 +374,7 @@ class Mesh:
                         loop.create_task(self._watcher(), name="watcher"),
                         loop.create_task(self._expirer(), name="expirer")]
         self._set_state(JOINED)
+        self.poke()  # announce now, not at the next refresh
 
     async def _disconnect(self, delete_entry: bool) -> None:
         for t in self._tasks:
@@ -502,7 +503,7 @@ class Mesh:
                     deleted = e.operation in ("DEL", "PURGE") if e.operation else False
                     if initial and not deleted:
                         seen.add(e.key)
-                    if self.directory.apply(e.key, None if deleted else e.value):
+                    if self.directory.apply(e.key, None if deleted else e.value, stored=initial):
                         self._peers_changed()
             except asyncio.CancelledError:
                 raise

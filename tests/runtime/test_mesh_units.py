@@ -156,6 +156,19 @@ def test_directory_add_change_delete_expire(ids):
     assert d.rejected == 1 and d.peers == {}
 
 
+def test_directory_stored_entries_count_from_when_they_were_written(ids):
+    me, a, b = ids
+    d = Directory(me.public)
+    # a crashed node's leftover, written 14 s ago: kept for the second it has left, not a whole TTL
+    assert d.apply(a.public, _ann(a, [{"id": "x"}], ts=time.time() - 14), now=100, stored=True)
+    assert d.expire(now=100.5) == [] and d.expire(now=101.5) == [a.public]
+    # written 40 s ago: already expired, never shown
+    assert not d.apply(b.public, _ann(b, [{"id": "x"}], ts=time.time() - 40), now=100, stored=True)
+    # a live update is fresh whatever its clock says
+    assert d.apply(b.public, _ann(b, [{"id": "x"}], ts=time.time() - 40), now=100)
+    assert d.expire(now=110) == []
+
+
 def test_directory_retain_after_rewatch(ids):
     me, a, b = ids
     d = Directory(me.public)
