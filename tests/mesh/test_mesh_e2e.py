@@ -74,6 +74,9 @@ def test_routing_by_model(mesh3):
     assert r.model == "gamma" and r.choices[0].text
     after = {k: _served(v) for k, v in n.items()}
     assert after["b"] == before["b"] + 1 and after["c"] == before["c"] + 1 and after["a"] == before["a"]
+    # served requests feed the throughput that the peer announces
+    wait_for(lambda: next(m for p in mesh_status(n["a"])["peers"] if p["name"] == "node-b" for m in p["models"]
+                          if m["id"] == "beta")["tokens_per_second_p50"], 10, what="b's measured tok/s announced")
     # a model that only this node serves stays here
     r = c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert r.model == "alpha"
