@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, Signal
 
 from .client import ApiResult, NodeClient
 from .settings import AppSettings
-from .state import NodeState, mesh_state
+from .state import NodeState, mesh_state, wants_mesh
 from .store import NodeStore
 
 Phase = Literal["off", "joining", "joined", "leaving"]
@@ -48,13 +48,21 @@ def toggle_view(phase: Phase, node_mesh_state: str, supported: bool | None) -> T
         if node_mesh_state == "connecting":
             return ToggleView(True, True, "Join the mesh (connecting…)")
         return ToggleView(True, True, "Join the mesh")
+    if node_mesh_state == "connecting":  # the node joins by itself (rejoining at its start)
+        return ToggleView(True, False, "Joining the mesh…")
     if supported is False:
         return ToggleView(False, True, "Join the mesh (not available)")
     return ToggleView(False, True, "Join the mesh")
 
 
-def phase_from_node(node_mesh_state: str) -> Phase:
-    return "joined" if node_mesh_state in ("joined", "connecting", "reconnecting") else "off"
+def phase_from_node(node_mesh_state: str) -> Phase | None:
+    """The toggle's phase that the node's mesh state implies; None for "connecting", which says nothing
+    yet (it may be a join that is about to fail, whose events can arrive after its answer)."""
+    if node_mesh_state in ("joined", "reconnecting"):
+        return "joined"
+    if node_mesh_state == "connecting":
+        return None
+    return "off"
 
 
 class MeshToggle(QObject):
@@ -137,6 +145,9 @@ class MeshToggle(QObject):
         if self.phase in ("joining", "leaving"):
             return
         node_phase = phase_from_node(mesh_state(state))
-        if self.phase == "joined" and node_phase == "off" and mesh_state(state) == "error":
+        if node_phase is None:
+            self._redraw()
+            return
+        if self.phase == "joined" and mesh_state(state) == "error" and wants_mesh(state):
             self.failed.emit(f"The mesh connection failed: {(state.mesh or {}).get('error') or 'unknown error'}")
         self._set_phase(node_phase)

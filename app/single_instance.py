@@ -42,7 +42,7 @@ class SingleInstance(QObject):
         if not self._lock.tryLock(0):
             return False
         QLocalServer.removeServer(self.name)  # a socket file left by a crashed app
-        server = QLocalServer(self)
+        server = QLocalServer()  # deleted in release(), on this thread
         server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
         if not server.listen(self.name):
             log.warning("cannot listen for later launches (%s); they will not bring this window forward",
@@ -54,13 +54,15 @@ class SingleInstance(QObject):
     def _on_connection(self) -> None:
         assert self._server is not None
         while (sock := self._server.nextPendingConnection()) is not None:
+            # the socket is the server's child: it goes with the server (no deleteLater of its own,
+            # which could run after the server already took it down)
             sock.readyRead.connect(lambda s=sock: self._read(s))
-            sock.disconnected.connect(sock.deleteLater)
             if sock.bytesAvailable():
                 self._read(sock)
 
     def _read(self, sock: QLocalSocket) -> None:
         if bytes(sock.readAll().data()).startswith(SHOW.strip()):
+            sock.disconnectFromServer()
             self.activated.emit()
 
     def notify_first(self, timeout: float = 10.0) -> bool:
@@ -81,7 +83,10 @@ class SingleInstance(QObject):
             time.sleep(0.2)
 
     def release(self) -> None:
+        """Stop listening and unlock. Qt objects are deleted on this (the Qt) thread, never left to the
+        garbage collector, which may run on any thread."""
         if self._server is not None:
             self._server.close()
+            self._server.deleteLater()
             self._server = None
         self._lock.unlock()

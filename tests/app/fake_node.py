@@ -46,6 +46,7 @@ class FakeNode:
         self.peers: list[dict] = []
         self.in_flight = 0  # requests running here (local and from peers)
         self.join_failure: tuple[int, str] | None = None  # (status, message) for the next joins
+        self.late_events = False  # a failed join's mesh events reach the app after its answer
         self.hold_join: asyncio.Event | None = None  # joins wait until this is set (release_join)
         self.calls: list[tuple[str, str, Any]] = []
         self._listeners: set[asyncio.Queue] = set()
@@ -185,13 +186,22 @@ class FakeNode:
                 "message": "'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
                            "(nats://host:4222).", "type": "invalid_request_error", "param": "invite",
                 "code": "missing_required_parameter"}}, status=400)
-        self.set_mesh(state="connecting", error=None)
+        if not self.late_events:
+            self.set_mesh(state="connecting", error=None)
         if self.hold_join is not None:
             await self.hold_join.wait()
         if self.join_failure is not None:  # as the node does: "error", then "off" with the message
             status, message = self.join_failure
-            self.set_mesh(state="error", error=message)
-            self.set_mesh(state="off", error=message)
+            if self.late_events:  # the events stream is another connection: they may come after the answer
+                def late() -> None:
+                    self.set_mesh(state="connecting", error=None)
+                    self.set_mesh(state="error", error=message)
+                    self.set_mesh(state="off", error=message)
+
+                self.loop.call_later(0.3, late)
+            else:
+                self.set_mesh(state="error", error=message)
+                self.set_mesh(state="off", error=message)
             return web.json_response({"error": {"message": message, "type": "server_error", "param": None,
                                                 "code": "mesh_unavailable"}}, status=status)
         self.peers = list(PEERS)

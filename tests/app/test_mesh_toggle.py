@@ -102,6 +102,20 @@ def test_join_failure_turns_the_toggle_back_off_with_the_message(qtbot, start_ap
     shot(c.window, "window-join-failed")
 
 
+def test_a_failed_joins_events_arriving_after_its_answer_change_nothing(qtbot, start_app, fake):
+    c = attached(qtbot, start_app, fake)
+    fake.late_events = True
+    fake.join_failure = (400, "this invite has expired; ask the hub's owner for a new one")
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "off" and "expired" in c.window.banner.text(), timeout=10_000)
+    # then the node's events of that attempt: connecting, error, off
+    qtbot.waitUntil(lambda: (c.store.state.mesh or {}).get("error") == fake.join_failure[1] and
+                    c.store.state.mesh["state"] == "off", timeout=10_000)
+    assert c.toggle.phase == "off" and not c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
+    assert c.window.banner.text() == "Could not join the mesh: this invite has expired; ask the hub's owner for a new one"
+    assert c.tray.kind == "solo"
+
+
 def test_share_limits_from_settings_go_to_the_node(qtbot, start_app, fake):
     c = attached(qtbot, start_app, fake)
     page = c.window.settings

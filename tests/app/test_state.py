@@ -247,8 +247,9 @@ def test_toggle_view():
     assert toggle_view("joined", "joined", True) == ToggleView(True, True, "Join the mesh")
     assert toggle_view("joined", "reconnecting", True).text == "Join the mesh (reconnecting…)"
     assert toggle_view("leaving", "joined", True) == ToggleView(False, False, "Leaving the mesh…")
+    assert toggle_view("off", "connecting", True) == ToggleView(True, False, "Joining the mesh…")
     assert [phase_from_node(x) for x in ("off", "connecting", "joined", "reconnecting", "error")] == [
-        "off", "joined", "joined", "joined", "off"]
+        "off", None, "joined", "joined", "off"]
 
 
 def test_limits_shown():
