@@ -2,8 +2,8 @@
 
 The node keeps its own state (whether it is in the mesh, its share limits: config/mesh.json); this file
 holds only what the app decides: which port to start the node on, which mesh to join (an invite or a
-URL) and under which name, and whether the first-run welcome was shown. A missing or damaged file gives the defaults (and a damaged one is kept
-aside, never silently overwritten). No Qt here.
+URL) and under which name, and whether the first-run welcome was shown. A missing or damaged file gives
+the defaults (and a damaged one is kept aside, never silently overwritten). No Qt here.
 """
 
 from __future__ import annotations

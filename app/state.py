@@ -81,7 +81,9 @@ def apply_event(state: NodeState, name: str, data: Any) -> NodeState:
         return replace(state, mesh=mesh, mesh_supported=True)
     if name == "peers":
         peers = data.get("peers")
-        return replace(state, peers=tuple(p for p in peers if isinstance(p, dict))) if isinstance(peers, list) else state
+        if not isinstance(peers, list):
+            return state
+        return replace(state, peers=tuple(p for p in peers if isinstance(p, dict)))
     return state
 
 

@@ -155,7 +155,8 @@ class SettingsPage(QWidget):
         bar = QWidget()  # outside the scroll area: always in view
         buttons = QHBoxLayout(bar)
         buttons.setContentsMargins(16, 8, 24, 8)
-        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you click Save."))
+        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you click Save.",
+                                wrap=False))
         buttons.addStretch(1)
         self.save = QPushButton("Save")
         self.save.setDefault(True)

@@ -112,7 +112,8 @@ def test_a_failed_joins_events_arriving_after_its_answer_change_nothing(qtbot, s
     qtbot.waitUntil(lambda: (c.store.state.mesh or {}).get("error") == fake.join_failure[1] and
                     c.store.state.mesh["state"] == "off", timeout=10_000)
     assert c.toggle.phase == "off" and not c.tray.join_action.isChecked() and c.tray.join_action.isEnabled()
-    assert c.window.banner.text() == "Could not join the mesh: this invite has expired; ask the hub's owner for a new one"
+    assert c.window.banner.text() == ("Could not join the mesh: this invite has expired; ask the hub's owner for a "
+                                      "new one")
     assert c.tray.kind == "solo"
 
 
