@@ -265,3 +265,16 @@ def test_quit_leaves_no_thread_or_process_behind(qtbot, home, start_app):
     assert not children, f"processes left running: {[psutil.Process(p).cmdline() for p in children]}"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_the_five_tray_icons_differ(qapp, shot):
+    from app import icons
+    from app.state import TRAY_KINDS
+
+    images = {k: icons.pixmap(k, 22).toImage() for k in TRAY_KINDS}
+    for a in TRAY_KINDS:
+        for b in TRAY_KINDS:
+            if a < b:
+                assert images[a] != images[b], f"the {a} and {b} icons look the same"
+    assert not icons.icon("solo").isNull() and len(icons.icon("solo").availableSizes()) == len(icons.SIZES)
+    shot(icons.legend(), "tray-icons")
