@@ -46,7 +46,8 @@ class FakeNode:
         self.peers: list[dict] = []
         self.in_flight = 0  # requests running here (local and from peers)
         self.join_failure: tuple[int, str] | None = None  # (status, message) for the next joins
-        self.late_events = False  # a failed join's mesh events reach the app after its answer
+        self.late_events = False
+        self.qwen_state = "available"  # the one catalog model of GET /api/models  # a failed join's mesh events reach the app after its answer
         self.hold_join: asyncio.Event | None = None  # joins wait until this is set (release_join)
         self.calls: list[tuple[str, str, Any]] = []
         self._listeners: set[asyncio.Queue] = set()
@@ -71,6 +72,7 @@ class FakeNode:
         app.router.add_post("/api/mesh/leave", self._leave)
         app.router.add_post("/api/mesh/limits", self._limits)
         app.router.add_get("/api/models", self._models)
+        app.router.add_post("/api/models/pull", self._pull)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -233,6 +235,25 @@ class FakeNode:
     async def _models(self, request: web.Request) -> web.Response:
         if (denied := self._admin(request)) is not None:
             return denied
-        return web.json_response({"catalog": [], "local": [{"id": "SmolLM2-135M-Instruct", "state": "ready",
-                                                            "pinned": True, "size_bytes": 96_576_768}],
-                                  "recommended": None})
+        qwen = {"id": "Qwen3-4B-Q4_K_M", "family": "Qwen3-4B", "repo": "Qwen/Qwen3-4B-GGUF",
+                "file": "Qwen3-4B-Q4_K_M.gguf", "quant": "Q4_K_M", "size_bytes": 2_497_280_256,
+                "size_is_estimate": False, "parameters": 4_022_468_096, "context_length": 40960,
+                "license": "apache-2.0", "default_quant": True, "recommended": True, "state": self.qwen_state,
+                "local": None, "fit": {"kind": "cpu", "gpu_layers": 0, "total_layers": 36,
+                                       "needed_bytes": 3_400_000_000, "available_bytes": 12_000_000_000,
+                                       "label": "Runs on the CPU"}}
+        return web.json_response({"catalog": [qwen], "local": [{"id": "SmolLM2-135M-Instruct", "state": "ready",
+                                                                "pinned": True, "size_bytes": 96_576_768}],
+                                  "recommended": qwen["id"]})
+
+    async def _pull(self, request: web.Request) -> web.Response:
+        if (denied := self._admin(request)) is not None:
+            return denied
+        body = await self._body(request)
+        self.qwen_state = "downloading"
+        self.push("model_state", {"type": "model_state", "model": body["model"], "state": "downloading",
+                                  "error": None})
+        self.push("download_progress", {"type": "download_progress", "model": body["model"], "state": "downloading",
+                                        "total_bytes": 2_497_280_256, "done_bytes": 624_320_064,
+                                        "rate_bps": 48_500_000.0, "eta_seconds": 38.6, "error": None})
+        return web.json_response({"id": body["model"], "state": "downloading"}, status=202)

@@ -1,6 +1,7 @@
 """The "Join the mesh" toggle and the mesh views, against a stand-in node that implements the mesh's
 HTTP contract (tests/app/fake_node.py): join with progress, join failure (toggle back off, the message
-shown), no mesh chosen yet, leave, share limits, a dropped mesh, and quitting while joined."""
+shown), no mesh chosen yet, leave, share limits, a dropped mesh, quitting while joined; and the
+first-run welcome downloading the recommended model."""
 
 from __future__ import annotations
 
@@ -172,3 +173,18 @@ def test_quitting_does_not_make_the_node_forget_the_mesh(qtbot, start_app, fake)
     qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
     c.quit()
     assert not any(p == "/api/mesh/leave" for _, p, _ in fake.calls)
+
+
+def test_the_welcome_downloads_the_recommended_model(qtbot, start_app, fake, shot):
+    c = start_app(attach=(fake.base_url, fake.token))
+    w = c.window.welcome
+    assert w is not None
+    qtbot.waitUntil(lambda: w.recommended is not None and w.download.isEnabled(), timeout=30_000)
+    assert w.model_name.text() == "★ Qwen3-4B-Q4_K_M"
+    assert w.model_info.text() == "2.5 GB · Runs on the CPU · 4.0B params · Q4_K_M · 40k context · apache-2.0"
+    w.download.click()
+    qtbot.waitUntil(lambda: w.progress.isVisible() and w.progress.value() == 250, timeout=10_000)
+    assert ("POST", "/api/models/pull", {"model": "Qwen3-4B-Q4_K_M"}) in fake.calls
+    assert w.progress_text.text() == "624 MB of 2.5 GB · 48.5 MB/s · 39 s left"
+    assert w.download.text() == "Downloading…" and not w.download.isEnabled()
+    shot(c.window, "window-welcome-downloading")
