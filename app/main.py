@@ -12,10 +12,34 @@ import logging
 import logging.handlers
 import signal
 import sys
+from dataclasses import fields
+from typing import Any, Callable
 
 from runtime import __version__
 from runtime.cli import build_parser as build_cli_parser
 from runtime.config import Paths, ServeSettings
+
+
+# ServeSettings fields whose `closedmesh serve` option has another name or form; every other field is
+# taken from the option of the same name (so new options reach the node without a change here).
+_RENAMED_OPTIONS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "models": lambda a: a.model or [],
+    "keepalive_seconds": lambda a: a.keepalive,
+    "memory_budget_bytes": lambda a: int(a.memory_budget * 2**30) if a.memory_budget else None,
+    "allowed_hosts": lambda a: tuple(a.allow_host or ()),
+    "allowed_origins": lambda a: tuple(a.allow_origin or ()),
+}
+
+
+def serve_settings_from(args: argparse.Namespace) -> ServeSettings:
+    """The node's settings from parsed `closedmesh serve` options (the port is the app's to choose)."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(ServeSettings):
+        if f.name in _RENAMED_OPTIONS:
+            kwargs[f.name] = _RENAMED_OPTIONS[f.name](args)
+        elif f.name != "port" and hasattr(args, f.name):
+            kwargs[f.name] = getattr(args, f.name)
+    return ServeSettings(**kwargs)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ServeSettings, int | None]:
@@ -34,13 +58,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ServeSettings, int 
         build_cli_parser().parse_args(["serve", "--help"])  # prints and exits
     # The node's options, parsed by the CLI's own parser, so both accept exactly the same ones.
     args = build_cli_parser().parse_args(["serve", *rest])
-    settings = ServeSettings(
-        host=args.host, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
-        threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
-        keepalive_seconds=args.keepalive, model_ttl=args.model_ttl, kv_type=args.kv_type,
-        memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
-        allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
-    )
+    settings = serve_settings_from(args)
     own.verbose = args.verbose
     return own, settings, own.port
 
