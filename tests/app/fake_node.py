@@ -46,8 +46,8 @@ class FakeNode:
         self.peers: list[dict] = []
         self.in_flight = 0  # requests running here (local and from peers)
         self.join_failure: tuple[int, str] | None = None  # (status, message) for the next joins
-        self.late_events = False
-        self.qwen_state = "available"  # the one catalog model of GET /api/models  # a failed join's mesh events reach the app after its answer
+        self.late_events = False  # a failed join's mesh events reach the app after its answer
+        self.qwen_state = "available"  # the one catalog model of GET /api/models
         self.hold_join: asyncio.Event | None = None  # joins wait until this is set (release_join)
         self.calls: list[tuple[str, str, Any]] = []
         self._listeners: set[asyncio.Queue] = set()
