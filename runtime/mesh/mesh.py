@@ -246,8 +246,9 @@ class Mesh:
                     urls, mode = await self._redeem(invite), "hub"
                 await self._connect(urls, mode)
             except MeshError as e:
-                self._set_state(ERROR if self.config.joined is False else self.state, str(e))
+                # Not in any mesh now (a previous one was left above): say why, in the state too.
                 self.config.joined = False
+                self.config.save(self.config_path)
                 self._set_state(OFF, str(e))
                 raise
             self.config.joined, self.config.urls, self.config.mode = True, urls, mode
