@@ -34,10 +34,14 @@ async def join(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     check_admin(request, node.admin_token)
     body = parse_json_body(await request.read())
-    target = body.get("invite") or body.get("url")
-    if not isinstance(target, str) or not target.strip():
+    target = body.get("invite") or body.get("url") or ""
+    if not isinstance(target, str):
+        raise invalid("'invite' must be a string: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
+                      "(nats://host:4222).", "invite", "invalid_type")
+    if not target.strip() and not node.mesh.config.urls:
         raise invalid("'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
-                      "(nats://host:4222).", "invite", "missing_required_parameter")
+                      "(nats://host:4222). (Without one, the node rejoins the mesh it was last in; it has "
+                      "none.)", "invite", "missing_required_parameter")
     name = body.get("name")
     try:
         return web.json_response(await node.mesh.join(target, name if isinstance(name, str) else None))

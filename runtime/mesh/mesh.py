@@ -115,8 +115,9 @@ class PeerBusy(PeerLost):
     """The peer is alive but has no room for a mesh request now."""
 
 
-BUSY_WAIT_SECONDS = 120.0
-COALESCE_SECONDS = 0.04  # a serving peer batches the tokens of this long into one message  # how long a request waits for room when every peer is busy
+BUSY_WAIT_SECONDS = 120.0  # how long a request waits for room when every peer is busy
+COALESCE_SECONDS = 0.04  # a serving peer batches the tokens of this long into one message
+SAVED = "(the saved mesh)"  # join() target: the mesh this node was last in
 
 
 class MeshUnavailable(Exception):
@@ -227,6 +228,10 @@ class Mesh:
     async def join(self, target: str, name: str | None = None) -> dict:
         """Join a mesh: an invite token (private hub) or a NATS URL (an open or public mesh)."""
         target = (target or "").strip()
+        if not target and self.config.urls and self.config.mode == "hub":
+            target = SAVED  # rejoin the hub this node is a member of: no new invite needed
+        elif not target and self.config.urls:
+            target = ",".join(self.config.urls)
         if not target:
             raise MeshError("give an invite (cmi1.…) or a mesh URL (nats://host:4222)", 400, "invalid_invite")
         async with self._join_lock:
@@ -236,7 +241,9 @@ class Mesh:
                 await self._disconnect(delete_entry=True)
             self._set_state(CONNECTING)
             try:
-                if "://" in target:
+                if target is SAVED:
+                    urls, mode = list(self.config.urls), "hub"
+                elif "://" in target:
                     urls, mode = [u.strip() for u in target.split(",") if u.strip()], "open"
                 else:
                     try:
@@ -335,7 +342,8 @@ class Mesh:
         deadline = time.monotonic() + (8 if mode == "hub" and self.state == CONNECTING else 0)
         while True:
             try:
-                nc = await nats.connect(**dict(opts, allow_reconnect=False))
+                # (max_reconnect_attempts < 0 would make nats-py retry an unreachable server forever)
+                nc = await nats.connect(**dict(opts, allow_reconnect=False, max_reconnect_attempts=1))
                 break
             except Exception as e:
                 err = _connect_error(e, urls, invite=False)
@@ -347,7 +355,7 @@ class Mesh:
         # same options, now that the first connection is proven).
         await nc.close()
         try:
-            nc = await nats.connect(**opts)
+            nc = await asyncio.wait_for(nats.connect(**opts), 15)
             js = nc.jetstream()
             try:
                 kv = await js.key_value(BUCKET)

@@ -230,3 +230,29 @@ def test_revoked_node_is_out(tmp_path, model_path):
         a.stop()
         b.stop()
         hub.stop()
+
+
+def test_unreachable_mesh_fails_fast_and_leave_then_rejoin_needs_no_invite(tmp_path, model_path):
+    hub = start_hub(tmp_path / "hub")
+    a = start_mesh_node(tmp_path, "a", model_path, "alpha")
+    b = start_mesh_node(tmp_path, "b", model_path, "beta")
+    try:
+        t0 = time.monotonic()
+        code, body = api(a, "POST", "/api/mesh/join", {"invite": "nats://127.0.0.1:9"})
+        assert code == 502 and "could not reach the mesh" in body["error"]["message"], body
+        assert time.monotonic() - t0 < 15
+        assert mesh_status(a)["state"] == "off" and "could not reach" in mesh_status(a)["error"]
+        code, body = api(a, "POST", "/api/mesh/join", {})  # a failed join saves nothing to rejoin
+        assert code == 400 and "it has none" in body["error"]["message"]
+        join(a, hub.invite(), "a")
+        join(b, hub.invite(), "b")
+        wait_for(lambda: peer_names(b) == {"a"}, 10, what="directory")
+        assert api(a, "POST", "/api/mesh/leave", {})[0] == 200
+        wait_for(lambda: peer_names(b) == set(), 5, what="a gone")
+        code, body = api(a, "POST", "/api/mesh/join", {})  # the saved membership: no invite needed
+        assert code == 200 and body["state"] == "joined", body
+        wait_for(lambda: peer_names(b) == {"a"}, 5, what="a back at once")
+    finally:
+        a.stop()
+        b.stop()
+        hub.stop()
