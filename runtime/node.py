@@ -160,6 +160,8 @@ class Node:
                 await self._load_task
             except BaseException:
                 pass
+        for q in list(self._listeners):
+            q.put_nowait(None)  # event streams end now instead of holding the shutdown
         await self.mesh.close()
         if self.hub is not None:
             await self.hub.stop()

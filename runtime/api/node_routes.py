@@ -46,6 +46,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if ev is None:  # the node is shutting down
+                await resp.write_eof()
+                return resp
             await resp.write(f"event: {ev['type']}\ndata: ".encode() + json.dumps(ev).encode() + b"\n\n")
     finally:
         node.unsubscribe(q)

@@ -9,6 +9,7 @@ listeners (the node turns them into /api/events).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -235,7 +236,15 @@ class ModelManager:
                 cap, cfg = self._cfg_provider()
                 await self._make_room(m, cap)
                 self._set(m, LOADING)
-                engine = await asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg)
+                building = asyncio.ensure_future(asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg))
+                try:
+                    engine = await asyncio.shield(building)
+                except asyncio.CancelledError:
+                    # Shutting down mid-load: the thread finishes building; close what it built so no
+                    # engine thread or model memory is left behind.
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread((await building).close)
+                    raise
             except ModelError as e:
                 gone = m.path is None or not m.path.exists()
                 self._set(m, ERROR if m.pinned or gone else ON_DISK, str(e))
@@ -460,9 +469,10 @@ class ModelManager:
             self._reaper.cancel()
         if self._downloader is not None:
             await self._downloader.close()  # partial files are kept: the next run resumes them
-        for m in self.models.values():
-            if m._load and not m._load.done():
-                m._load.cancel()
+        loads = [m._load for m in self.models.values() if m._load and not m._load.done()]
+        for t in loads:
+            t.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
         for m in self.models.values():
             if m.engine is not None:
                 engine, m.engine = m.engine, None
