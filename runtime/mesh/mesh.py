@@ -361,7 +361,7 @@ class Mesh:
                 kv = await js.key_value(BUCKET)
             except Exception:
                 if mode == "hub":
-                    raise MeshError("the hub has no directory (is it a ClosedMesh hub?)", 502, "no_directory")
+                    raise MeshError("the hub has no directory (is it a ClosedMesh hub?)", 502, "no_directory") from None
                 kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
                                                               storage=StorageType.FILE))
             await nc.subscribe(req_subject(self.ident.public), cb=self._on_request)

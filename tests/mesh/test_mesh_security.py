@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import subprocess
-import time
 
 import nats
 import openai
@@ -16,7 +15,7 @@ import pytest
 
 from runtime.mesh.hub import nats_server_binary
 from runtime.mesh.identity import Identity
-from runtime.mesh.protocol import (BUCKET, ctl_subject, inbox_prefix, kv_subject, req_subject, seal,
+from runtime.mesh.protocol import (ctl_subject, inbox_prefix, kv_subject, req_subject, seal,
                                    sign_announcement)
 
 from ..conftest import wait_for
