@@ -237,10 +237,10 @@ class Mesh:
         async with self._join_lock:
             if name:
                 self.config.name = name[:64]
-            if self.nc is not None:
-                await self._disconnect(delete_entry=True)
-            self._set_state(CONNECTING)
+            if self.nc is None:
+                self._set_state(CONNECTING)
             try:
+                # Work out where to go first: a bad or used invite leaves a current membership alone.
                 if target is SAVED:
                     urls, mode = list(self.config.urls), "hub"
                 elif "://" in target:
@@ -251,6 +251,14 @@ class Mesh:
                     except BadInvite as e:
                         raise MeshError(str(e), 400, "invalid_invite") from None
                     urls, mode = await self._redeem(invite), "hub"
+            except MeshError as e:
+                if self.nc is None:
+                    self._set_state(OFF, str(e))
+                raise
+            if self.nc is not None:
+                await self._disconnect(delete_entry=True)
+            self._set_state(CONNECTING)
+            try:
                 await self._connect(urls, mode)
             except MeshError as e:
                 # Not in any mesh now (a previous one was left above): say why, in the state too.

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import httpx
 import openai
 import pytest
 
-from ..conftest import wait_for
+from ..conftest import CLOSEDMESH, wait_for
 from .conftest import api, join, mesh_status, peer_names, start_hub, start_mesh_node
 
 pytestmark = pytest.mark.e2e
@@ -193,6 +194,12 @@ def test_invite_is_single_use_and_expires(tmp_path, model_path):
         assert code == 400 and "not a ClosedMesh invite" in body["error"]["message"]
         # a fresh invite works
         join(b, hub.invite(), "b")
+        # a joined node given a used or broken invite stays in its mesh
+        for bad in (inv, "cmi1.garbage"):
+            code, body = api(a, "POST", "/api/mesh/join", {"invite": bad})
+            assert code in (400, 403), body
+            assert mesh_status(a)["state"] == "joined"
+        wait_for(lambda: peer_names(a) == {"b"}, 10, what="a still sees b")
         # joining needs the admin token
         code, body = api(b, "POST", "/api/mesh/join", {"invite": hub.invite()}, admin=False)
         assert code == 401
@@ -244,11 +251,21 @@ def test_unreachable_mesh_fails_fast_and_leave_then_rejoin_needs_no_invite(tmp_p
         assert mesh_status(a)["state"] == "off" and "could not reach" in mesh_status(a)["error"]
         code, body = api(a, "POST", "/api/mesh/join", {})  # a failed join saves nothing to rejoin
         assert code == 400 and "it has none" in body["error"]["message"]
-        join(a, hub.invite(), "a")
+        # the CLI, as a user types it
+        env = dict(os.environ, CLOSEDMESH_HOME=str(a.home))
+        cli = [str(CLOSEDMESH)]
+        r = subprocess.run(cli + ["mesh", "join", hub.invite(), "--name", "a", "--port", str(a.port)], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "mesh: joined" in r.stdout, r.stderr
         join(b, hub.invite(), "b")
         wait_for(lambda: peer_names(b) == {"a"}, 10, what="directory")
-        assert api(a, "POST", "/api/mesh/leave", {})[0] == 200
+        r = subprocess.run(cli + ["mesh", "leave", "--port", str(a.port)], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and "mesh: off" in r.stdout, r.stderr
         wait_for(lambda: peer_names(b) == set(), 5, what="a gone")
+        r = subprocess.run(cli + ["mesh", "join", "cmi1.broken", "--port", str(a.port)], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "damaged" in r.stderr
         code, body = api(a, "POST", "/api/mesh/join", {})  # the saved membership: no invite needed
         assert code == 200 and body["state"] == "joined", body
         wait_for(lambda: peer_names(b) == {"a"}, 5, what="a back at once")
