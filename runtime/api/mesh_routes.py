@@ -189,11 +189,13 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
                     await send(chunk(j, e2, None))
                 buffered.clear()
             elif ev["t"] == "d":
-                texts[i].append(ev["text"])
+                texts[i].extend(ev["pieces"])
                 if resp is not None:
-                    await send(chunk(i, ev["text"], None))
+                    # one chunk per token, as a local answer has them, in one write
+                    await resp.write(b"".join(b"data: " + json.dumps(chunk(i, p, None), separators=(",", ":")).encode()
+                                              + b"\n\n" for p in ev["pieces"]))
                 elif gp.stream:
-                    buffered.append((i, ev["text"]))
+                    buffered.extend((i, p) for p in ev["pieces"])
             elif ev["t"] == "done":
                 finish[i] = ev["finish_reason"]
                 u = ev["usage"]

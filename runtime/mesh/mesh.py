@@ -548,7 +548,7 @@ class Mesh:
 
     async def generate(self, kind: str, body: dict, model_id: str, max_tokens: int | None,
                        first: list[Peer]) -> AsyncIterator[dict]:
-        """Run one choice on the mesh: events {"t": "start", "prompt_tokens"}, {"t": "d", "text"},
+        """Run one choice on the mesh: events {"t": "start", "prompt_tokens"}, {"t": "d", "pieces"} (one per token),
         {"t": "done", "finish_reason", "usage"}. Fails over to the next peer when one is lost or refuses,
         carrying the partial answer along so the client sees one unbroken answer."""
         text = ""
@@ -598,9 +598,9 @@ class Mesh:
                     elif ev["t"] == "d":
                         started = True
                         peer_tokens = ev.get("n", peer_tokens + 1)
-                        for piece in ev["x"]:
-                            text += piece
-                            yield {"t": "d", "text": piece}
+                        pieces = list(ev["x"])
+                        text += "".join(pieces)
+                        yield {"t": "d", "pieces": pieces}
                     elif ev["t"] == "done":
                         u = ev.get("u") or {}
                         done = tokens_before + int(u.get("completion_tokens", peer_tokens))
