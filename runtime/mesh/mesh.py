@@ -635,12 +635,16 @@ class Mesh:
         try:
             await nc.publish(req_subject(peer.id), sealed, reply=inbox, headers={"CM-Rid": rid})
             probed = False
+            last_ok = time.monotonic()  # the last message that really came from the peer
+            forged = 0
             while True:
+                # Half the liveness window in silence: probe. A peer whose process is gone has no
+                # subscription left, so NATS answers "no responders" at once; a live one ignores the
+                # empty probe. Then the rest of the window. Only authentic messages count as signs of
+                # life: a flood of forged ones cannot keep a dead request waiting.
+                wait = last_ok + (LIVENESS_TIMEOUT if probed else LIVENESS_TIMEOUT / 2) - time.monotonic()
                 try:
-                    # Half the liveness window in silence: probe. A peer whose process is gone has no
-                    # subscription left, so NATS answers "no responders" at once; a live one ignores the
-                    # empty probe. Then the rest of the window.
-                    msg = await sub.next_msg(timeout=LIVENESS_TIMEOUT / 2)
+                    msg = await sub.next_msg(timeout=max(wait, 0.001))
                 except (asyncio.TimeoutError, NatsError) as e:
                     if not (isinstance(e, asyncio.TimeoutError) or "timeout" in str(e).lower()):
                         raise PeerLost(str(e)) from None
@@ -649,14 +653,17 @@ class Mesh:
                         await nc.publish(req_subject(peer.id), b"", reply=inbox)
                         continue
                     raise PeerLost(f"no word from {peer.name} for {LIVENESS_TIMEOUT:.0f} s") from None
-                probed = False
                 if msg.headers and msg.headers.get("Status") == "503":
                     raise PeerLost(f"{peer.name} is not listening (it left or crashed)")
                 try:
                     m = unseal(key, msg.data)
                 except ValueError:
-                    log.warning("mesh: dropped a reply that was not from %s (forged or damaged)", peer.name)
+                    forged += 1
+                    if forged == 1:
+                        log.warning("mesh: dropping replies that are not from %s (forged or damaged)", peer.name)
                     continue
+                last_ok = time.monotonic()
+                probed = False
                 t = m.get("t")
                 if t == "hb":
                     continue
