@@ -87,6 +87,7 @@ class AppController(QObject):
         self.toggle = MeshToggle(self.store, self.settings, self)
         self.toggle.failed.connect(lambda msg: self.notify(msg))
         self.toggle.needs_target.connect(self._choose_mesh)
+        self.toggle.invite_spent.connect(self._forget_invite)
         self._runtime_exited.connect(self._on_runtime_exited)
         self._restart_ready.connect(self._start_after_restart)
         self.tray = Tray(self, self.tray_available)
@@ -208,6 +209,13 @@ class AppController(QObject):
             self._restarting = None
         if not self.quitting:
             self.start_runtime(port)
+
+    def _forget_invite(self, invite: str) -> None:
+        """Joined with this invite: it is single-use, so it is not kept (nor shown) for the next join,
+        which rejoins the node's saved mesh instead."""
+        if self.settings.forget_spent_invite(invite):
+            self.save_settings()
+        self.window.settings.forget_invite(invite)
 
     def _choose_mesh(self) -> None:
         self.show_window("settings")

@@ -2,10 +2,15 @@
 phase in between shown, and a plain-words message and the toggle back off when joining fails.
 
 Contract (the node's): ``POST /api/mesh/join {"invite", "name"?}`` answers the mesh object once joined,
-or an OpenAI-shaped error (400/502/503); ``POST /api/mesh/leave`` answers the mesh object. The node
+or an OpenAI-shaped error (400/403/502/503); ``POST /api/mesh/leave`` answers the mesh object. The node
 remembers that it is in the mesh and rejoins by itself after a restart: the app keeps no wish of its
 own. A node without the mesh answers 404 ``not_found`` for these routes: the toggle says so instead
 of failing obscurely.
+
+Which mesh a click joins: the invite or address in the app's settings when there is one; otherwise the
+mesh the node was last in (its ``urls``, kept after a leave), with ``POST /api/mesh/join {}`` — the
+node's membership needs no new invite. Invites are single-use: after a join with one the app forgets
+it (``invite_spent``), so the next click after a leave rejoins instead of re-sending a spent invite.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import Literal
 from PySide6.QtCore import QObject, Signal
 
 from .client import ApiResult, NodeClient
-from .settings import AppSettings
-from .state import NodeState, mesh_state, wants_mesh
+from .settings import AppSettings, is_mesh_url
+from .state import NodeState, mesh_state, saved_mesh_urls, wants_mesh
 from .store import NodeStore
 
 Phase = Literal["off", "joining", "joined", "leaving"]
@@ -70,12 +75,14 @@ class MeshToggle(QObject):
     failed = Signal(str)  # joining (or staying joined) failed: plain words for the user
     needs_target = Signal()  # no mesh chosen yet: the UI shows where to choose one
     joined = Signal()
+    invite_spent = Signal(str)  # joined with this invite token: it cannot be used again
 
     def __init__(self, store: NodeStore, settings: AppSettings, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store
         self.settings = settings
         self.phase: Phase = "off"
+        self._join_sent: dict[str, str] = {}  # the body of the join in progress
         self._last_view: ToggleView | None = None
         store.changed.connect(self._sync)
 
@@ -97,19 +104,31 @@ class MeshToggle(QObject):
             self._last_view = v
             self.changed.emit()
 
+    def join_body(self) -> dict[str, str] | None:
+        """What a click sends to POST /api/mesh/join: the mesh chosen in Settings, else the node's saved
+        mesh (no invite: the node rejoins it), else None (no mesh known: the user must choose one)."""
+        body = self.settings.join_body()
+        if body is not None:
+            return body
+        if saved_mesh_urls(self.store.state):
+            name = self.settings.mesh_name.strip()
+            return {"name": name} if name else {}
+        return None
+
     def set_wanted(self, on: bool) -> None:
         """The user clicked the toggle."""
         if self.phase in ("joining", "leaving") or self.client is None:
             self._redraw(force=True)  # the click is ignored while busy: put the check mark back
             return
         if on and self.phase != "joined":
-            body = self.settings.join_body()
+            body = self.join_body()
             if body is None:
                 self._redraw(force=True)  # the click put a check mark: take it back
                 self.failed.emit(NO_TARGET_MESSAGE)
                 self.needs_target.emit()
                 return
             self._set_phase("joining")
+            self._join_sent = body
             self.client.request("POST", "/api/mesh/join", body, timeout=JOIN_TIMEOUT_S, on_done=self._joined)
         elif not on and self.phase != "off":
             self._set_phase("leaving")
@@ -125,6 +144,9 @@ class MeshToggle(QObject):
                 self._fail(r.data.get("error") or "the node could not join the mesh")
                 return
             self._set_phase("joined")
+            invite = self._join_sent.get("invite") or ""
+            if invite and not is_mesh_url(invite):
+                self.invite_spent.emit(invite)
             self.joined.emit()
             return
         self._fail(NO_MESH_MESSAGE if r.route_missing else (r.error or "the node could not join the mesh"))

@@ -29,6 +29,11 @@ HOSTED_MESH_KEY_NAME = "hosted-mesh-api-key"
 DEFAULT_LIMITS = {"max_tokens": 2048, "max_concurrent": 4, "reserved_local_slots": 1}
 
 
+def is_mesh_url(target: str) -> bool:
+    """An open mesh's address (nats://…: reusable), not an invite token (cmi1.…: single-use)."""
+    return "://" in target
+
+
 @dataclass
 class AppSettings:
     port: int = DEFAULT_PORT
@@ -45,6 +50,15 @@ class AppSettings:
         if self.mesh_name.strip():
             body["name"] = self.mesh_name.strip()
         return body
+
+    def forget_spent_invite(self, invite: str) -> bool:
+        """After a join with ``invite``: an invite token is single-use, so it is forgotten (the node keeps
+        its membership and rejoins without one); a mesh URL is kept. True when the setting changed."""
+        invite = invite.strip()
+        if not invite or is_mesh_url(invite) or self.mesh_invite.strip() != invite:
+            return False
+        self.mesh_invite = ""
+        return True
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AppSettings":

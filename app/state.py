@@ -171,6 +171,13 @@ def wants_mesh(state: NodeState) -> bool:
     return mesh_state(state) in ("joined", "connecting", "reconnecting")
 
 
+def saved_mesh_urls(state: NodeState) -> list[str]:
+    """The mesh the node was last in (GET /api/mesh ``urls``, kept after a leave): a join without an
+    invite rejoins it. Empty when the node has none (or does not say)."""
+    urls = (state.mesh or {}).get("urls")
+    return [u for u in urls if isinstance(u, str) and u] if isinstance(urls, list) else []
+
+
 def serving_mesh_requests(state: NodeState) -> int:
     """Requests from peers running here now (all requests in flight when the node does not tell them apart)."""
     mesh = state.mesh or {}

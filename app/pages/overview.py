@@ -51,7 +51,8 @@ def _mesh_words(state: NodeState) -> str:
     words = MESH_STATE_WORDS.get(ms, ms)
     mesh = state.mesh or {}
     if ms == "joined":
-        words += f" · {live_peer_count(state)} live peers"
+        n = live_peer_count(state)
+        words += f" · {n} live peer{'' if n == 1 else 's'}"
         if mesh.get("url"):
             words += f" · {mesh['url']}"
     if ms in ("off", "error") and (mesh.get("error") or ms == "error"):

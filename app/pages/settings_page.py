@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 
 from ..client import ApiResult
 from ..settings import DEFAULT_LIMITS, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
-from ..state import NodeState, wants_mesh
+from ..state import NodeState, saved_mesh_urls, wants_mesh
 from ..widgets import Banner, muted
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ def mesh_setting_words(state: NodeState) -> str:
     if wants_mesh(state) and urls:
         how = " (private mesh)" if mesh.get("mode") == "hub" else ""
         return f"Now: in the mesh at {', '.join(urls)}{how}{named}."
+    saved = saved_mesh_urls(state)
+    if saved:  # left (or a join failed): the node keeps its membership, a click rejoins without an invite
+        return (f"Now: not in a mesh{named}. With no invite above, “Join the mesh” rejoins the mesh at "
+                f"{', '.join(saved)}.")
     return f"Now: not in a mesh{named}." if mesh else ""
 
 
@@ -99,8 +103,9 @@ class SettingsPage(QWidget):
         self.mesh_name.setMinimumWidth(240)
         mf.addRow("This computer's name:", self.mesh_name)
         mf.addRow(muted("Paste the invite the mesh's owner gave you, or the address of an open mesh. “Join the "
-                        "mesh” uses it; the node then remembers the mesh and rejoins it after a restart. Other "
-                        "members see this computer's name."))
+                        "mesh” uses it; the node then remembers the mesh and rejoins it after a restart or a "
+                        "leave, so an invite (single-use) is cleared once it has been used. Other members see "
+                        "this computer's name."))
         self.mesh_now = muted()
         mf.addRow(self.mesh_now)
         root.addWidget(mesh)
@@ -185,6 +190,11 @@ class SettingsPage(QWidget):
         if running and running != self._port_shown and self.port.value() == self._port_shown:
             self._port_shown = running
             self.port.setValue(running)
+
+    def forget_invite(self, invite: str) -> None:
+        """The app joined with this invite and no longer keeps it: clear the field if it still shows it."""
+        if self.invite.text().strip() == invite.strip():
+            self.invite.clear()
 
     def _show_autostart(self, on: bool) -> None:
         self.autostart.blockSignals(True)

@@ -1,6 +1,7 @@
 """A stand-in node implementing the mesh's HTTP contract (until the real mesh and hub exist in tests):
 ``GET /api/status`` and ``/api/events`` with ``mesh`` and ``peers``, ``GET /api/mesh``,
-``POST /api/mesh/join|leave|limits`` (admin token), and a minimal ``GET /api/models``.
+``POST /api/mesh/join|leave|limits`` (admin token; a join without an invite rejoins the mesh in ``urls``,
+which a leave keeps), and a minimal ``GET /api/models``.
 
 It runs on its own event loop thread; tests steer it (``join_failure``, ``hold_join``, ``push``) and
 read what the app sent (``calls``)."""
@@ -44,6 +45,7 @@ class FakeNode:
             "limits": {"max_tokens": 4096, "max_concurrent": 2, "reserved_local_slots": 1},
             "serving_mesh_requests": 0, "served_total": 0, "peer_count": 0}
         self.peers: list[dict] = []
+        self.saved_mode: str | None = None  # the mode of the mesh in "urls" (kept after a leave, as the node does)
         self.in_flight = 0  # requests running here (local and from peers)
         self.join_failure: tuple[int, str] | None = None  # (status, message) for the next joins
         self.late_events = False  # a failed join's mesh events reach the app after its answer
@@ -183,10 +185,14 @@ class FakeNode:
             return denied
         body = await self._body(request) or {}
         target = body.get("invite") or body.get("url")
+        saved_mode = None
+        if not target and self.mesh["urls"]:  # no invite: rejoin the mesh this node was last in
+            target, saved_mode = ",".join(self.mesh["urls"]), self.saved_mode
         if not target:
             return web.json_response({"error": {
                 "message": "'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
-                           "(nats://host:4222).", "type": "invalid_request_error", "param": "invite",
+                           "(nats://host:4222). (Without one, the node rejoins the mesh it was last in; it has "
+                           "none.)", "type": "invalid_request_error", "param": "invite",
                 "code": "missing_required_parameter"}}, status=400)
         if not self.late_events:
             self.set_mesh(state="connecting", error=None)
@@ -207,11 +213,11 @@ class FakeNode:
             return web.json_response({"error": {"message": message, "type": "server_error", "param": None,
                                                 "code": "mesh_unavailable"}}, status=status)
         self.peers = list(PEERS)
-        url = target if "://" in target else "nats://hub.example:4222"
+        url = target.split(",")[0] if "://" in target else "nats://hub.example:4222"
+        self.saved_mode = saved_mode or ("open" if "://" in target else "hub")
         if body.get("name"):
             self.mesh["node"] = {**self.mesh["node"], "name": body["name"]}
-        self.set_mesh(state="joined", url=url, urls=[url], mode="open" if "://" in target else "hub",
-                      peer_count=len(self.peers))
+        self.set_mesh(state="joined", url=url, urls=[url], mode=self.saved_mode, peer_count=len(self.peers))
         self.push("peers", {"type": "peers", "peers": self.peers})
         return web.json_response(self.mesh_doc())
 

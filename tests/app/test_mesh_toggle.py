@@ -188,3 +188,41 @@ def test_the_welcome_downloads_the_recommended_model(qtbot, start_app, fake, sho
     assert w.progress_text.text() == "624 MB of 2.5 GB · 48.5 MB/s · 39 s left"
     assert w.download.text() == "Downloading…" and not w.download.isEnabled()
     shot(c.window, "window-welcome-downloading")
+
+
+def test_an_invite_is_used_once_then_a_click_rejoins_the_saved_mesh(qtbot, start_app, fake):
+    """Invites are single-use: after a join the app forgets it (settings file and field), and after a
+    leave the next click sends no invite, so the node rejoins the mesh it keeps its membership of."""
+    import json
+
+    from runtime.config import Paths
+
+    c = attached(qtbot, start_app, fake, invite="")
+    page = c.window.settings
+    page.invite.setText(INVITE)
+    page.mesh_name.setText("my-laptop")
+    page.save.click()
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    assert ("POST", "/api/mesh/join", {"invite": INVITE, "name": "my-laptop"}) in fake.calls
+    assert c.settings.mesh_invite == "" and page.invite.text() == ""
+    saved = json.loads((Paths.resolve().config / "app-settings.json").read_text())
+    assert (saved["mesh_invite"], saved["mesh_name"]) == ("", "my-laptop")
+    c.tray.join_action.trigger()  # leave
+    qtbot.waitUntil(lambda: c.toggle.phase == "off", timeout=10_000)
+    qtbot.waitUntil(lambda: "“Join the mesh” rejoins the mesh at nats://hub.example:4222" in page.mesh_now.text(),
+                    timeout=10_000)
+    page.save.click()  # saving the (now empty) field changes nothing
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    assert fake.calls[-1] == ("POST", "/api/mesh/join", {"name": "my-laptop"})
+    assert "Could not" not in c.window.banner.text()
+    # an open mesh's address is reusable: it stays in the settings
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "off", timeout=10_000)
+    page.invite.setText("nats://open.example:4222")
+    page.save.click()
+    c.tray.join_action.trigger()
+    qtbot.waitUntil(lambda: c.toggle.phase == "joined", timeout=10_000)
+    assert fake.calls[-1] == ("POST", "/api/mesh/join", {"invite": "nats://open.example:4222", "name": "my-laptop"})
+    assert c.settings.mesh_invite == "nats://open.example:4222" and page.invite.text() == "nats://open.example:4222"

@@ -33,6 +33,16 @@ def test_round_trip_and_owner_only_file(tmp_path):
     assert not list((tmp_path / "config").glob("*.tmp"))
 
 
+def test_a_used_invite_is_forgotten_but_a_mesh_url_is_kept():
+    s = AppSettings(mesh_invite=" cmi1.abc.sig ", mesh_name="box")
+    assert not s.forget_spent_invite("cmi1.other.sig") and s.mesh_invite == " cmi1.abc.sig "  # another one
+    assert s.forget_spent_invite("cmi1.abc.sig") and s.mesh_invite == ""
+    assert s.join_body() is None
+    s = AppSettings(mesh_invite="nats://open.example:4222")
+    assert not s.forget_spent_invite("nats://open.example:4222")  # an open mesh's address stays usable
+    assert s.join_body() == {"invite": "nats://open.example:4222"}
+
+
 def test_wrong_types_and_unknown_fields_are_ignored(tmp_path):
     store = SettingsStore(tmp_path)
     store.path.write_text(json.dumps({"port": "9444", "welcome_shown": 1, "mesh_invite": 5, "mesh_name": "box",

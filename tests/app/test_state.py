@@ -12,7 +12,7 @@ from app.pages.peers import peer_cells, peers_summary
 from app.pages.settings_page import limits_to_show, mesh_setting_words
 from app.state import (NodeState, apply_event, apply_mesh, download_fraction, download_text, format_bytes,
                        format_duration, format_eta, format_ms, format_rate, format_tps, routable_model_count,
-                       status_line, tooltip, tray_kind, wants_mesh)
+                       saved_mesh_urls, status_line, tooltip, tray_kind, wants_mesh)
 
 
 def status_doc(models=None, ready=True, backend="cpu", in_flight=0, mesh=None, peers=None) -> dict:
@@ -260,10 +260,21 @@ def test_limits_shown():
                                                                           "reserved_local_slots": 1}
 
 
+def test_saved_mesh_urls():
+    assert saved_mesh_urls(connected(status_doc())) == []  # a node without the mesh
+    assert saved_mesh_urls(connected(status_doc(mesh={"state": "off", "mode": None, "urls": []}))) == []
+    left = connected(status_doc(mesh={"state": "off", "mode": None, "urls": ["nats://a:4222", 5, ""]}))
+    assert saved_mesh_urls(left) == ["nats://a:4222"]  # kept after a leave: a join without an invite rejoins
+    assert saved_mesh_urls(connected(status_doc(mesh={"state": "off", "urls": "nats://a:4222"}))) == []
+
+
 def test_mesh_setting_words():
     assert mesh_setting_words(connected(status_doc())) == "This version of the node cannot join a mesh yet."
     s = connected(status_doc(mesh={"state": "off", "mode": None, "urls": ["nats://a:4222"],
                                    "node": {"name": "box"}}))
+    assert mesh_setting_words(s) == ("Now: not in a mesh as “box”. With no invite above, “Join the mesh” rejoins "
+                                     "the mesh at nats://a:4222.")
+    s = connected(status_doc(mesh={"state": "off", "mode": None, "urls": [], "node": {"name": "box"}}))
     assert mesh_setting_words(s) == "Now: not in a mesh as “box”."
     s = connected(status_doc(mesh={"state": "reconnecting", "mode": "hub", "urls": ["nats://a:4222", "nats://b:4222"],
                                    "node": {"name": "box"}}))
