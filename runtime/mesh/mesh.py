@@ -466,6 +466,7 @@ class Mesh:
                 entry.update(context_length=None, slots=None, free_slots=mesh_room, queued=0)
                 free_total += mesh_room
             models.append(entry)
+        free_total = min(free_total, mesh_room)  # the node's own limit caps the sum over its models
         cap = node.runtime_cap.cap if node.runtime_cap else None
         return {
             "name": self.config.name,
