@@ -561,14 +561,14 @@ class Mesh:
         last_error = "no peer serves this model"
         busy: set[str] = set()
         busy_deadline = time.monotonic() + BUSY_WAIT_SECONDS
-        pause = 0.2
+        pause = 0.02  # a slot freed a moment ago is often the one we wait for
         while True:
             if not queue:
                 queue = self.candidates(model_id, None if max_tokens is None else max_tokens - tokens_before, tried)
             if not queue and busy and time.monotonic() < busy_deadline:
                 # Every peer that is still there is busy: wait for room instead of failing the request.
                 await asyncio.sleep(pause)
-                pause = min(pause * 1.5, 2.0)
+                pause = min(pause * 2, 1.0)
                 tried -= busy
                 busy.clear()
                 continue
