@@ -75,6 +75,12 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {m['id']:<32} {m['state']:<8} ctx {m.get('context_length')}  slots {m.get('slots')}  "
               f"tok/s p50 {tp.get('tokens_per_second_p50')}  TTFT p50 {tp.get('ttft_ms_p50')} ms"
               + (f"  error: {m['error']}" if m.get("error") else ""))
+    mesh = st.get("mesh")
+    if mesh:
+        peers = st.get("peers", [])
+        line = f"mesh {mesh['state']}" + (f" via {mesh['url']}" if mesh.get("url") and mesh["state"] != "off" else "")
+        line += f"  {len(peers)} peer{'s' if len(peers) != 1 else ''}" if mesh["state"] != "off" else ""
+        print(line + (f"  ({mesh['error']})" if mesh.get("error") else ""))
     return 0
 
 

@@ -55,6 +55,7 @@ def test_status_and_models_list(node, tmp_path):
     p = run_cli(node.home, "status", "--port", str(node.port))
     assert p.returncode == 0, p.stderr
     assert "SmolLM2-135M-Instruct" in p.stdout and "ready" in p.stdout and "backend cpu" in p.stdout
+    assert "mesh off" in p.stdout
     p = run_cli(node.home, "status", "--port", str(node.port), "--json")
     assert json.loads(p.stdout)["node"]["ready"] is True
     # through the running node (admin token from the shared home) and without it (offline)

@@ -225,6 +225,9 @@ def test_cli_mesh_status(mesh3):
                        env=dict(os.environ, CLOSEDMESH_HOME=str(a.home)), timeout=30)
     assert r.returncode == 0, r.stderr
     assert "mesh: joined" in r.stdout and "node-b" in r.stdout and "node-c" in r.stdout and "2 peers" in r.stdout
+    r = subprocess.run([str(CLOSEDMESH), "status", "--port", str(a.port)], capture_output=True, text=True,
+                       env=dict(os.environ, CLOSEDMESH_HOME=str(a.home)), timeout=30)
+    assert r.returncode == 0 and "mesh joined via nats://127.0.0.1:" in r.stdout and "2 peers" in r.stdout, r.stdout
 
 
 def test_serve_with_embedded_hub(tmp_path, model_path):
