@@ -391,8 +391,9 @@ def _mesh_revoke(args: argparse.Namespace) -> int:
 
         from .mesh.protocol import BUCKET
         admin = admin_identity(_hub_dir(), node_id(Paths.resolve()))
+        from .mesh.tls import client_context
         nc = await nats.connect(f"nats://127.0.0.1:{state['port']}", nkeys_seed_str=admin.seed, allow_reconnect=False,
-                                connect_timeout=3)
+                                connect_timeout=3, tls=client_context(state["tls"]) if state.get("tls") else None)
         try:
             kv = await nc.jetstream().key_value(BUCKET)
             await kv.purge(pub)

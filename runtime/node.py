@@ -129,7 +129,8 @@ class Node:
         if not (self.mesh.config.joined and hub.local_url in self.mesh.config.urls):
             c = self.mesh.config
             c.joined, c.mode, c.urls = True, "hub", [hub.local_url]
-            c.save(self.mesh.config_path)
+        self.mesh.config.tls = hub.state.get("tls")
+        self.mesh.config.save(self.mesh.config_path)
         try:
             await self.mesh.connect_saved()
         except MeshError as e:

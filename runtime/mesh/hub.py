@@ -33,6 +33,7 @@ import psutil
 from nats.js.api import KeyValueConfig, StorageType
 
 from .identity import Identity, load_or_create
+from .tls import certificate_token, client_context, ensure_certificate
 from .protocol import (ANNOUNCE_TTL, BUCKET, JOIN_SUBJECT, BadInvite, Invite, canonical, inbox_prefix,
                        kv_subject, open_join_request)
 
@@ -122,6 +123,7 @@ def node_permissions(node: str) -> dict:
 
 
 def render_config(state: dict, hub_dir: Path) -> dict:
+    """nats-server's configuration for this hub state (TLS required when the hub has its certificate)."""
     users = [{"nkey": state["admin"]}]
     for pub in state.get("members", {}):
         if pub not in state.get("revoked", {}):
@@ -129,7 +131,7 @@ def render_config(state: dict, hub_dir: Path) -> dict:
     for pub in state.get("invites", {}):
         users.append({"nkey": pub, "permissions": {"publish": {"allow": [JOIN_SUBJECT]},
                                                     "subscribe": {"allow": [f"{inbox_prefix(pub)}.>"]}}})
-    return {
+    conf = {
         "server_name": f"closedmesh-hub-{state['admin'][:8].lower()}",
         "listen": f"{state['host']}:{state['port']}",
         "jetstream": {"store_dir": str(hub_dir / "jetstream"), "max_memory_store": 64 * 2**20,
@@ -139,6 +141,10 @@ def render_config(state: dict, hub_dir: Path) -> dict:
         "pid_file": str(hub_dir / "nats-server.pid"),
         "log_file": str(hub_dir / "nats-server.log"),
     }
+    if state.get("tls"):
+        conf["tls"] = {"cert_file": str(hub_dir / "tls" / "hub-cert.pem"), "key_file": str(hub_dir / "tls" / "hub-key.pem"),
+                       "timeout": 5, "min_version": "1.2"}
+    return conf
 
 
 def write_config(hub_dir: Path, state: dict) -> Path:
@@ -188,6 +194,8 @@ def init_state(hub_dir: Path, admin: Identity, host: str, port: int) -> dict:
         p = hub_dir / STATE_FILE
         state = json.loads(p.read_text()) if p.exists() else {"members": {}, "revoked": {}, "invites": {}}
         state.update(admin=admin.public, host=host, port=port)
+        cert, _ = ensure_certificate(hub_dir / "tls", lan_addresses() + ([host] if host not in ("", "0.0.0.0") else []))
+        state["tls"] = certificate_token(cert)
         _sweep(state, time.time())
         _write_json(p, state)
         write_config(hub_dir, state)
@@ -206,7 +214,7 @@ def create_invite(hub_dir: Path, ttl_seconds: float) -> Invite:
         s.setdefault("invites", {})[ident.public] = {"expires_at": expires, "created_at": time.time()}
 
     state = update_state(hub_dir, add)
-    return Invite(tuple(hub_urls(state)), ident.seed, expires, state["admin"])
+    return Invite(tuple(hub_urls(state)), ident.seed, expires, state["admin"], state.get("tls"))
 
 
 def add_member(hub_dir: Path, pub: str, name: str) -> dict:
@@ -259,6 +267,10 @@ class Hub:
     def state(self) -> dict:
         return load_state(self.hub_dir)
 
+    def tls_context(self):
+        token = self.state.get("tls")
+        return client_context(token) if token else None
+
     @property
     def local_url(self) -> str:
         h = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
@@ -279,6 +291,7 @@ class Hub:
                                f"{self.hub_dir / 'nats-server.log'}")
             try:
                 self.nc = await nats.connect(self.local_url, nkeys_seed_str=self.admin.seed, name="closedmesh-hub",
+                                             tls=self.tls_context(),
                                              max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                              connect_timeout=2, allow_reconnect=False, error_cb=_quiet)
                 break

@@ -31,6 +31,7 @@ from .protocol import (ANNOUNCE_TTL, BUCKET, HEARTBEAT_INTERVAL, JOIN_SUBJECT, L
                        BadInvite, canonical, ctl_subject, decode_invite, inbox_prefix, join_request, open_request,
                        req_subject, seal, seal_request, sign_announcement, unseal)
 from .router import rank_peers
+from .tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class MeshConfig:
     urls: list[str] = field(default_factory=list)
     name: str = ""
     limits: MeshLimits = field(default_factory=MeshLimits)
+    tls: str | None = None  # a private hub's certificate (base64 DER), pinned
 
     @classmethod
     def load(cls, path: Path) -> "MeshConfig":
@@ -83,7 +85,7 @@ class MeshConfig:
         try:
             d = json.loads(path.read_text())
             return cls(bool(d.get("joined")), d.get("mode", "open"), list(d.get("urls", [])), d.get("name", ""),
-                       MeshLimits().update(d.get("limits", {})))
+                       MeshLimits().update(d.get("limits", {})), d.get("tls"))
         except (ValueError, TypeError) as e:
             log.error("ignoring a damaged %s: %s", path, e)
             return cls()
@@ -211,14 +213,14 @@ class Mesh:
     async def connect_saved(self) -> None:
         """Connect now to the saved mesh (this node's own hub, at start)."""
         self._set_state(CONNECTING)
-        await self._connect(self.config.urls, self.config.mode)
+        await self._connect(self.config.urls, self.config.mode, self.config.tls)
 
     async def _rejoin(self) -> None:
         delay = 1.0
         self._set_state(CONNECTING)
         while not self._closing and self.config.joined:
             try:
-                await self._connect(self.config.urls, self.config.mode)
+                await self._connect(self.config.urls, self.config.mode, self.config.tls)
                 return
             except MeshError as e:
                 self._set_state(RECONNECTING, f"{e}; retrying in {delay:.0f} s")
@@ -242,15 +244,15 @@ class Mesh:
             try:
                 # Work out where to go first: a bad or used invite leaves a current membership alone.
                 if target is SAVED:
-                    urls, mode = list(self.config.urls), "hub"
+                    urls, mode, cert = list(self.config.urls), "hub", self.config.tls
                 elif "://" in target:
-                    urls, mode = [u.strip() for u in target.split(",") if u.strip()], "open"
+                    urls, mode, cert = [u.strip() for u in target.split(",") if u.strip()], "open", None
                 else:
                     try:
                         invite = decode_invite(target)
                     except BadInvite as e:
                         raise MeshError(str(e), 400, "invalid_invite") from None
-                    urls, mode = await self._redeem(invite), "hub"
+                    urls, mode, cert = await self._redeem(invite), "hub", invite.cert
             except MeshError as e:
                 if self.nc is None:
                     self._set_state(OFF, str(e))
@@ -259,14 +261,14 @@ class Mesh:
                 await self._disconnect(delete_entry=True)
             self._set_state(CONNECTING)
             try:
-                await self._connect(urls, mode)
+                await self._connect(urls, mode, cert)
             except MeshError as e:
                 # Not in any mesh now (a previous one was left above): say why, in the state too.
                 self.config.joined = False
                 self.config.save(self.config_path)
                 self._set_state(OFF, str(e))
                 raise
-            self.config.joined, self.config.urls, self.config.mode = True, urls, mode
+            self.config.joined, self.config.urls, self.config.mode, self.config.tls = True, urls, mode, cert
             self.config.save(self.config_path)
             return self.status()
 
@@ -312,7 +314,8 @@ class Mesh:
                             400, "invite_expired")
         try:
             nc = await nats.connect(list(invite.urls), nkeys_seed_str=invite.seed, inbox_prefix=f"_I.{invite.public}",
-                                    allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0,
+                                    tls=client_context(invite.cert) if invite.cert else None,
+                                    allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1,
                                     error_cb=_quiet, name="closedmesh-join")
         except Exception as e:
             raise _connect_error(e, invite.urls, invite=True) from None
@@ -337,7 +340,7 @@ class Mesh:
             raise MeshError(f"the hub refused: {result.get('error', 'no reason given')}", 403, "join_refused")
         return list(invite.urls)
 
-    async def _connect(self, urls: list[str], mode: str) -> None:
+    async def _connect(self, urls: list[str], mode: str, cert: str | None = None) -> None:
         opts: dict[str, Any] = dict(
             servers=urls, name=f"closedmesh {self.config.name}", inbox_prefix=inbox_prefix(self.ident.public),
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=3,
@@ -345,6 +348,8 @@ class Mesh:
             disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
         if mode == "hub":
             opts["nkeys_seed_str"] = self.ident.seed
+        if cert:
+            opts["tls"] = client_context(cert)
         nc = None
         # Right after a join the hub is reloading its configuration: the first attempts may be refused.
         deadline = time.monotonic() + (8 if mode == "hub" and self.state == CONNECTING else 0)

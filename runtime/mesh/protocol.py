@@ -103,10 +103,13 @@ class Invite:
     seed: str  # the single-use key the joiner authenticates with to redeem the invite
     expires_at: float
     hub: str  # the hub's public key: its answer to the join request is signed with it
+    cert: str | None = None  # the hub's TLS certificate (base64 DER), pinned by the joiner
 
     def encode(self) -> str:
-        return INVITE_PREFIX + _b64(canonical({"u": list(self.urls), "s": self.seed, "e": int(self.expires_at),
-                                               "h": self.hub}))
+        d = {"u": list(self.urls), "s": self.seed, "e": int(self.expires_at), "h": self.hub}
+        if self.cert:
+            d["c"] = self.cert
+        return INVITE_PREFIX + _b64(canonical(d))
 
     @property
     def public(self) -> str:
@@ -120,7 +123,7 @@ def decode_invite(token: str) -> Invite:
                         "for a new one with: closedmesh mesh invite")
     try:
         d = json.loads(_unb64(token[len(INVITE_PREFIX):]))
-        inv = Invite(tuple(d["u"]), d["s"], float(d["e"]), d["h"])
+        inv = Invite(tuple(d["u"]), d["s"], float(d["e"]), d["h"], d.get("c"))
         Identity(inv.seed)
     except (ValueError, KeyError, TypeError, InvalidKey) as e:
         raise BadInvite("this invite is damaged (was it copied completely?); ask for a new one") from e

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 
 import nats
@@ -15,6 +16,7 @@ import pytest
 
 from runtime.mesh.hub import nats_server_binary
 from runtime.mesh.identity import Identity
+from runtime.mesh.tls import certificate_token, client_context, ensure_certificate
 from runtime.mesh.protocol import (ctl_subject, inbox_prefix, kv_subject, req_subject, seal,
                                    sign_announcement)
 
@@ -22,6 +24,12 @@ from ..conftest import wait_for
 from .conftest import api, free_port, join, mesh_status, peer_names, start_hub, start_mesh_node
 
 pytestmark = pytest.mark.e2e
+
+
+def _other_certificate(tmp_path) -> str:
+    """A certificate that is not the hub's (what an impostor or a man in the middle would present)."""
+    cert, _ = ensure_certificate(tmp_path / "other-tls", ["127.0.0.1"])
+    return certificate_token(cert)
 
 
 def _seed(node) -> Identity:
@@ -53,8 +61,18 @@ def test_hostile_member_cannot_read_answer_or_impersonate(tmp_path, model_path):
             async def on_error(e: Exception) -> None:
                 errors.append(str(e).lower())
 
+            # The hub speaks TLS only, with the certificate its invites carry (pinned by members).
+            cert = json.loads((h.home / "config" / "mesh.json").read_text())["tls"]
+            assert cert
+            for tls in (None, client_context(_other_certificate(tmp_path))):
+                with pytest.raises(Exception) as refused:
+                    await nats.connect(hub.url, nkeys_seed_str=ident_h.seed, tls=tls, allow_reconnect=False,
+                                       max_reconnect_attempts=1, connect_timeout=3, error_cb=on_error)
+                assert "certificate verify failed" in str(refused.value).lower() or isinstance(
+                    refused.value, ssl.SSLError), refused.value
+            errors.clear()
             nc = await nats.connect(hub.url, nkeys_seed_str=ident_h.seed, inbox_prefix=inbox_prefix(ident_h.public),
-                                    error_cb=on_error, allow_reconnect=False)
+                                    error_cb=on_error, allow_reconnect=False, tls=client_context(cert))
 
             async def record(msg) -> None:
                 got.append(msg.data)

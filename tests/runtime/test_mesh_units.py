@@ -17,6 +17,7 @@ from runtime.mesh.hub import create_invite, find_member, init_state, load_state,
 from runtime.mesh.identity import Identity, InvalidKey, load_or_create, verify, verify_key
 from runtime.mesh.mesh import MeshConfig, MeshLimits
 from runtime.mesh.router import local_has_room, rank_peers
+from runtime.mesh.tls import client_context
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,11 @@ def test_hub_config_permissions(tmp_path, ids):
     assert not any(b.public in s for s in perms["publish"]["allow"])
     assert perms["subscribe"]["allow"] == [f"cm.n.{a.public}.>", f"_I.{a.public}.>"]
     assert cfg["listen"] == "127.0.0.1:4222" and (tmp_path / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+    # TLS required, with the hub's own certificate; its key readable by the owner only
+    assert cfg["tls"]["cert_file"].endswith("hub-cert.pem") and state["tls"]
+    assert (tmp_path / "tls" / "hub-key.pem").stat().st_mode & 0o777 == 0o600
+    ctx = client_context(state["tls"])
+    assert ctx.verify_mode.name == "CERT_REQUIRED" and len(ctx.get_ca_certs()) == 1
 
 
 def test_invites_in_hub_state_and_member_lookup(tmp_path, ids):
@@ -247,6 +253,7 @@ def test_invites_in_hub_state_and_member_lookup(tmp_path, ids):
     inv = create_invite(tmp_path, 60)
     state = load_state(tmp_path)
     assert inv.public in state["invites"] and inv.urls == ("nats://127.0.0.1:4333",) and inv.hub == admin.public
+    assert inv.cert == state["tls"] and P.decode_invite(inv.encode()).cert == inv.cert
     conf = json.loads((tmp_path / "nats-server.conf").read_text())
     invite_user = next(u for u in conf["authorization"]["users"] if u["nkey"] == inv.public)
     assert invite_user["permissions"]["publish"]["allow"] == [P.JOIN_SUBJECT]
