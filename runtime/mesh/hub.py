@@ -162,10 +162,25 @@ def reload_server(hub_dir: Path) -> bool:
         return False
     if not psutil.pid_exists(pid):
         return False
+    log_file = hub_dir / "nats-server.log"
+    offset = log_file.stat().st_size if log_file.exists() else 0
     if os.name == "nt":
         subprocess.run([nats_server_binary(), "--signal", f"reload={pid}"], check=False, capture_output=True)
     else:
         os.kill(pid, signal.SIGHUP)
+    # The reload is asynchronous: wait until the server says it is done, so that an invite printed (or a
+    # member admitted) is usable at once.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(log_file, "rb") as f:
+                f.seek(offset)
+                if b"Reloaded server configuration" in f.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.01)
+    log.warning("nats-server did not confirm the configuration reload within 5 s")
     return True
 
 

@@ -237,6 +237,9 @@ class Mesh:
         if not target:
             raise MeshError("give an invite (cmi1.…) or a mesh URL (nats://host:4222)", 400, "invalid_invite")
         async with self._join_lock:
+            for t in self._tasks:
+                if t.get_name() == "rejoin":
+                    t.cancel()  # the user's choice replaces a background retry of the saved mesh
             if name:
                 self.config.name = name[:64]
             if self.nc is None:
@@ -312,13 +315,24 @@ class Mesh:
         if invite.expires_at < time.time():
             raise MeshError("this invite has expired; ask the hub's owner for a new one (closedmesh mesh invite)",
                             400, "invite_expired")
-        try:
-            nc = await nats.connect(list(invite.urls), nkeys_seed_str=invite.seed, inbox_prefix=f"_I.{invite.public}",
-                                    tls=client_context(invite.cert) if invite.cert else None,
-                                    allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1,
-                                    error_cb=_quiet, name="closedmesh-join")
-        except Exception as e:
-            raise _connect_error(e, invite.urls, invite=True) from None
+        nc = None
+        for attempt in range(3):
+            try:
+                nc = await nats.connect(list(invite.urls), nkeys_seed_str=invite.seed,
+                                        inbox_prefix=f"_I.{invite.public}",
+                                        tls=client_context(invite.cert) if invite.cert else None,
+                                        allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1,
+                                        error_cb=_quiet, name="closedmesh-join")
+                break
+            except Exception as e:
+                err = _connect_error(e, invite.urls, invite=True)
+                # A connection dropped while the hub reloads its configuration is worth another try; a
+                # refused invite or an unreachable hub is not.
+                if err.code != "hub_unreachable" or "reset" not in str(e).lower() and "lost" not in str(e).lower() \
+                        or attempt == 2:
+                    raise err from None
+                await asyncio.sleep(0.3)
+        assert nc is not None
         try:
             msg = await nc.request(JOIN_SUBJECT, join_request(invite, self.ident, self.config.name), timeout=10)
         except Exception as e:
