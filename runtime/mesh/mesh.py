@@ -25,6 +25,10 @@ from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
 
 from .. import __version__
+from ..api.errors import APIError
+from ..api.validation import parse_generation
+from ..engine.scheduler import DoneEvent, ErrorEvent, TokenEvent
+from ..generation import Generation, LoopPump, prepare_chat, prepare_completion
 from .directory import Directory, Peer
 from .identity import Identity, load_or_create, verify
 from .protocol import (ANNOUNCE_TTL, BUCKET, HEARTBEAT_INTERVAL, JOIN_SUBJECT, LIVENESS_TIMEOUT, REFRESH_INTERVAL,
@@ -751,11 +755,6 @@ class Mesh:
         asyncio.get_running_loop().create_task(self._serve(s, req))
 
     async def _serve(self, s: Served, req: dict) -> None:
-        from ..api.errors import APIError
-        from ..api.openai_routes import Generation, LoopPump, prepare_chat, prepare_completion
-        from ..api.validation import parse_generation
-        from ..engine.scheduler import DoneEvent, ErrorEvent, TokenEvent
-
         def refuse(status: int, message: str, code: str, kind: str = "server_error") -> dict:
             return {"t": "err", "status": status, "error": {"message": message, "type": kind, "code": code}}
 
