@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from nats.js.api import KeyValueConfig, StorageType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import free_port  # noqa: E402
 from runtime import __version__  # noqa: E402
 import runtime.mesh.directory as directory_mod  # noqa: E402
 from runtime.mesh.directory import Directory  # noqa: E402
@@ -57,15 +57,6 @@ from runtime.mesh.router import rank_peers  # noqa: E402
 MODEL_POOL = [f"fake/model-{i:02d}" for i in range(20)]
 MAX_CONCURRENT = 4  # MeshLimits.max_concurrent
 LIMITS = {"max_tokens": 2048, "max_concurrent": MAX_CONCURRENT, "reserved_local_slots": 1}
-
-
-def free_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def pct(xs: list[float], q: float) -> float | None:

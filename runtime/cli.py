@@ -411,7 +411,8 @@ def _mesh_revoke(args: argparse.Namespace) -> int:
 
 def _hub(args: argparse.Namespace) -> int:
     from .config import node_id
-    from .mesh.hub import Hub, HubError, hub_urls
+    from .mesh.hub import Hub, HubError
+    from .server import stop_on_signals
 
     paths = Paths.resolve()
     paths.ensure()
@@ -423,16 +424,10 @@ def _hub(args: argparse.Namespace) -> int:
         except HubError:
             await hub.stop()
             raise
-        print(f"ClosedMesh hub listening on {', '.join(hub_urls(hub.state))}; invite nodes with: "
+        print(f"ClosedMesh hub listening on {', '.join(hub.urls)}; invite nodes with: "
               f"closedmesh mesh invite", flush=True)
         stop = asyncio.Event()
-        import signal
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop_on_signals(stop)
         try:
             await stop.wait()
         finally:

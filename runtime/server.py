@@ -56,6 +56,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop`` (where the loop can take signal handlers: not on Windows, not off the
+    main thread)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
 async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = None) -> None:
     app = build_app(node)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels its generation.
@@ -64,12 +75,7 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
     site = web.SockSite(runner, sock, shutdown_timeout=5)
     await site.start()
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop_on_signals(stop)
     host, port = sock.getsockname()[:2]
     log.info("ClosedMesh node %s listening on http://%s:%d/v1 (loading models…)", node.id, host, port)
     node.start_loading()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -276,6 +276,7 @@ class Hub:
     port: int = DEFAULT_HUB_PORT
     proc: subprocess.Popen | None = None
     nc: nats.NATS | None = None
+    urls: list[str] = field(default_factory=list)  # where members reach it, set at start
     _tasks: tuple = ()
 
     @property
@@ -324,7 +325,8 @@ class Hub:
         await self.nc.subscribe(JOIN_SUBJECT, cb=self._on_join)
         await self.nc.flush()
         self._tasks = (asyncio.get_running_loop().create_task(self._janitor()),)
-        log.info("hub running: %s (data in %s)", ", ".join(hub_urls(self.state)), self.hub_dir)
+        self.urls = hub_urls(self.state)  # read once: the status asks for them on every call
+        log.info("hub running: %s (data in %s)", ", ".join(self.urls), self.hub_dir)
 
     def _stop_stale_server(self) -> None:
         """A nats-server left running by a hub process that crashed holds the port: stop it."""

@@ -186,7 +186,7 @@ class Mesh:
             "mode": self.config.mode if self.config.joined else None,
             "error": self.error,
             "node": {"id": self.ident.public, "name": self.config.name},
-            "hub": {"urls": hub_urls_of(self.node)} if getattr(self.node, "hub", None) is not None else None,
+            "hub": {"urls": list(self.node.hub.urls)} if self.node.hub is not None else None,
             "limits": asdict(self.config.limits),
             "serving_mesh_requests": len(self._served),
             "served_total": self.served_total,
@@ -850,14 +850,6 @@ class Mesh:
             await asyncio.sleep(HEARTBEAT_INTERVAL / 2)
             if time.monotonic() - s.last_sent >= HEARTBEAT_INTERVAL:
                 await self._send(s, {"t": "hb"})
-
-
-def hub_urls_of(node) -> list[str]:
-    from .hub import hub_urls
-    try:
-        return hub_urls(node.hub.state)
-    except Exception:
-        return []
 
 
 async def _quiet(e: Exception) -> None:

@@ -4,13 +4,11 @@ download cancelled from the tab."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 
 import pytest
 
-from tests.runtime.hf_server import FakeHub
+from tests.runtime.hf_server import running_hub
 
 from .conftest import wait_ready
 
@@ -22,17 +20,8 @@ MODEL = "smol-test"
 @pytest.fixture(scope="module")
 def hub(model_path):
     """The fake Hub serving the real GGUF under another name, on its own event loop thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    h = FakeHub()
-    h.add(REPO_ID, FILE, model_path)
-    asyncio.run_coroutine_threadsafe(h.start(), loop).result(30)
-    yield h
-    asyncio.run_coroutine_threadsafe(h.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with running_hub([(REPO_ID, FILE, model_path)]) as h:
+        yield h
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import os
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from runtime.models.embedded import FILENAME
 from tests.conftest import CLOSEDMESH, seed_home, start_node, wait_for
-from tests.runtime.hf_server import FakeHub
+from tests.runtime.hf_server import running_hub
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +24,8 @@ FILE = "smol-test.gguf"
 @pytest.fixture(scope="module")
 def hub(model_path):
     """The fake Hub serving the real GGUF under another name, on its own event loop thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    h = FakeHub()
-    h.add(REPO_ID, FILE, model_path)
-    asyncio.run_coroutine_threadsafe(h.start(), loop).result(30)
-    yield h
-    asyncio.run_coroutine_threadsafe(h.close(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with running_hub([(REPO_ID, FILE, model_path)]) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

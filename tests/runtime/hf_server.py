@@ -17,8 +17,11 @@ happened on the wire (a Range request was made, a file was sent once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,3 +265,23 @@ class FakeHub:
                     request.transport.close()
                 raise asyncio.CancelledError
             await asyncio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running_hub(files: list[tuple[str, str, Path]]) -> Iterator[FakeHub]:
+    """A FakeHub serving ``(repo, file name, local path)`` entries on its own event loop thread, for
+    tests that drive it from synchronous code (a node process, the desktop app)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    h = FakeHub()
+    for repo, name, path in files:
+        h.add(repo, name, path)
+    asyncio.run_coroutine_threadsafe(h.start(), loop).result(30)
+    try:
+        yield h
+    finally:
+        asyncio.run_coroutine_threadsafe(h.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

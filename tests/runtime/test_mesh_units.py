@@ -40,31 +40,18 @@ def test_identity_signs_and_verifies(ids):
 
 def test_identity_persists_in_keyring_or_owner_only_file(tmp_path, monkeypatch):
     import keyring
-    from keyring.backend import KeyringBackend
 
-    class Memory(KeyringBackend):
-        priority = 1
-        store: dict = {}
-
-        def get_password(self, service, name):
-            return self.store.get((service, name))
-
-        def set_password(self, service, name, value):
-            self.store[(service, name)] = value
-
-        def delete_password(self, service, name):
-            self.store.pop((service, name), None)
+    from tests.keyrings import MemoryKeyring, NoKeyring
 
     old = keyring.get_keyring()
-    keyring.set_keyring(Memory())
+    keyring.set_keyring(MemoryKeyring())
     try:
         first = load_or_create("mesh-node-x", tmp_path / "seed")
         assert load_or_create("mesh-node-x", tmp_path / "seed").public == first.public
         assert not (tmp_path / "seed").exists()  # the keyring holds it
     finally:
         keyring.set_keyring(old)
-    from keyring.backends import fail
-    keyring.set_keyring(fail.Keyring())
+    keyring.set_keyring(NoKeyring())
     try:
         f = load_or_create("mesh-node-y", tmp_path / "seed")
         assert (tmp_path / "seed").stat().st_mode & 0o777 == 0o600
