@@ -134,6 +134,41 @@ def join(node: NodeProcess, invite: str, name: str) -> dict:
     return body
 
 
+class Cluster:
+    """A hub and the nodes a test starts, all stopped at the end of the test whatever happened."""
+
+    def __init__(self, tmp: Path, model_path: Path) -> None:
+        self.tmp, self.model_path = tmp, model_path
+        self.hub = start_hub(tmp / "hub")
+        self.nodes: list[NodeProcess] = []
+
+    def node(self, name: str, *model_ids: str, join_as: str | None = None) -> NodeProcess:
+        """Start a node (again, under the same home, when the name was used before); join it when asked."""
+        n = start_mesh_node(self.tmp, name, self.model_path, *model_ids)
+        self.nodes.append(n)
+        if join_as is not None:
+            join(n, self.hub.invite(), join_as)
+        return n
+
+    def restart_hub(self) -> HubProcess:
+        """A new hub process on the same port and data (after the test stopped or killed the old one)."""
+        self.hub.stop()
+        self.hub = start_hub(self.tmp / "hub", self.hub.port)
+        return self.hub
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        self.hub.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, model_path):
+    c = Cluster(tmp_path, model_path)
+    yield c
+    c.close()
+
+
 @pytest.fixture
 def hub(tmp_path):
     h = start_hub(tmp_path / "hub")
