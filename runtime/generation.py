@@ -12,8 +12,8 @@ from typing import Any
 from .api.errors import APIError, invalid, model_not_found, overloaded
 from .api.validation import GenerationParams, parse_messages, parse_prompts, with_vocab
 from .engine.engine import ModelEngine
-from .engine.scheduler import DoneEvent, EngineStopped, GenRequest, QueueFull
-from .models.manager import ModelError
+from .engine.events import DoneEvent, EngineStopped, EngineUnavailable, GenRequest, QueueFull
+from .models.manager import RESTARTING, ModelError
 from .node import Node
 
 
@@ -28,6 +28,9 @@ def available_models(node: Node) -> list[str]:
 async def engine_for(node: Node, model: str) -> ModelEngine:
     """The engine serving ``model``, loading it on first use."""
     m = node.find(model)
+    if m is not None and m.state == RESTARTING:
+        raise APIError(503, f"The model '{m.id}' is restarting after its engine crashed; retry in a few seconds.",
+                       "server_error", "model", "model_restarting", retry_after=2)
     if m is None or m not in node.manager.routable() and m.state != "downloading":
         if m is not None and m.state == "error":
             raise APIError(503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model",
@@ -131,19 +134,22 @@ class Generation:
                 submitted.append(j)
         except QueueFull:
             for j in submitted:
-                j.req.cancel()
-            self.engine.scheduler.wake()
+                self.engine.cancel(j.req)
             raise overloaded("The node is at capacity: every slot is busy and the queue is full. "
                              "Retry after the indicated delay.", retry_after=1) from None
         except EngineStopped:
             raise APIError(503, "The model is shutting down; retry against a running node.", "server_error",
                            None, "engine_stopped") from None
+        except EngineUnavailable as e:
+            for j in submitted:
+                self.engine.cancel(j.req)
+            raise APIError(503, str(e), "server_error", None, "model_restarting",
+                           retry_after=e.retry_after) from None
 
     def cancel(self) -> None:
         for j in self.jobs:
             if j.done is None:
-                j.req.cancel()
-        self.engine.scheduler.wake()
+                self.engine.cancel(j.req)
 
     @property
     def finished(self) -> bool:
@@ -151,6 +157,14 @@ class Generation:
 
     async def next(self, timeout: float | None) -> tuple[int, Any]:
         return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+async def _engine_call(call: Any) -> Any:
+    """Await a call into the engine's worker; its being down is a 503 the client may retry."""
+    try:
+        return await call
+    except EngineUnavailable as e:
+        raise APIError(503, str(e), "server_error", None, "model_restarting", retry_after=e.retry_after) from None
 
 
 @dataclass
@@ -169,16 +183,18 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
     continued after its first peer was lost)."""
     messages = parse_messages(body)
     engine = await engine_for(node, gp.model)
-    gp = with_vocab(gp, body, engine.model.n_vocab)
+    gp = with_vocab(gp, body, engine.n_vocab)
     try:
         # Short conversations are rendered inline (a thread hop costs more than the work); long ones
-        # in a worker so a huge prompt never stalls the event loop.
-        if sum(len(m["content"]) for m in messages) < 20_000:
-            prompt = engine.chat_prompt(messages, continue_with)
+        # in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the engine's
+        # worker process.
+        if len(messages) < 64 and sum(len(m["content"]) for m in messages) < 20_000:
+            rendered = engine.template.render(messages, add_generation_prompt=True)
         else:
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages, continue_with)
+            rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
+    prompt = await _engine_call(engine.chat_prompt(rendered + continue_with))
     check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
     return Prepared(engine, gp, [prompt] * gp.n)
 
@@ -186,23 +202,23 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
 async def prepare_completion(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
     prompts_in = parse_prompts(body)
     engine = await engine_for(node, gp.model)
-    gp = with_vocab(gp, body, engine.model.n_vocab)
+    gp = with_vocab(gp, body, engine.n_vocab)
     echo = body.get("echo", False)
     if not isinstance(echo, bool):
         raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
     prompts: list[list[int]] = []
     texts: list[str] = []
-    tail = engine.continuation_tokens(continue_with)
+    tail = await _engine_call(engine.continuation_tokens(continue_with))
     for i, p in enumerate(prompts_in):
         if isinstance(p, str):
-            toks = await asyncio.to_thread(engine.completion_prompt, p)
+            toks = await _engine_call(engine.completion_prompt(p))
             texts.append(p)
         else:
-            if any(not (0 <= t < engine.model.n_vocab) for t in p):
+            if any(not (0 <= t < engine.n_vocab) for t in p):
                 raise invalid(f"'prompt' contains a token id outside this model's vocabulary "
-                              f"(0..{engine.model.n_vocab - 1}).", "prompt")
+                              f"(0..{engine.n_vocab - 1}).", "prompt")
             toks = p
-            texts.append(engine.detokenize(p))
+            texts.append(await _engine_call(engine.detokenize(p)))
         if not toks:
             raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
         toks = toks + tail

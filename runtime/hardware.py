@@ -6,10 +6,12 @@ directly with made-up machines.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -84,10 +86,23 @@ def choose_backend(system: str, machine: str, gpu_offload_supported: bool, nvidi
     return "cpu"
 
 
-def detect() -> Capability:
-    import llama_cpp
+GPU_BACKEND_LIBS = ("ggml-cuda", "ggml-metal", "ggml-vulkan", "ggml-hip", "ggml-sycl", "ggml-musa", "ggml-opencl")
 
-    offload = bool(llama_cpp.llama_supports_gpu_offload())
+
+def build_supports_gpu_offload(lib_dir: Path | None) -> bool:
+    """Whether a build of llama.cpp has a GPU backend, from the libraries it ships (this process never
+    loads llama.cpp: that happens in the engine's worker process)."""
+    if lib_dir is None or not lib_dir.is_dir():
+        return False
+    return any(p.name.startswith(("lib" + n, n)) for p in lib_dir.iterdir() for n in GPU_BACKEND_LIBS)
+
+
+def detect(lib_dir: Path | None = None) -> Capability:
+    """The machine. ``lib_dir``: the llama.cpp libraries the engines will load (default: the installed
+    llama-cpp-python package's)."""
+    if lib_dir is None:
+        lib_dir = installed_llama_lib_dir()
+    offload = build_supports_gpu_offload(lib_dir)
     system, machine = platform.system(), platform.machine()
     devices: tuple[GPUDevice, ...] = ()
     nvidia = False
@@ -112,6 +127,13 @@ def detect() -> Capability:
         system=system,
         machine=machine,
     )
+
+
+def installed_llama_lib_dir() -> Path | None:
+    """llama-cpp-python's own library folder, found without importing (loading) the package."""
+    spec = importlib.util.find_spec("llama_cpp")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) / "lib" if locations else None
 
 
 def default_threads(cap: Capability) -> int:

@@ -15,10 +15,11 @@ import psutil
 
 from . import __version__
 from .config import Paths, ServeSettings, admin_token, node_id
-from .engine.engine import EngineConfig
+from .engine.events import EngineConfig
+from .engine.probe import BuildRegistry
 from .hardware import Capability, RuntimeCapability, default_threads, detect
 from .models.embedded import DEFAULT_MODEL_ID
-from .models.manager import ERROR, READY, ManagedModel, ModelError, ModelManager
+from .models.manager import ERROR, READY, RESTARTING, ManagedModel, ModelError, ModelManager
 from .models.store import ModelSpecError, resolve
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class Node:
         if budget is None:
             budget = int(psutil.virtual_memory().total * 0.8)
         self.manager = ModelManager(self.paths.models, self._engine_config, ttl_seconds=self.settings.model_ttl,
-                                    memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial")
+                                    memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial",
+                                    builds=BuildRegistry(self.paths.data / "llama-builds.json"))
         self.manager.subscribe(self._broadcast)
         from .mesh.mesh import Mesh  # the mesh is part of every node; joining is a setting
         self.mesh = Mesh(self, self.paths.config)
@@ -179,6 +181,26 @@ class Node:
         was later unloaded to make room loads again on the next request: still ready.)"""
         return self._started and all((m := self.manager.get(p)) is not None and m.state != ERROR
                                      for p in self.pinned)
+
+    def health(self) -> tuple[int, dict]:
+        """What /health answers: 200 "ok"; 200 "degraded" with the reasons while at least one model serves
+        and another is down (crashed, restarting or failed to load); 503 while starting or when no model can
+        serve. The models considered are the ones this node was started with plus any it loaded since."""
+        considered = [m for m in self.manager.models.values()
+                      if m.id in self.pinned or m.engine is not None or m.has_served]
+        models = {m.id: m.state for m in considered}
+        down = {m.id: m.error or m.state for m in considered if m.state in (ERROR, RESTARTING)}
+        if not self._started:
+            body: dict = {"status": "loading", "models": models}
+            if down:
+                body["errors"] = down
+            return 503, body
+        if not down:
+            return 200, {"status": "ok", "models": models}
+        serving = [m for m in considered if m.state not in (ERROR, RESTARTING)]
+        body = {"status": "degraded" if serving else "error", "models": models, "errors": down,
+                "reason": "; ".join(f"{mid}: {why}" for mid, why in down.items())}
+        return (200 if serving else 503), body
 
     def subscribe(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()

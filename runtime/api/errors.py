@@ -16,6 +16,7 @@ class APIError(Exception):
     param: str | None = None
     code: str | None = None
     retry_after: int | None = None  # seconds; set on overload answers
+    retryable: bool | None = None  # False: x-should-retry: false even on a 5xx (a poison request)
 
     def __str__(self) -> str:  # pragma: no cover - debugging aid
         return f"{self.status} {self.code}: {self.message}"
@@ -28,7 +29,7 @@ class APIError(Exception):
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
             headers["x-should-retry"] = "true"
-        elif 400 <= self.status < 500 and self.status not in (408, 409, 429):
+        elif self.retryable is False or (400 <= self.status < 500 and self.status not in (408, 409, 429)):
             # Retrying the same request cannot succeed: tell the SDKs not to.
             headers["x-should-retry"] = "false"
         return web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",

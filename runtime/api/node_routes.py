@@ -14,16 +14,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    served = [m for p in node.pinned if (m := node.find(p)) is not None]
-    models = {m.id: m.state for m in served}
-    errors = {m.id: m.error for m in served if m.state == "error"}
-    if node.ready:
-        return web.json_response({"status": "ok", "models": models})
-    body = {"status": "error" if errors else "loading", "models": models}
-    if errors:
-        body["errors"] = errors
-    return web.json_response(body, status=503, headers={"Retry-After": "2"})
+    status, body = request.app[NODE_KEY].health()
+    return web.json_response(body, status=status, headers={"Retry-After": "2"} if status == 503 else None)
 
 
 @routes.get("/api/status")

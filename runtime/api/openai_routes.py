@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
-from ..engine.scheduler import DoneEvent, ErrorEvent, TokenEvent
+from ..engine.events import DoneEvent, EngineUnavailable, ErrorEvent, TokenEvent
 from ..mesh.router import local_has_room
 from ..generation import (Generation, Job, LoopPump, available_models, engine_for,
                           prepare_chat, prepare_completion)
@@ -56,7 +56,7 @@ def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
             "state": m.state,
             "peers": mesh["peers"] if mesh else 0,
             "context_length": e.n_ctx_seq if e else None,
-            "slots": e.scheduler.n_slots if e else None,
+            "slots": e.n_slots if e else None,
             "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
             "ttft_ms_p50": stats.get("ttft_ms_p50"),
             "samples": stats.get("samples", 0),
@@ -140,6 +140,11 @@ def _usage(jobs: list[Job]) -> dict:
 def _engine_error(ev: ErrorEvent) -> APIError:
     if ev.code == "invalid_grammar":
         return invalid(ev.message, "response_format")
+    if ev.code == "overloaded":
+        return APIError(503, ev.message, "server_error", None, ev.code, retry_after=1)
+    if ev.code == "engine_crashed":
+        # Not retried: the SDKs retry 5xx by themselves unless told not to (x-should-retry: false).
+        return APIError(500, ev.message, "server_error", None, ev.code, retryable=False)
     return APIError(503 if ev.code == "engine_stopped" else 500, ev.message, "server_error", None, ev.code)
 
 
@@ -324,10 +329,12 @@ async def embeddings(request: web.Request) -> web.Response:
     data = []
     total = 0
     for i, item in enumerate(items):
-        if isinstance(item, list) and any(not (0 <= t < engine.model.n_vocab) for t in item):
+        if isinstance(item, list) and any(not (0 <= t < engine.n_vocab) for t in item):
             raise invalid(f"'input[{i}]' contains a token id outside this model's vocabulary.", "input")
         try:
-            vec, n = await asyncio.to_thread(engine.embed, item)
+            vec, n = await engine.embed(item)
+        except EngineUnavailable as e:
+            raise APIError(503, str(e), "server_error", None, "model_restarting", retry_after=e.retry_after) from None
         except EmbeddingsUnsupported as e:
             raise invalid(str(e), "model", "embeddings_not_supported") from None
         except OverflowError as e:
@@ -365,7 +372,7 @@ def route(node: Node, gp: GenerationParams) -> list | None:
     e = m.engine
     if e is None:
         return None  # served here, loads on first use
-    c = e.scheduler.counts()
+    c = e.counts()
     if local_has_room(c["slots"] - c["slots_busy"], c["queued"]):
         return None
     # This node is full: a peer with room takes the request, otherwise it waits in the local queue.

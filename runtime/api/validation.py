@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine.grammar import SchemaError, grammar_for_response_format
-from ..engine.sampling import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
+from ..engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
 from .errors import invalid
 
 MAX_N = 16

@@ -1,36 +1,55 @@
-"""One served model: weights, batched generation context, chat template, embeddings and stats.
+"""One served model as the node sees it: a supervised engine worker process.
 
-This is the engine's public face for the API layer: turn messages into prompt tokens, submit
-generation requests, compute embeddings.
+The engine (llama.cpp: weights, the batching loop, sampling, the tokenizer, embeddings) runs in a worker
+process (worker.py). This object, in the node's process, starts it, talks to it, and keeps the node's
+promises when it dies:
+
+- a crash (abort, segfault, illegal instruction, or a bug in the loop) ends the requests running on that
+  model with an ``engine_crashed`` error — never a hang — and nothing else: the node, its HTTP server,
+  its other models and its mesh membership go on;
+- the worker restarts with backoff, at most ``MAX_CRASHES`` times within ``CRASH_WINDOW`` seconds; after
+  that the model is given up on and shows ``error`` with the reason until it is loaded again;
+- the state changes (``restarting``, ``ready``, ``failed``) are reported through ``on_state`` so the
+  model manager shows them, /health tells the truth and the mesh withdraws the model while it is down;
+- the first start of each build of llama.cpp on this machine is a probe (runtime/engine/probe.py): a
+  worker that dies of SIGILL/SIGBUS while loading and running its first decode marks that build unusable
+  here; the next variant is tried when the bundle has one, and the build is not retried.
+
+The node's own process never imports llama.cpp.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import itertools
 import logging
-import math
+import multiprocessing
 import threading
-from dataclasses import dataclass
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, Callable
 
-from ..hardware import Capability, plan_offload, plan_slots
+from ..hardware import Capability
 from ..stats import RequestSample, RollingStats
-from .llama_model import LlamaContext, LlamaModel, ModelInfo, ModelLoadError
-from .scheduler import DoneEvent, GenRequest, Scheduler
+from . import worker
+from .events import (DoneEvent, EngineConfig, EngineStopped, EngineUnavailable, ErrorEvent, GenRequest, QueueFull,
+                     TokenEvent)
+from .probe import BuildRegistry, describe_exit, is_build_fault
 from .templates import ChatTemplate
+from .variants import LibraryVariant, candidates
 
 log = logging.getLogger(__name__)
 
-N_BATCH = 512
+MAX_CRASHES = 3  # restarts allowed within CRASH_WINDOW; one more crash and the model shows "error"
+CRASH_WINDOW = 60.0
+RESTART_BACKOFF = (0.25, 1.0, 3.0)  # seconds before the 1st, 2nd, 3rd restart within the window
+STOP_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    threads: int
-    slots: int | None = None
-    ctx_per_slot: int | None = None
-    gpu_layers: int | None = None
-    max_queue: int = 64
-    kv_type: str = "f16"
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded (llama.cpp refused it, or every build of llama.cpp crashed)."""
 
 
 class EmbeddingsUnsupported(Exception):
@@ -38,125 +57,293 @@ class EmbeddingsUnsupported(Exception):
 
 
 class ModelEngine:
-    def __init__(self, model_id: str, path: Path, cap: Capability, cfg: EngineConfig) -> None:
+    """Blocking constructor (run it in a thread): returns once a worker has loaded and probed the model."""
+
+    def __init__(self, model_id: str, path: Path, cap: Capability, cfg: EngineConfig,
+                 on_state: Callable[[str, str | None], None] | None = None,
+                 builds: BuildRegistry | None = None, variants: list[LibraryVariant] | None = None) -> None:
         self.id = model_id
         self.path = path
+        self.cap = cap
         self.cfg = cfg
         self.stats = RollingStats()
-        self._embed_lock = threading.Lock()
-        self._embed_ctx: LlamaContext | None = None
-        self._embed_error: str | None = None
+        self.on_state = on_state or (lambda state, reason: None)
+        self.builds = builds
+        self.state = "starting"  # ready | restarting | failed | closed
+        self.last_error: str | None = None
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._reqs: dict[int, GenRequest] = {}
+        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._ids = itertools.count(1)
+        self._crashes: collections.deque[float] = collections.deque()
+        self._closing = False
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self._worker_steps = (0, 0.0, 0.0)
+        self.skipped_variants: dict[str, str] = {}
+        self.variant, desc = self._start_first(variants if variants is not None else candidates())
+        self._describe(desc)
 
-        # Load on CPU first to read the metadata needed for the plans, only when offload is possible.
-        probe_layers = 0
-        self.model = LlamaModel(path, gpu_layers=probe_layers)
-        info = self.model.info
-        slot_plan = plan_slots(cap.backend, info.n_ctx_train, info.kv_bytes_per_token(cfg.kv_type), cap.vram_free_bytes,
-                               cfg.slots, cfg.ctx_per_slot)
-        offload = plan_offload(cap.backend, info.n_layer, info.size_bytes, slot_plan.kv_bytes,
-                               cap.vram_free_bytes, requested=cfg.gpu_layers)
-        if offload.gpu_layers != probe_layers:
-            self.model.close()
-            self.model = LlamaModel(path, gpu_layers=offload.gpu_layers)
-        self.offload = offload
-        self.slot_plan = slot_plan
-        self.ctx = LlamaContext(self.model, slot_plan.slots, slot_plan.ctx_per_slot, N_BATCH, cfg.threads,
-                               kv_type=cfg.kv_type)
-        self.template = ChatTemplate.for_model(info.chat_template, info.bos_text, info.eos_text)
-        self.scheduler = Scheduler(self.model, self.ctx, cfg.max_queue, on_finished=self._record)
-        log.info(
-            "loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), %d threads%s",
-            model_id, path.name, info.description, slot_plan.slots, self.ctx.n_ctx_seq,
-            slot_plan.kv_bytes / 2**20, offload.gpu_layers, offload.total_layers, offload.reason, cfg.threads,
-            "; no chat template in the GGUF, using ChatML" if self.template.is_fallback else "",
-        )
+    # -- starting workers ---------------------------------------------------------------------------
 
-    @property
-    def info(self) -> ModelInfo:
-        return self.model.info
+    def _spawn(self, variant: LibraryVariant) -> tuple[str, Any]:
+        """Start a worker with ``variant`` and wait for its first word: ("ready", description),
+        ("load_failed", message) or ("died", exit description)."""
+        mp = multiprocessing.get_context("spawn")
+        parent, child = mp.Pipe(duplex=True)
+        spec = worker.WorkerSpec(self.id, self.path, self.cap, self.cfg,
+                                 str(variant.lib_dir) if variant.lib_dir is not None else None,
+                                 logging.getLogger().getEffectiveLevel())
+        proc = mp.Process(target=worker.main, args=(child, spec), name=f"closedmesh-engine[{self.id}]", daemon=True)
+        proc.start()
+        child.close()
+        try:
+            kind, payload = parent.recv()
+        except (EOFError, OSError):
+            proc.join(10)
+            parent.close()
+            return "died", proc.exitcode
+        if kind != "ready":
+            proc.join(10)
+            parent.close()
+            return kind, payload
+        self._conn, self._proc = parent, proc
+        return "ready", payload
 
-    @property
-    def n_ctx_seq(self) -> int:
-        return self.ctx.n_ctx_seq
+    def _start_first(self, variants: list[LibraryVariant]) -> tuple[LibraryVariant, dict]:
+        """Try the builds best first; a build that dies of an illegal instruction is recorded and skipped."""
+        faults: list[str] = []
+        for v in variants:
+            known = self.builds.fault(v) if self.builds else None
+            if known:
+                self.skipped_variants[v.name] = known
+                faults.append(f"{v.name}: {known}")
+                continue
+            kind, payload = self._spawn(v)
+            if kind == "ready":
+                if faults:
+                    log.warning("llama.cpp build %s in use for %s (skipped: %s)", v.name, self.id, "; ".join(faults))
+                return v, payload
+            if kind == "load_failed":
+                raise EngineLoadError(payload)
+            reason = describe_exit(payload)
+            if is_build_fault(payload):
+                log.error("the llama.cpp build %s died while loading %s (%s): this build cannot run on this "
+                          "processor; it will not be used again", v.name, self.id, reason)
+                if self.builds:
+                    self.builds.record_fault(v, reason)
+                self.skipped_variants[v.name] = reason
+                faults.append(f"{v.name}: {reason}")
+                continue
+            raise EngineLoadError(f"the engine process crashed while loading the model ({reason})")
+        raise EngineLoadError(
+            "llama.cpp cannot run on this computer's processor: every build of it that this installation has "
+            f"crashed while loading the model ({'; '.join(faults)}). Install a build made for this processor "
+            "(from source: delete ~/.cache/closedmesh/llama-wheels and run the install again), or report this "
+            "with your processor's model.")
 
-    def _record(self, ev: DoneEvent) -> None:
-        self.stats.add(RequestSample(ev.tokens_per_second, ev.ttft_ms))
+    def _describe(self, desc: dict) -> None:
+        self.info = desc["info"]
+        self.n_ctx_seq: int = desc["n_ctx_seq"]
+        self.n_slots: int = desc["slots"]
+        self.batch_size: int = desc["batch_size"]
+        self.kv_cache_bytes: int = desc["kv_cache_bytes"]
+        self.offload = desc["offload"]
+        self.n_vocab: int = self.info.n_vocab
+        self.template = ChatTemplate.for_model(self.info.chat_template, self.info.bos_text, self.info.eos_text)
+        self.state = "ready"
+        self.started_at = time.monotonic()
+        assert self._conn is not None
+        threading.Thread(target=self._read, args=(self._conn, self._proc), name=f"engine-link[{self.id}]",
+                         daemon=True).start()
 
-    # -- prompts -----------------------------------------------------------------------------------
+    # -- the link to the worker ---------------------------------------------------------------------
 
-    def _tokenize_rendered(self, text: str) -> list[int]:
-        info = self.info
-        # Templates usually write the BOS text themselves; never add a second one.
-        add_bos = info.add_bos and not (info.bos_text and text.startswith(info.bos_text))
-        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+    def _read(self, conn: Connection, proc: Any) -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            op = msg[0]
+            if op == "ev":
+                _, items, steps, dsec, ssec = msg
+                self._worker_steps = (steps, dsec, ssec)
+                for rid, ev in items:
+                    with self._lock:
+                        req = self._reqs.get(rid) if isinstance(ev, TokenEvent) else self._reqs.pop(rid, None)
+                    if req is None:
+                        continue  # cancelled here already
+                    if isinstance(ev, DoneEvent):
+                        self.stats.add(RequestSample(ev.tokens_per_second, ev.ttft_ms))
+                    req.emit(ev)
+            elif op == "ret":
+                _, cid, ok, value = msg
+                with self._lock:
+                    waiter = self._calls.pop(cid, None)
+                if waiter is not None:
+                    _resolve(waiter, ok, value)
+        proc.join(10 if self._closing else 5)
+        self._worker_died(proc.exitcode)
 
-    def chat_prompt(self, messages: list[dict[str, str]], continue_with: str = "") -> list[int]:
-        """The prompt for the assistant's next turn; ``continue_with`` is the start of that turn already
-        written (an answer begun on a peer that was lost), which the model carries on from."""
-        return self._tokenize_rendered(self.template.render(messages, add_generation_prompt=True) + continue_with)
+    def _send(self, msg: tuple) -> None:
+        conn = self._conn
+        if conn is None or self.state != "ready":
+            raise EngineUnavailable(self._unavailable_message(), 2 if self.state == "restarting" else None)
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):
+            raise EngineUnavailable(self._unavailable_message(), 2) from None
 
-    def completion_prompt(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=self.info.add_bos, parse_special=False)
+    def _unavailable_message(self) -> str:
+        if self.state == "restarting":
+            return (f"The model '{self.id}' is restarting after its engine crashed ({self.last_error}); retry in a "
+                    f"few seconds.")
+        if self.state == "closed":
+            return f"The model '{self.id}' is shutting down; retry against a running node."
+        return f"The model '{self.id}' is not available: {self.last_error}"
 
-    def continuation_tokens(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=False, parse_special=False) if text else []
+    # -- crashes and restarts -------------------------------------------------------------------------
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.model.detokenize(tokens)
+    def _worker_died(self, exitcode: int | None) -> None:
+        with self._lock:
+            reqs, self._reqs = list(self._reqs.values()), {}
+            calls, self._calls = list(self._calls.values()), {}
+            self._conn = None
+        if self._closing:
+            for r in reqs:
+                r.emit(ErrorEvent("the node is shutting down; retry against a running node", "engine_stopped"))
+            for waiter in calls:
+                _resolve(waiter, False, ("stopped", "the model is shutting down", ()))
+            self.state = "closed"
+            return
+        reason = describe_exit(exitcode)
+        self.last_error = f"its engine process crashed: {reason}"
+        log.error("the engine of %s crashed (%s) with %d request(s) running; restarting it", self.id, reason, len(reqs))
+        for r in reqs:
+            r.emit(ErrorEvent(
+                f"The model's engine crashed while this request was running ({reason}). The request is not retried: "
+                f"it may be what crashed it. The engine restarts by itself.", "engine_crashed"))
+        for waiter in calls:
+            _resolve(waiter, False, ("crashed", f"the model's engine crashed ({reason})", ()))
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
+            self._crashes.popleft()
+        if len(self._crashes) > MAX_CRASHES:
+            self._give_up(f"its engine crashed {len(self._crashes)} times within {CRASH_WINDOW:.0f} s (last: "
+                          f"{reason}); it was stopped. Load it again to retry.")
+            return
+        self.state = "restarting"
+        self.on_state("restarting", self.last_error)
+        time.sleep(RESTART_BACKOFF[min(len(self._crashes), len(RESTART_BACKOFF)) - 1])
+        if self._closing:
+            self.state = "closed"
+            return
+        kind, payload = self._spawn(self.variant)
+        if kind == "ready":
+            self.restarts += 1
+            self._describe(payload)
+            log.info("the engine of %s is back (restart %d)", self.id, self.restarts)
+            self.on_state("ready", None)
+            return
+        if kind == "load_failed":
+            self._give_up(f"it could not be loaded again after its engine crashed: {payload}")
+        else:
+            self._worker_died(payload)
+
+    def _give_up(self, message: str) -> None:
+        self.state = "failed"
+        self.last_error = message
+        log.error("model %s: %s", self.id, message)
+        self.on_state("failed", message)
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def counts(self) -> dict:
+        with self._lock:
+            total = len(self._reqs)
+        steps, dsec, ssec = self._worker_steps
+        busy = min(total, self.n_slots)
+        return {"in_flight": busy, "queued": total - busy, "slots": self.n_slots, "slots_busy": busy,
+                "steps": steps, "decode_seconds": round(dsec, 4), "step_seconds": round(ssec, 4)}
 
     def submit(self, req: GenRequest) -> None:
-        self.scheduler.submit(req)
+        """Hand a request to the worker. Raises QueueFull when every slot and the queue are taken,
+        EngineUnavailable while the worker is down, EngineStopped when closing."""
+        if self._closing:
+            raise EngineStopped()
+        with self._lock:
+            if len(self._reqs) >= self.n_slots + self.cfg.max_queue:
+                raise QueueFull()
+            req.rid = next(self._ids)
+            self._reqs[req.rid] = req
+        try:
+            self._send(("gen", req.rid, req.prompt, req.params, req.max_new_tokens, req.stop))
+        except EngineUnavailable:
+            with self._lock:
+                self._reqs.pop(req.rid, None)
+            raise
 
-    # -- embeddings --------------------------------------------------------------------------------
+    def cancel(self, req: GenRequest) -> None:
+        req.cancel()
+        with self._lock:
+            live = self._reqs.pop(req.rid, None) is not None
+        if live:
+            try:
+                self._send(("cancel", req.rid))
+            except EngineUnavailable:
+                pass  # the worker is gone, and the request with it
 
-    def embed(self, text: str | list[int]) -> tuple[list[float], int]:
-        """Mean-pooled, L2-normalised embedding of one input, and its token count. Blocking: call it
-        from a worker thread."""
-        with self._embed_lock:
-            if self._embed_ctx is None:
-                if self._embed_error:
-                    raise EmbeddingsUnsupported(self._embed_error)
-                try:
-                    self._embed_ctx = LlamaContext(self.model, 1, self.n_ctx_seq, self.n_ctx_seq,
-                                                   self.cfg.threads, embeddings=True)
-                except ModelLoadError as e:
-                    self._embed_error = f"model '{self.id}' does not support embeddings here: {e}"
-                    raise EmbeddingsUnsupported(self._embed_error) from None
-            ectx = self._embed_ctx
-            tokens = text if isinstance(text, list) else self.model.tokenize(text, add_special=True, parse_special=False)
-            if not tokens:
-                raise ValueError("cannot embed an empty input")
-            if len(tokens) > ectx.n_ctx_seq:
-                raise OverflowError(len(tokens))
-            ectx.seq_remove(0)
-            rc = ectx.decode([(t, i, 0, True) for i, t in enumerate(tokens)])
-            if rc != 0:
-                raise RuntimeError(f"llama.cpp decode failed (code {rc}) while embedding")
-            vec = ectx.embedding(0)
-            ectx.seq_remove(0)
-        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-        return [v / norm for v in vec], len(tokens)
+    async def _call(self, name: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        cid = next(self._ids)
+        with self._lock:
+            self._calls[cid] = (loop, fut)
+        try:
+            self._send(("call", cid, name, args))
+        except EngineUnavailable:
+            with self._lock:
+                self._calls.pop(cid, None)
+            raise
+        return await fut
+
+    async def chat_prompt(self, rendered: str) -> list[int]:
+        return await self._call("tokenize_rendered", rendered)
+
+    async def completion_prompt(self, text: str) -> list[int]:
+        return await self._call("completion_prompt", text)
+
+    async def continuation_tokens(self, text: str) -> list[int]:
+        return await self._call("continuation_tokens", text) if text else []
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await self._call("detokenize", tokens)
+
+    async def embed(self, item: str | list[int]) -> tuple[list[float], int]:
+        return await self._call("embed", item)
 
     # -- status / lifecycle ---------------------------------------------------------------------------
 
     def status(self) -> dict:
-        c = self.scheduler.counts()
+        c = self.counts()
         info = self.info
         return {
             "id": self.id,
             "file": str(self.path),
-            "state": "ready",
             "context_length": self.n_ctx_seq,
             "context_length_trained": info.n_ctx_train,
             "slots": c["slots"],
             "slots_busy": c["slots_busy"],
             "in_flight": c["in_flight"],
             "queued": c["queued"],
-            "batch_size": self.ctx.n_batch,
+            "batch_size": self.batch_size,
             "engine_steps": c["steps"],
             "engine_decode_seconds": c["decode_seconds"],
             "engine_step_seconds": c["step_seconds"],
-            "kv_cache_bytes": self.slot_plan.kv_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_type": self.cfg.kv_type,
             "gpu_layers": self.offload.gpu_layers,
             "layers": self.offload.total_layers,
@@ -164,11 +351,50 @@ class ModelEngine:
             "size_bytes": info.size_bytes,
             "architecture": info.architecture,
             "chat_template": "fallback-chatml" if self.template.is_fallback else "gguf",
+            "engine": {"state": self.state, "pid": self._proc.pid if self._proc is not None else None,
+                       "restarts": self.restarts, "last_error": self.last_error, "llama_build": self.variant.name,
+                       "skipped_builds": dict(self.skipped_variants)},
         }
 
     def close(self) -> None:
-        self.scheduler.stop()
-        self.ctx.close()
-        if self._embed_ctx:
-            self._embed_ctx.close()
-        self.model.close()
+        """Stop the worker (blocking): running requests end with an engine_stopped error."""
+        self._closing = True
+        conn, proc = self._conn, self._proc
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(STOP_TIMEOUT)
+            if proc.is_alive():
+                log.warning("the engine of %s did not stop within %.0f s; killing it", self.id, STOP_TIMEOUT)
+                proc.kill()
+                proc.join(5)
+        self.state = "closed"
+
+
+def _resolve(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future], ok: bool, value: Any) -> None:
+    loop, fut = waiter
+
+    def settle() -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+            return
+        kind, message, args = value
+        if kind == "embeddings_unsupported":
+            fut.set_exception(EmbeddingsUnsupported(message))
+        elif kind == "overflow":
+            fut.set_exception(OverflowError(*args))
+        elif kind in ("crashed", "stopped"):
+            fut.set_exception(EngineUnavailable(message, 2))
+        else:
+            fut.set_exception(RuntimeError(message))
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass  # that loop is closed: nobody is waiting
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from .gbnf import JSON_GBNF, json_schema_to_gbnf
 
 
 class SchemaError(ValueError):

@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-
 import llama_cpp
 
-# Defaults follow the OpenAI API where it defines one (temperature, top_p) and llama.cpp's otherwise.
-DEFAULT_TOP_K = 40
-DEFAULT_MIN_P = 0.05
+from .events import SamplingParams
+
 PENALTY_LAST_N = 64
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = DEFAULT_TOP_K
-    min_p: float = DEFAULT_MIN_P
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF, rule "root"
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
 
 
 class GrammarError(ValueError):

@@ -20,56 +20,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .llama_model import LlamaContext, LlamaModel
-from .sampling import GrammarError, Sampler, SamplingParams
+from .events import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from .sampling import GrammarError, Sampler
 from .text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    pass
-
-
-class EngineStopped(Exception):
-    pass
-
-
-@dataclass
-class TokenEvent:
-    text: str
-
-
-@dataclass
-class DoneEvent:
-    finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    ttft_ms: float
-    tokens_per_second: float | None
-
-
-@dataclass
-class ErrorEvent:
-    message: str
-    code: str = "engine_error"
-
-
-Event = TokenEvent | DoneEvent | ErrorEvent
-
-
-@dataclass(eq=False)
-class GenRequest:
-    prompt: list[int]
-    params: SamplingParams
-    max_new_tokens: int | None  # None: until the slot's context is full
-    stop: list[str]
-    emit: Callable[[Event], None]
-    submitted_at: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 @dataclass(eq=False)
@@ -104,6 +59,8 @@ class Scheduler:
         max_queue: int,
         prompt_chunk: int = 256,
         on_finished: Callable[[DoneEvent], None] | None = None,
+        on_step: Callable[[], None] | None = None,
+        on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -111,6 +68,10 @@ class Scheduler:
         self.max_queue = max_queue
         self.prompt_chunk = min(prompt_chunk, ctx.n_batch)
         self.on_finished = on_finished
+        # on_step: after every loop iteration (the worker sends the events of the step in one message);
+        # on_crash: the loop died of a bug (the worker exits and its supervisor restarts it).
+        self.on_step = on_step or (lambda: None)
+        self.on_crash = on_crash
         self.slots = [_Slot(seq=i) for i in range(ctx.n_seq)]
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._cv = threading.Condition()
@@ -161,6 +122,7 @@ class Scheduler:
         return any(s.req is None for s in self.slots)
 
     def _run(self) -> None:
+        crash: BaseException | None = None
         try:
             while True:
                 with self._cv:
@@ -174,20 +136,27 @@ class Scheduler:
                 self._step()
                 self.step_seconds += time.perf_counter() - t0
                 self.steps += 1
-        except Exception:  # a bug here must not leave clients waiting forever
+                self.on_step()
+        except Exception as e:  # a bug here must not leave clients waiting forever
             log.exception("engine loop crashed")
+            crash = e
+            # What ran in the slots may be what broke the loop: those requests are not retried.
             for s in self.slots:
                 if s.req:
-                    self._finish_error(s, "the engine stopped unexpectedly; see the node's log")
+                    self._finish_error(s, "the engine failed while generating this answer; the request is not "
+                                          "retried (it may be what broke it)", "engine_crashed")
         finally:
             with self._cv:
                 self._stopping = True
                 waiting, self._waiting = list(self._waiting), collections.deque()
             for r in waiting:
-                r.emit(ErrorEvent("the node is shutting down; retry against a running node", "engine_stopped"))
+                r.emit(ErrorEvent("the model's engine stopped; retry in a few seconds", "engine_stopped"))
             for s in self.slots:
                 if s.req:
-                    self._finish_error(s, "the node is shutting down; retry against a running node", "engine_stopped")
+                    self._finish_error(s, "the model's engine stopped; retry in a few seconds", "engine_stopped")
+            self.on_step()
+            if crash is not None and self.on_crash is not None:
+                self.on_crash(crash)
 
     def _admit_locked(self) -> None:
         while self._waiting:
@@ -206,6 +175,10 @@ class Scheduler:
                 best.sampler = Sampler(req.params, self.model.vocab, self.model.n_vocab)
             except GrammarError as e:
                 req.emit(ErrorEvent(str(e), "invalid_grammar"))
+                continue
+            except Exception as e:  # a sampler that cannot be built fails its request, not the engine
+                log.exception("could not build the sampler of a request")
+                req.emit(ErrorEvent(f"the sampling parameters could not be applied by llama.cpp: {e}", "engine_error"))
                 continue
             best.req = req
             best.pending = list(req.prompt[keep:])

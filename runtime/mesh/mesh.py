@@ -27,7 +27,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from .. import __version__
 from ..api.errors import APIError
 from ..api.validation import parse_generation
-from ..engine.scheduler import DoneEvent, ErrorEvent, TokenEvent
+from ..engine.events import DoneEvent, ErrorEvent, TokenEvent
 from ..generation import Generation, LoopPump, prepare_chat, prepare_completion
 from .directory import Directory, Peer
 from .identity import Identity, load_or_create, verify
@@ -478,7 +478,7 @@ class Mesh:
             e = m.engine
             entry: dict[str, Any] = {"id": m.id, "state": m.state}
             if e is not None:
-                c = e.scheduler.counts()
+                c = e.counts()
                 free = max(0, min(c["slots"] - c["slots_busy"] - lim.reserved_local_slots, mesh_room))
                 st = e.stats.summary()
                 entry.update(context_length=e.n_ctx_seq, slots=c["slots"], free_slots=free, queued=c["queued"],
@@ -784,7 +784,7 @@ class Mesh:
                 m = self.node.find(gp.model)
                 e = m.engine if m is not None else None
                 if e is not None:
-                    c = e.scheduler.counts()
+                    c = e.counts()
                     if c["slots"] - c["slots_busy"] <= lim.reserved_local_slots and c["slots"] > lim.reserved_local_slots:
                         await self._send(s, refuse(503, "this peer's free slots are kept for its own use", "peer_busy"))
                         return

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..engine.engine import EngineConfig, ModelEngine
+from ..engine.engine import ModelEngine
+from ..engine.events import EngineConfig
+from ..engine.probe import BuildRegistry
 from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
@@ -39,6 +41,7 @@ ON_DISK = "on_disk"
 LOADING = "loading"
 READY = "ready"
 UNLOADING = "unloading"
+RESTARTING = "restarting"  # its engine process crashed and is being restarted
 ERROR = "error"
 
 
@@ -83,6 +86,7 @@ class ManagedModel:
     last_used: float = field(default_factory=time.monotonic)
     loaded_at: float | None = None
     download: dict | None = None  # last progress snapshot while downloading
+    has_served: bool = False  # was loaded in this run: its health counts in /health from then on
     _load: asyncio.Future | None = None
 
     def public(self) -> dict[str, Any]:
@@ -100,13 +104,14 @@ class ManagedModel:
 class ModelManager:
     def __init__(self, models_dir: Path, cfg_provider: Callable[[], tuple[Capability, EngineConfig]],
                  ttl_seconds: float = 900.0, memory_budget_bytes: int | None = None,
-                 partial_dir: Path | None = None) -> None:
+                 partial_dir: Path | None = None, builds: BuildRegistry | None = None) -> None:
         self.models_dir = models_dir
         self.partial_dir = partial_dir or models_dir / ".partial"
         self.catalog: list[CatalogEntry] = load_catalog()
         self._downloader: Downloader | None = None
         self._pulls: dict[str, asyncio.Task] = {}
         self._cfg_provider = cfg_provider
+        self.builds = builds
         self.ttl_seconds = ttl_seconds
         self.memory_budget_bytes = memory_budget_bytes
         self.models: dict[str, ManagedModel] = {}
@@ -215,6 +220,9 @@ class ModelManager:
         m.last_used = time.monotonic()
         if m.engine is not None and m.state == READY:
             return m.engine
+        if m.engine is not None and m.state == RESTARTING:
+            raise ModelError(f"the model '{m.id}' is restarting after its engine crashed ({m.error}); retry in a "
+                             f"few seconds", 503, "model_restarting")
         if m._load is None or m._load.done():
             if m.state in (AVAILABLE, DOWNLOADING) and not m.embedded_default:
                 raise ModelError(f"the model '{m.id}' is not on this machine yet"
@@ -236,7 +244,9 @@ class ModelManager:
                 cap, cfg = self._cfg_provider()
                 await self._make_room(m, cap)
                 self._set(m, LOADING)
-                building = asyncio.ensure_future(asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg))
+                on_state = self._engine_state_callback(m, asyncio.get_running_loop())
+                building = asyncio.ensure_future(asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state,
+                                                                   self.builds))
                 try:
                     engine = await asyncio.shield(building)
                 except asyncio.CancelledError:
@@ -254,14 +264,38 @@ class ModelManager:
                 self._set(m, ERROR, str(e))
                 raise ModelError(f"the model '{m.id}' could not be loaded: {e}", 503, "model_load_failed") from None
             m.engine = engine
+            m.has_served = True
             m.loaded_at = time.time()
             m.last_used = time.monotonic()
             self._set(m, READY)
             return engine
 
+    def _engine_state_callback(self, m: ManagedModel, loop: asyncio.AbstractEventLoop):
+        """What the engine's supervisor (a thread) reports, applied on the event loop."""
+
+        def apply(state: str, reason: str | None, engine_at_crash: ModelEngine | None) -> None:
+            if m.engine is None or m.engine is not engine_at_crash:
+                return  # unloaded (or replaced) meanwhile
+            if state == "restarting":
+                self._set(m, RESTARTING, reason)
+            elif state == "ready":
+                self._set(m, READY)
+            elif state == "failed":
+                m.engine = None  # its worker is gone; a later request or load starts a new one
+                self._set(m, ERROR, reason)
+
+        def on_state(state: str, reason: str | None) -> None:
+            engine = m.engine
+            try:
+                loop.call_soon_threadsafe(apply, state, reason, engine)
+            except RuntimeError:
+                pass  # the loop is closed: the node is gone
+
+        return on_state
+
     def _footprint(self, m: ManagedModel) -> int:
         if m.engine is not None:
-            return m.engine.info.size_bytes + m.engine.slot_plan.kv_bytes
+            return m.engine.info.size_bytes + m.engine.kv_cache_bytes
         return m.path.stat().st_size if m.path and m.path.exists() else 0
 
     async def _make_room(self, m: ManagedModel, cap: Capability) -> None:
@@ -290,7 +324,7 @@ class ModelManager:
     def _busy(m: ManagedModel) -> bool:
         if m.engine is None:
             return False
-        c = m.engine.scheduler.counts()
+        c = m.engine.counts()
         return c["in_flight"] > 0 or c["queued"] > 0
 
     async def unload(self, model_id: str, force: bool = False) -> None:

@@ -17,7 +17,7 @@ from runtime.api.validation import (
     parse_prompts,
 )
 from runtime.engine.grammar import grammar_for_response_format
-from runtime.engine.sampling import DEFAULT_MIN_P, DEFAULT_TOP_K
+from runtime.engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 N_VOCAB = 1000
 

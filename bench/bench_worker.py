@@ -1,0 +1,140 @@
+"""The cost of running the engine in a worker process, measured side by side in one run.
+
+Two engines over the same model file, driven the same way from this process, alternating round by round:
+- "worker": ModelEngine, the node's real engine (a supervised worker process; tokenizing is a call to it,
+  events come back over a pipe once per decode step);
+- "in-process": EngineCore, the same llama.cpp code run in this process, as the node did before.
+
+Prints, per stream count, the median over rounds of aggregate decode tok/s and the ratio worker/in-process
+(target >= 0.95), and the TTFT of one request at a time from "prompt text handed over" to "first token
+here" for both, whose difference is the worker hop's own cost (target <= 2 ms).
+
+    .venv/bin/python bench/bench_worker.py [--rounds 6] [--tokens 128] [--ttft-samples 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runtime.engine.engine import ModelEngine  # noqa: E402
+from runtime.engine.events import DoneEvent, EngineConfig, GenRequest, SamplingParams, TokenEvent  # noqa: E402
+from runtime.hardware import RuntimeCapability, default_threads, detect  # noqa: E402
+from runtime.models.embedded import ensure_default_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class InProcess:
+    """EngineCore behind the same calls the benchmark makes on ModelEngine."""
+
+    def __init__(self, path: Path, cap, cfg: EngineConfig) -> None:
+        from runtime.engine.core import EngineCore
+
+        self.core = EngineCore("bench", path, cap, cfg)
+
+    async def completion_prompt(self, text: str) -> list[int]:
+        return self.core.completion_prompt(text)
+
+    def submit(self, req: GenRequest) -> None:
+        self.core.submit(req)
+
+    def close(self) -> None:
+        self.core.close()
+
+
+def run_streams(engine, n: int, tokens: int, tag: str) -> float:
+    """n concurrent greedy generations of ``tokens`` tokens each; aggregate tok/s."""
+    done = threading.Semaphore(0)
+    counts = [0] * n
+
+    def emitter(i: int):
+        def emit(ev) -> None:
+            if isinstance(ev, TokenEvent):
+                counts[i] += 1
+            else:
+                if not isinstance(ev, DoneEvent):
+                    raise SystemExit(f"{tag}: {ev}")
+                done.release()
+        return emit
+
+    prompts = [asyncio.run(engine.completion_prompt(f"[{tag} {i} {time.time_ns()}] Tell a long story about the sea:"))
+               for i in range(n)]
+    t0 = time.perf_counter()
+    for i in range(n):
+        engine.submit(GenRequest(prompt=prompts[i], params=SamplingParams(temperature=0, seed=1),
+                                 max_new_tokens=tokens, stop=[], emit=emitter(i)))
+    for _ in range(n):
+        done.acquire()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def ttft(engine, tag: str, i: int) -> float:
+    """Prompt text handed over → first token event here, in ms (one request alone)."""
+    first = threading.Event()
+    finished = threading.Event()
+    stamp: list[float] = []
+
+    def emit(ev) -> None:
+        if isinstance(ev, TokenEvent) and not stamp:
+            stamp.append(time.perf_counter())
+            first.set()
+        if not isinstance(ev, TokenEvent):
+            finished.set()
+
+    t0 = time.perf_counter()
+    prompt = asyncio.run(engine.completion_prompt(f"[{tag} {i} {time.time_ns()}] The capital of France is"))
+    engine.submit(GenRequest(prompt=prompt, params=SamplingParams(temperature=0), max_new_tokens=2, stop=[],
+                             emit=emit))
+    first.wait(60)
+    finished.wait(60)
+    return (stamp[0] - t0) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--ttft-samples", type=int, default=30)
+    ap.add_argument("--streams", default="1,8")
+    args = ap.parse_args()
+    path = ensure_default_model(REPO / ".cache" / "models")
+    cap = detect()
+    threads = default_threads(cap)
+    cap = RuntimeCapability(cap, threads).cap
+    cfg = EngineConfig(threads=threads, slots=8, ctx_per_slot=1024)
+    worker = ModelEngine("bench", path, cap, cfg)
+    inproc = InProcess(path, cap, cfg)
+    engines = {"worker": worker, "in-process": inproc}
+    print(f"model {path.name}, {threads} threads, {args.rounds} rounds alternating, {args.tokens} tokens/stream")
+    try:
+        for n in (int(x) for x in args.streams.split(",")):
+            results: dict[str, list[float]] = {k: [] for k in engines}
+            for r in range(args.rounds):
+                order = list(engines) if r % 2 == 0 else list(reversed(engines))
+                for name in order:
+                    results[name].append(run_streams(engines[name], n, args.tokens, name))
+            w, p = statistics.median(results["worker"]), statistics.median(results["in-process"])
+            print(f"{n} stream(s): worker {w:6.1f} tok/s, in-process {p:6.1f} tok/s, ratio {w / p:.3f}  "
+                  f"(rounds: {[round(x, 1) for x in results['worker']]} vs {[round(x, 1) for x in results['in-process']]})")
+        samples: dict[str, list[float]] = {k: [] for k in engines}
+        for i in range(args.ttft_samples):
+            for name in (list(engines) if i % 2 == 0 else list(reversed(engines))):
+                samples[name].append(ttft(engines[name], name, i))
+        w, p = statistics.median(samples["worker"]), statistics.median(samples["in-process"])
+        print(f"TTFT p50 (one request, prompt text → first token): worker {w:.2f} ms, in-process {p:.2f} ms, "
+              f"worker hop {w - p:+.2f} ms")
+    finally:
+        worker.close()
+        inproc.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What flows between the node and an engine: plain data only, importable without llama.cpp.
+
+The node's own process never loads llama.cpp (it runs in a supervised worker process, see worker.py), so
+everything the API, the mesh and the model manager share with the engine lives here: the sampling
+parameters of a request, the request itself, and the events a generation produces.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Defaults follow the OpenAI API where it defines one (temperature, top_p) and llama.cpp's otherwise.
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+
+
+class QueueFull(Exception):
+    pass
+
+
+class EngineStopped(Exception):
+    pass
+
+
+class EngineUnavailable(Exception):
+    """The engine's worker process is down (crashed and restarting, or given up on)."""
+
+    def __init__(self, message: str, retry_after: int | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    threads: int
+    slots: int | None = None
+    ctx_per_slot: int | None = None
+    gpu_layers: int | None = None
+    max_queue: int = 64
+    kv_type: str = "f16"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = DEFAULT_TOP_K
+    min_p: float = DEFAULT_MIN_P
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, rule "root"
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class TokenEvent:
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_ms: float
+    tokens_per_second: float | None
+
+
+@dataclass
+class ErrorEvent:
+    """``code``: "engine_error", "invalid_grammar", "engine_stopped", "overloaded", or "engine_crashed" — the
+    engine's process died while this request ran: the request may be what killed it, so it is never retried
+    (not by the SDKs, not on another peer)."""
+
+    message: str
+    code: str = "engine_error"
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class GenRequest:
+    prompt: list[int]
+    params: SamplingParams
+    max_new_tokens: int | None  # None: until the slot's context is full
+    stop: list[str]
+    emit: Callable[[Event], None]
+    submitted_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    rid: int = -1  # the request's number on its engine worker
+
+    def cancel(self) -> None:
+        self.cancelled = True

@@ -1,0 +1,229 @@
+"""The engine worker and its supervisor (runtime/engine/engine.py, worker.py, probe.py, variants.py).
+
+The supervisor is driven with the real model in a real worker process; the probe is made to die on purpose
+with a stand-in libllama whose constructor raises SIGILL, exactly as a build the CPU cannot run does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime.engine import engine as engine_mod
+from runtime.engine.engine import EngineLoadError, ModelEngine
+from runtime.engine.events import DoneEvent, EngineConfig, ErrorEvent, GenRequest, SamplingParams, TokenEvent
+from runtime.engine.probe import BuildRegistry, describe_exit, is_build_fault
+from runtime.engine.variants import INSTALLED, LibraryVariant, candidates, supported_variants
+from runtime.hardware import RuntimeCapability, detect, installed_llama_lib_dir
+
+from ..conftest import wait_for
+
+AVX512_CPU = frozenset({"sse4_2", "popcnt", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl",
+                        "avx512dq", "avx512bw", "amx_tile", "amx_int8"})
+
+
+# -- pure parts ------------------------------------------------------------------------------------------
+
+
+def test_exit_codes_in_plain_words():
+    assert "illegal instruction" in describe_exit(-signal.SIGILL)
+    assert "segmentation fault" in describe_exit(-signal.SIGSEGV)
+    assert "aborted" in describe_exit(-signal.SIGABRT)
+    assert "generation loop failed" in describe_exit(70)
+    assert "code 3" in describe_exit(3)
+    assert is_build_fault(-signal.SIGILL) and is_build_fault(-signal.SIGBUS)
+    assert not is_build_fault(-signal.SIGSEGV) and not is_build_fault(0) and not is_build_fault(None)
+
+
+def test_variants_best_first_only_what_the_cpu_runs():
+    names = ["x86-64-v2", "avx2", "avx512"]
+    assert supported_variants(names, AVX512_CPU, "x86_64") == ["avx512", "avx2", "x86-64-v2"]
+    avx2_only = frozenset({"sse4_2", "popcnt", "avx2", "fma", "f16c", "bmi2"})
+    assert supported_variants(names, avx2_only, "x86_64") == ["avx2", "x86-64-v2"]
+    assert supported_variants(names, frozenset({"sse4_2", "popcnt"}), "x86_64") == ["x86-64-v2"]
+    assert supported_variants(["arm64"], frozenset(), "arm64") == ["arm64"]
+
+
+def test_candidates_without_a_bundle_is_the_installed_build(tmp_path):
+    assert candidates(root=tmp_path / "absent") == [LibraryVariant(INSTALLED, None)]
+    (tmp_path / "avx2").mkdir()
+    (tmp_path / "avx512").mkdir()
+    got = candidates(root=tmp_path, cpu_flags=AVX512_CPU, machine="x86_64")
+    assert [v.name for v in got] == ["avx512", "avx2"]
+    assert got[0].env() == {"LLAMA_CPP_LIB_PATH": str(tmp_path / "avx512")}
+
+
+def test_build_registry_remembers_a_fault_until_the_build_changes(tmp_path):
+    lib = tmp_path / "v"
+    lib.mkdir()
+    (lib / "libllama.so").write_bytes(b"one build")
+    v = LibraryVariant("avx512", lib)
+    reg = BuildRegistry(tmp_path / "builds.json")
+    assert reg.fault(v) is None
+    reg.record_fault(v, "illegal instruction (SIGILL)")
+    assert BuildRegistry(tmp_path / "builds.json").fault(v) == "illegal instruction (SIGILL)"
+    (lib / "libllama.so").write_bytes(b"a reinstalled, different build")
+    assert reg.fault(v) is None
+
+
+# -- the real worker ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cap():
+    c = detect()
+    return RuntimeCapability(c, 2).cap
+
+
+CFG = EngineConfig(threads=2, slots=2, ctx_per_slot=512)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list = []
+        self.done = threading.Event()
+
+    def __call__(self, ev) -> None:
+        self.events.append(ev)
+        if not isinstance(ev, TokenEvent):
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, TokenEvent))
+
+
+def _request(engine: ModelEngine, max_new: int, prompt_text: str = "Count from 1 to 100:") -> tuple[GenRequest, Collector]:
+    prompt = asyncio.run(engine.completion_prompt(prompt_text))
+    c = Collector()
+    req = GenRequest(prompt=prompt, params=SamplingParams(temperature=0), max_new_tokens=max_new, stop=[], emit=c)
+    engine.submit(req)
+    return req, c
+
+
+def test_generation_and_calls_through_the_worker(model_path, cap):
+    e = ModelEngine("m", model_path, cap, CFG)
+    try:
+        assert e.n_vocab > 1000 and e.n_ctx_seq == 512 and e.n_slots == 2
+        toks = asyncio.run(e.completion_prompt("Hello world"))
+        assert asyncio.run(e.detokenize(toks)).strip() == "Hello world"
+        _, c = _request(e, 8)
+        assert c.done.wait(60)
+        done = c.events[-1]
+        assert isinstance(done, DoneEvent) and done.completion_tokens == 8 and c.text
+        vec, n = asyncio.run(e.embed("a sentence"))
+        assert n > 0 and abs(sum(v * v for v in vec) - 1.0) < 1e-3
+        assert e.stats.summary()["samples"] == 1
+    finally:
+        e.close()
+    assert e.state == "closed" and not e._proc.is_alive()
+
+
+def test_a_crash_fails_the_running_requests_and_the_worker_restarts(model_path, cap, monkeypatch):
+    monkeypatch.setattr(engine_mod, "RESTART_BACKOFF", (0.05, 0.05, 0.05))
+    states: list[tuple[str, str | None]] = []
+    e = ModelEngine("m", model_path, cap, CFG, on_state=lambda s, r: states.append((s, r)))
+    try:
+        first_pid = e._proc.pid
+        _, c = _request(e, 400)
+        wait_for(lambda: c.events, 60, what="the first token")
+        os.kill(first_pid, signal.SIGSEGV)
+        assert c.done.wait(30), "a request hung after its engine crashed"
+        err = c.events[-1]
+        assert isinstance(err, ErrorEvent) and err.code == "engine_crashed" and "segmentation fault" in err.message
+        wait_for(lambda: ("ready", None) in states, 60, what="the restart")
+        assert states[0][0] == "restarting" and "segmentation fault" in states[0][1]
+        assert e.restarts == 1 and e._proc.pid != first_pid
+        _, c2 = _request(e, 4)
+        assert c2.done.wait(60) and isinstance(c2.events[-1], DoneEvent)
+        # One crash more than the window allows: given up, with the reason.
+        for i in range(3):
+            os.kill(e._proc.pid, signal.SIGKILL)
+            wait_for(lambda: len(states) >= 2 * (i + 2) or states[-1][0] == "failed", 60, what=f"crash {i + 2}")
+        wait_for(lambda: states[-1][0] == "failed", 60, what="giving up")
+        assert "crashed 4 times" in states[-1][1] and e.state == "failed"
+    finally:
+        e.close()
+
+
+def _sigill_lib(dest: Path) -> Path:
+    """A libllama.so that dies of SIGILL as it is loaded: a build this CPU cannot run."""
+    dest.mkdir(parents=True)
+    src = dest / "die.c"
+    src.write_text("#include <signal.h>\n__attribute__((constructor)) static void die(void) { raise(SIGILL); }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(dest / "libllama.so"), str(src)], check=True)
+    return dest
+
+
+def _installed_copy(dest: Path) -> Path:
+    """A variant folder holding the installed build (as a bundle's variant folder would)."""
+    lib = installed_llama_lib_dir()
+    assert lib is not None
+    shutil.copytree(lib, dest, symlinks=True)
+    return dest
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the stand-in library")
+def test_probe_falls_back_from_a_build_that_traps_and_never_retries_it(model_path, cap, tmp_path):
+    bad = LibraryVariant("avx512", _sigill_lib(tmp_path / "variants" / "avx512"))
+    good = LibraryVariant("avx2", _installed_copy(tmp_path / "variants" / "avx2"))
+    reg = BuildRegistry(tmp_path / "builds.json")
+    e = ModelEngine("m", model_path, cap, CFG, builds=reg, variants=[bad, good])
+    try:
+        assert e.variant == good
+        assert "illegal instruction" in e.skipped_variants["avx512"]
+        assert "illegal instruction" in reg.fault(bad)
+        assert e.status()["engine"]["llama_build"] == "avx2"
+        _, c = _request(e, 4)
+        assert c.done.wait(60) and isinstance(c.events[-1], DoneEvent)
+    finally:
+        e.close()
+    # The next start does not run the bad build again (its constructor would kill the worker at once).
+    spawned: list[str] = []
+    real_spawn = ModelEngine._spawn
+
+    def spy(self, variant):
+        spawned.append(variant.name)
+        return real_spawn(self, variant)
+
+    ModelEngine._spawn = spy
+    try:
+        e2 = ModelEngine("m", model_path, cap, CFG, builds=reg, variants=[bad, good])
+        e2.close()
+    finally:
+        ModelEngine._spawn = real_spawn
+    assert spawned == ["avx2"]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the stand-in library")
+def test_when_every_build_traps_the_load_fails_in_plain_words(model_path, cap, tmp_path):
+    bad = LibraryVariant(INSTALLED, _sigill_lib(tmp_path / "only"))
+    with pytest.raises(EngineLoadError) as exc:
+        ModelEngine("m", model_path, cap, CFG, builds=BuildRegistry(tmp_path / "b.json"), variants=[bad])
+    msg = str(exc.value)
+    assert "cannot run on this computer's processor" in msg and "illegal instruction" in msg
+
+
+def test_a_file_llama_cpp_refuses_is_a_clean_load_error(cap, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(EngineLoadError) as exc:
+        ModelEngine("junk", junk, cap, CFG)
+    assert "could not load" in str(exc.value)
+
+
+def test_importing_the_node_does_not_load_llama_cpp():
+    """The node's process imports everything it serves with, and llama.cpp is not among it."""
+    code = ("import sys, runtime.cli, runtime.api.app, runtime.node, runtime.server, runtime.generation, "
+            "runtime.mesh.mesh, runtime.api.validation; print(sorted(m for m in sys.modules if m.startswith('llama_cpp')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
