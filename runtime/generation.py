@@ -49,6 +49,18 @@ async def engine_for(node: Node, model: str) -> ModelEngine:
         raise APIError(e.status, str(e), "invalid_request_error", "model", e.code) from None
 
 
+def check_text_fits(engine: ModelEngine, text: str, what: str, param: str) -> None:
+    """Refuse a text that cannot fit the context whatever its tokens, before tokenizing it: a text of B
+    bytes is at least B / (the longest token's bytes) tokens. Tokenizing huge inputs (e.g. thousands of
+    messages, each full of special tokens) costs far more than this check."""
+    n_bytes = len(text.encode("utf-8", "surrogatepass"))
+    at_least = -(-n_bytes // engine.max_token_bytes)
+    if at_least >= engine.n_ctx_seq:
+        raise APIError(400, f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, your {what} "
+                            f"resulted in at least {at_least} tokens. Please reduce the length of the {what}.",
+                       "invalid_request_error", param, "context_length_exceeded")
+
+
 def check_context(engine: ModelEngine, n_prompt: int, max_tokens: int | None, what: str, param: str) -> None:
     limit = engine.n_ctx_seq
     if n_prompt >= limit:
@@ -194,7 +206,9 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
             rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
-    prompt = await _engine_call(engine.chat_prompt(rendered + continue_with))
+    rendered += continue_with
+    check_text_fits(engine, rendered, "messages", "messages")
+    prompt = await _engine_call(engine.chat_prompt(rendered))
     check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
     return Prepared(engine, gp, [prompt] * gp.n)
 
@@ -211,6 +225,7 @@ async def prepare_completion(node: Node, body: dict, gp: GenerationParams, conti
     tail = await _engine_call(engine.continuation_tokens(continue_with))
     for i, p in enumerate(prompts_in):
         if isinstance(p, str):
+            check_text_fits(engine, p, "prompt", "prompt")
             toks = await _engine_call(engine.completion_prompt(p))
             texts.append(p)
         else:

@@ -18,7 +18,7 @@ from .. import __version__
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.events import DoneEvent, EngineUnavailable, ErrorEvent, TokenEvent
 from ..mesh.router import local_has_room
-from ..generation import (Generation, Job, LoopPump, available_models, engine_for,
+from ..generation import (Generation, Job, LoopPump, available_models, check_text_fits, engine_for,
                           prepare_chat, prepare_completion)
 from ..node import Node
 from .errors import APIError, invalid, model_not_found
@@ -331,6 +331,8 @@ async def embeddings(request: web.Request) -> web.Response:
     for i, item in enumerate(items):
         if isinstance(item, list) and any(not (0 <= t < engine.n_vocab) for t in item):
             raise invalid(f"'input[{i}]' contains a token id outside this model's vocabulary.", "input")
+        if isinstance(item, str):
+            check_text_fits(engine, item, f"input[{i}]", "input")
         try:
             vec, n = await engine.embed(item)
         except EngineUnavailable as e:

@@ -136,7 +136,7 @@ class EngineCore:
         """What the node needs to know about this engine, sent once when the worker is ready."""
         info = self.info
         return {
-            "info": info, "n_ctx_seq": self.n_ctx_seq, "slots": self.scheduler.n_slots, "batch_size": self.ctx.n_batch,
+            "info": info, "n_ctx_seq": self.n_ctx_seq, "max_token_bytes": self.model.max_token_bytes(), "slots": self.scheduler.n_slots, "batch_size": self.ctx.n_batch,
             "kv_cache_bytes": self.slot_plan.kv_bytes, "offload": self.offload,
         }
 

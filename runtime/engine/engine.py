@@ -146,6 +146,7 @@ class ModelEngine:
     def _describe(self, desc: dict) -> None:
         self.info = desc["info"]
         self.n_ctx_seq: int = desc["n_ctx_seq"]
+        self.max_token_bytes: int = max(1, desc["max_token_bytes"])
         self.n_slots: int = desc["slots"]
         self.batch_size: int = desc["batch_size"]
         self.kv_cache_bytes: int = desc["kv_cache_bytes"]

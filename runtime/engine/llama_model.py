@@ -154,6 +154,11 @@ class LlamaModel:
     def token_text(self, token: int) -> str:
         return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
+    def max_token_bytes(self) -> int:
+        """The longest text any one token stands for (special tokens as written): a text of B bytes is at
+        least B / this many tokens, which bounds a prompt's length before it is tokenized."""
+        return max(max(len(self._token_bytes(t, True)), len(self._token_bytes(t, False))) for t in range(self.n_vocab))
+
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
 

@@ -149,11 +149,13 @@ class Scheduler:
             with self._cv:
                 self._stopping = True
                 waiting, self._waiting = list(self._waiting), collections.deque()
+            why = ("the model's engine stopped after an internal error; retry in a few seconds" if crash is not None
+                   else "the node is shutting down; retry against a running node")
             for r in waiting:
-                r.emit(ErrorEvent("the model's engine stopped; retry in a few seconds", "engine_stopped"))
+                r.emit(ErrorEvent(why, "engine_stopped"))
             for s in self.slots:
                 if s.req:
-                    self._finish_error(s, "the model's engine stopped; retry in a few seconds", "engine_stopped")
+                    self._finish_error(s, why, "engine_stopped")
             self.on_step()
             if crash is not None and self.on_crash is not None:
                 self.on_crash(crash)

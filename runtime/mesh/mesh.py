@@ -831,7 +831,10 @@ class Mesh:
                                                "completion_tokens": ev.completion_tokens,
                                                "cached_tokens": ev.cached_tokens}})
                 elif isinstance(ev, ErrorEvent):
-                    await self._send(s, refuse(503, ev.message, ev.code or "engine_error"))
+                    # engine_crashed: this request may be what crashed the engine; the requester must not
+                    # take it to another peer.
+                    await self._send(s, refuse(500 if ev.code == "engine_crashed" else 503, ev.message,
+                                               ev.code or "engine_error"))
                     return
         except asyncio.CancelledError:
             raise
