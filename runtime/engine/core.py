@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..hardware import Capability, plan_offload, plan_slots
-from .llama_model import LlamaContext, LlamaModel, ModelInfo, ModelLoadError
+from .events import ModelInfo
+from .llama_model import LlamaContext, LlamaModel, ModelLoadError
 from .events import DoneEvent, EngineConfig, GenRequest
 from .scheduler import Scheduler
 
@@ -57,7 +58,7 @@ class EngineCore:
                                kv_type=cfg.kv_type)
         self.scheduler = Scheduler(self.model, self.ctx, cfg.max_queue, on_finished=on_finished, on_step=on_step,
                                    on_crash=on_crash)
-        log.info(
+        log.debug(
             "loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), %d threads",
             model_id, path.name, info.description, slot_plan.slots, self.ctx.n_ctx_seq,
             slot_plan.kv_bytes / 2**20, offload.gpu_layers, offload.total_layers, offload.reason, cfg.threads,

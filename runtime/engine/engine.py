@@ -84,6 +84,12 @@ class ModelEngine:
         self.skipped_variants: dict[str, str] = {}
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
         self._describe(desc)
+        info, off = self.info, self.offload
+        log.info("loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), "
+                 "%d threads; engine process %d, llama.cpp build %s%s",
+                 model_id, path.name, info.description, self.n_slots, self.n_ctx_seq, self.kv_cache_bytes / 2**20,
+                 off.gpu_layers, off.total_layers, off.reason, cfg.threads, self._proc.pid, self.variant.name,
+                 "; no chat template in the GGUF, using ChatML" if self.template.is_fallback else "")
 
     # -- starting workers ---------------------------------------------------------------------------
 
@@ -208,10 +214,14 @@ class ModelEngine:
     # -- crashes and restarts -------------------------------------------------------------------------
 
     def _worker_died(self, exitcode: int | None) -> None:
+        reason = describe_exit(exitcode)
         with self._lock:
             reqs, self._reqs = list(self._reqs.values()), {}
             calls, self._calls = list(self._calls.values()), {}
             self._conn = None
+            if not self._closing:
+                self.last_error = f"its engine process crashed: {reason}"
+                self.state = "restarting"  # from here on, new requests get "restarting", not a broken pipe
         if self._closing:
             for r in reqs:
                 r.emit(ErrorEvent("the node is shutting down; retry against a running node", "engine_stopped"))
@@ -219,8 +229,6 @@ class ModelEngine:
                 _resolve(waiter, False, ("stopped", "the model is shutting down", ()))
             self.state = "closed"
             return
-        reason = describe_exit(exitcode)
-        self.last_error = f"its engine process crashed: {reason}"
         log.error("the engine of %s crashed (%s) with %d request(s) running; restarting it", self.id, reason, len(reqs))
         for r in reqs:
             r.emit(ErrorEvent(
@@ -243,6 +251,11 @@ class ModelEngine:
             self.state = "closed"
             return
         kind, payload = self._spawn(self.variant)
+        if kind == "ready" and self._closing:  # closed while the new worker started: stop it too
+            self._conn.send(("stop",))
+            self._proc.join(STOP_TIMEOUT)
+            self.state = "closed"
+            return
         if kind == "ready":
             self.restarts += 1
             self._describe(payload)

@@ -9,11 +9,41 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 # Defaults follow the OpenAI API where it defines one (temperature, top_p) and llama.cpp's otherwise.
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
+
+
+# KV cache element types: name -> (ggml type id, bytes per element). q8_0 halves the cache and decodes
+# as fast, but needs flash attention, whose CPU kernel reads prompts ~3x slower (docs/benchmarks.md).
+KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    description: str
+    n_ctx_train: int
+    n_layer: int
+    n_embd: int
+    n_head_kv: int
+    n_head: int
+    n_vocab: int
+    n_params: int
+    size_bytes: int
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+    add_bos: bool
+    architecture: str
+
+    def kv_bytes_per_token(self, kv_type: str = "f16") -> int:
+        """K and V for every layer: the KV cache cost of one token of context."""
+        head_dim = self.n_embd // max(1, self.n_head)
+        return int(2 * self.n_layer * self.n_head_kv * head_dim * KV_TYPES[kv_type][1])
 
 
 class QueueFull(Exception):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+
+from .events import KV_TYPES, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -34,37 +35,8 @@ def _ensure_backend() -> None:
             _backend_ready = True
 
 
-# KV cache element types: name -> (ggml type id, bytes per element). q8_0 halves the cache and decodes
-# as fast, but needs flash attention, whose CPU kernel reads prompts ~3x slower (docs/benchmarks.md).
-KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
-
-
 class ModelLoadError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    path: Path
-    description: str
-    n_ctx_train: int
-    n_layer: int
-    n_embd: int
-    n_head_kv: int
-    n_head: int
-    n_vocab: int
-    n_params: int
-    size_bytes: int
-    chat_template: str | None
-    bos_text: str
-    eos_text: str
-    add_bos: bool
-    architecture: str
-
-    def kv_bytes_per_token(self, kv_type: str = "f16") -> int:
-        """K and V for every layer: the KV cache cost of one token of context."""
-        head_dim = self.n_embd // max(1, self.n_head)
-        return int(2 * self.n_layer * self.n_head_kv * head_dim * KV_TYPES[kv_type][1])
 
 
 def _meta_str(model: llama_cpp.llama_model_p, key: str) -> str | None:
