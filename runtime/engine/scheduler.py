@@ -245,7 +245,13 @@ class Scheduler:
         for s, idx in samplers:
             if s.req is None:
                 continue
-            token = s.sampler.sample(self.ctx.ctx, idx)
+            try:
+                token = s.sampler.sample(self.ctx.ctx, idx)
+            except GrammarError as e:  # the grammar allows no token here: this request fails, not the loop
+                self.ctx.seq_remove(s.seq)
+                s.kv.clear()
+                self._finish_error(s, str(e), "invalid_grammar")
+                continue
             if s.first_token_at is None:
                 s.first_token_at = now
             if self.model.is_eog(token):
