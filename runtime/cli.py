@@ -23,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
         threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
-        keepalive_seconds=args.keepalive, model_ttl=args.model_ttl, kv_type=args.kv_type,
+        keepalive_seconds=args.keepalive, read_timeout=args.read_timeout, model_ttl=args.model_ttl,
+        kv_type=args.kv_type,
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
         allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
         hub=args.hub, hub_host=args.hub_host, hub_port=args.hub_port,
@@ -471,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "idle model is unloaded to make room")
     s.add_argument("--keepalive", type=float, default=5.0,
                    help="seconds between SSE keep-alive comments while a stream waits (default 5)")
+    s.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request's head must arrive within this, and its body may not stall this long (default 30)")
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")
     s.add_argument("--allow-origin", action="append", help="browser origin allowed to call the API (repeatable)")
     s.add_argument("--hub", action="store_true", help="also run a private mesh hub (embedded nats-server)")

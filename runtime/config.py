@@ -6,14 +6,17 @@ single folder (tests always set it).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
+log = logging.getLogger(__name__)
 APP_NAME = "ClosedMesh"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9337
@@ -48,12 +51,27 @@ class Paths:
             p.mkdir(parents=True, exist_ok=True)
 
 
+def read_secret_file(path: Path) -> str | None:
+    """The text of a secret file, None when there is none. A file that other users may read or write
+    (copied from a backup, created by hand under a default umask) is fixed to 0600 with a warning: the
+    node must not go on using it silently, and its owner should know the secret may have been seen."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if os.name == "posix" and mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning("%s was readable or writable by other users (mode %03o); its mode is now 0600. If other "
+                    "people use this computer, replace the secret: delete the file and restart the node.",
+                    path, mode)
+    return path.read_text().strip()
+
+
 def _read_or_create_secret_file(path: Path, make: "callable[[], str]") -> str:
     """A small per-user secret/identifier file, readable by its owner only."""
-    if path.exists():
-        value = path.read_text().strip()
-        if value:
-            return value
+    value = read_secret_file(path)
+    if value:
+        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -88,7 +106,8 @@ class ServeSettings:
     model_ttl: float = 900.0  # seconds an on-demand model stays loaded while idle
     memory_budget_bytes: int | None = None  # loaded models' weights + KV; None: 80% of RAM at start
     # HTTP
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024  # larger bodies are answered 413 (docs/api.md, "Limits")
+    read_timeout: float = 30.0  # seconds a request's head may take to arrive, and its body may stall
     keepalive_seconds: float = 5.0  # SSE comment interval while a stream waits
     allowed_hosts: tuple[str, ...] = ()  # extra Host header names accepted besides loopback names
     allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to call the API

@@ -7,16 +7,35 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import signal
 import socket
 import urllib.request
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from .api.app import build_app
+from .api.errors import APIError
+from .api.pressure import FD_PRESSURE, is_fd_exhaustion
 from .node import Node
 
+try:
+    import resource
+except ImportError:  # Windows: no RLIMIT_NOFILE to read or raise
+    resource = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
+# Descriptors kept free for everything besides client connections (model files, the mesh's sockets, a
+# hub's nats-server, downloads, logs): past this, new connections are answered 503 at once.
+FD_HEADROOM = 64
+# A request body slower than this on average (after its first read_timeout seconds) is cut off.
+MIN_BODY_BYTES_PER_SECOND = 1024
+# Idle keep-alive connections are closed after this long (aiohttp's default is an hour).
+KEEPALIVE_TIMEOUT = 75.0
 
 
 class PortInUse(RuntimeError):
@@ -67,11 +86,258 @@ def stop_on_signals(stop: asyncio.Event) -> None:
             pass
 
 
+def _raw_response(err: APIError) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, for answers given outside aiohttp's
+    request cycle (a shed connection, a read timeout)."""
+    body = json.dumps(err.body()).encode()
+    reason = {408: "Request Timeout", 503: "Service Unavailable"}.get(err.status, "Error")
+    head = (f"HTTP/1.1 {err.status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    if err.retry_after is not None:
+        head += f"Retry-After: {err.retry_after}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def parser_error(status: int, exc: BaseException | None, max_field_size: int) -> APIError:
+    """aiohttp's own errors (the HTTP parser's, a handler that timed out or crashed past the middleware)
+    as OpenAI errors with the right status."""
+    if isinstance(exc, LineTooLong):
+        return APIError(431, f"A header line (or the request line) is longer than this node accepts "
+                             f"({max_field_size} bytes).", "invalid_request_error", None, "header_too_large")
+    if isinstance(exc, BadHttpMethod):
+        return APIError(400, f"This is not an HTTP request this node understands ({exc.message}). Use "
+                             f"http:// (not https://) and a standard method.", "invalid_request_error", None,
+                        "bad_http_request")
+    if isinstance(exc, HttpProcessingError):
+        msg = exc.message or "malformed request"
+        if "Too many headers" in msg:
+            return APIError(431, f"The request has more headers than this node accepts ({msg}).",
+                            "invalid_request_error", None, "too_many_headers")
+        if "Missing 'Host'" in msg:
+            return APIError(400, "An HTTP/1.1 request must carry a Host header.", "invalid_request_error", None,
+                            "missing_host")
+        code = exc.code if 400 <= (exc.code or 0) < 600 else 400
+        return APIError(code, f"The HTTP request could not be parsed: {msg}", "invalid_request_error", None,
+                        "bad_http_request")
+    if status == 504:
+        return APIError(504, "The request took too long to handle.", "server_error", None, "timeout")
+    if status >= 500:
+        return APIError(status, "The node hit an internal error while handling this request; it has been logged "
+                                "and the node keeps serving.", "server_error", None, "internal_error")
+    return APIError(status, "The HTTP request could not be handled.", "invalid_request_error", None,
+                    "bad_http_request")
+
+
+class Connection(RequestHandler):
+    """aiohttp's per-connection protocol with what a node open to strangers needs besides:
+
+    - errors of aiohttp's own (the HTTP parser's) in the OpenAI shape, logged at debug level only;
+    - a read deadline: a request's head must arrive within ``read_timeout`` seconds, and its body must
+      neither stall that long nor average under MIN_BODY_BYTES_PER_SECOND, so half-open and trickling
+      connections cannot pile up;
+    - load shedding: past the descriptor budget a new connection is answered 503 and closed at once.
+    """
+
+    __slots__ = ("_head_since", "_body_since", "_body_bytes", "_last_data")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server: GuardedServer = self._manager  # type: ignore[assignment]
+        if server.over_capacity():
+            self._force_close = True  # data_received ignores whatever the client sends
+            server.shed(transport)  # type: ignore[arg-type]
+            return
+        super().connection_made(transport)
+        self._head_since: float | None = self._loop.time()
+        self._body_since = 0.0
+        self._body_bytes = 0
+        self._last_data = self._loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            return
+        now = self._loop.time()
+        self._last_data = now
+        if self._head_since is None and self._current_request is None and not self._messages:
+            self._head_since = now  # the next request begins on a kept-alive connection
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:  # a head was parsed: what follows is its body
+            self._head_since = None
+            self._body_since = now
+            self._body_bytes = 0
+        else:
+            self._body_bytes += len(data)
+
+    def check_deadline(self, now: float, timeout: float) -> None:
+        """Called about once a second: close a connection whose client is too slow."""
+        if self._force_close or self.transport is None:
+            return
+        request = self._current_request
+        if request is None:
+            if self._head_since is not None and not self._request_in_progress and now - self._head_since > timeout:
+                self._time_out(f"The request head was not received within {timeout:g} seconds.")
+            return
+        if request.content.is_eof():
+            return
+        stalled = now - self._last_data > timeout
+        too_slow = now > self._body_since + timeout + self._body_bytes / MIN_BODY_BYTES_PER_SECOND
+        if stalled or too_slow:
+            self._time_out(f"The request body was not received in time: it must not pause for {timeout:g} "
+                           f"seconds nor arrive slower than {MIN_BODY_BYTES_PER_SECOND} bytes a second.",
+                           answer=request.writer.output_size == 0)
+
+    def _time_out(self, message: str, answer: bool = True) -> None:
+        log.debug("closing a slow connection from %s: %s", self.peername, message)
+        if answer and self.transport is not None:
+            self.transport.write(_raw_response(APIError(408, message, "invalid_request_error", None,
+                                                        "request_timeout")))
+        self.force_close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500 and not isinstance(exc, ConnectionError):
+            log.error("error handling %s %s", getattr(request, "method", "?"), getattr(request, "path", "?"),
+                      exc_info=exc)
+        else:  # the client's fault (or its disconnect): not worth more than a debug line
+            log.debug("bad request from %s: %s", request.remote, exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already under way; the connection is closed instead")
+        resp = parser_error(status, exc, self.max_field_size).response()
+        resp.force_close()
+        return resp
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, making :class:`Connection` protocols and watching their deadlines."""
+
+    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+        self.fds_besides_connections = open_fd_count()  # refreshed every second by check_deadlines
+        self.shed_total = 0
+
+    def __call__(self) -> Connection:
+        return Connection(self, loop=self._loop, **self._kwargs)
+
+    def connection_budget(self) -> int | None:
+        """How many client connections fit in the descriptor limit (read now: it can change under a
+        running process)."""
+        if resource is None:
+            return None
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        return max(8, soft - self.fds_besides_connections - FD_HEADROOM)
+
+    def over_capacity(self) -> bool:
+        budget = self.connection_budget()
+        return budget is not None and len(self._connections) >= budget
+
+    def shed(self, transport: asyncio.Transport) -> None:
+        """Answer a connection over the budget with 503 and close it: written at once, then the write
+        side is shut so the client reads the answer before it sees the end (closing with its request
+        unread could reset the connection before the answer is read); closed for good after 2 s."""
+        self.shed_total += 1
+        FD_PRESSURE.record(f"{len(self._connections)} connections are open, the most the descriptor limit "
+                           f"leaves room for; a new one was answered 503")
+        transport.write(_raw_response(APIError(
+            503, "The node has too many open connections right now; retry shortly.", "server_error", None,
+            "overloaded", retry_after=1)))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(2.0, transport.close)
+
+    def close_idle(self) -> int:
+        """Close connections that hold a descriptor without a request in progress (idle keep-alive,
+        half-open); clients reopen them when they need them. Returns how many were closed."""
+        idle = [c for c in self._connections
+                if isinstance(c, Connection) and c._current_request is None and not c._request_in_progress]
+        for c in idle:
+            c.force_close()
+        return len(idle)
+
+    def check_deadlines(self) -> None:
+        now = self._loop.time()
+        self.fds_besides_connections = max(0, open_fd_count() - len(self._connections))
+        for c in list(self._connections):
+            if isinstance(c, Connection):
+                c.check_deadline(now, self.read_timeout)
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose server is a :class:`GuardedServer` (built from the one aiohttp makes, so the
+    application's own settings are kept)."""
+
+    def __init__(self, app: web.Application, *, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.read_timeout = read_timeout
+
+    async def _make_server(self) -> GuardedServer:
+        base = await super()._make_server()
+        return GuardedServer(base.request_handler, request_factory=base.request_factory,
+                             handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),
+                             read_timeout=self.read_timeout,
+                             **base._kwargs)  # aiohttp is pinned: its handler settings (debug, access log)
+
+
+def open_fd_count() -> int:
+    """Descriptors this process holds now (0 where the platform does not say)."""
+    for d in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(d))
+        except OSError:
+            continue
+    return 0
+
+
+def raise_fd_limit(target: int = 8192) -> None:
+    """Raise the soft descriptor limit towards the hard one (as Go programs do by default): macOS
+    starts processes at 256, which a busy node outgrows."""
+    if resource is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _loop_exception_handler(server_ref: list) -> Any:
+    """The loop's handler: descriptor exhaustion (asyncio reports a failed accept once per queued
+    connection, with a traceback each) becomes one warning per interval and closes idle connections to
+    make room; anything else goes to asyncio's default handler."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if is_fd_exhaustion(context.get("exception")):
+            closed = server_ref[0].close_idle() if server_ref else 0
+            FD_PRESSURE.record(f"{context.get('message', 'an operation failed')}; closed {closed} idle connections")
+            return
+        loop.default_exception_handler(context)
+
+    return handle
+
+
+async def _watch_deadlines(server: GuardedServer) -> None:
+    interval = min(1.0, server.read_timeout / 4)
+    while True:
+        await asyncio.sleep(interval)
+        server.check_deadlines()
+
+
 async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = None) -> None:
+    raise_fd_limit()
     app = build_app(node)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels its generation.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GuardedRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT,
+                           read_timeout=node.settings.read_timeout)
     await runner.setup()
+    server: GuardedServer = runner.server  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(_loop_exception_handler([server]))
+    watchdog = asyncio.create_task(_watch_deadlines(server))
     site = web.SockSite(runner, sock, shutdown_timeout=5)
     await site.start()
     stop = stop or asyncio.Event()
@@ -83,7 +349,9 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
         await stop.wait()
     finally:
         log.info("shutting down")
+        watchdog.cancel()
         # Engines first: every running stream gets an explicit "node is shutting down" error event
         # (never a silently cut stream), then the HTTP side closes.
         await node.close()
         await runner.cleanup()
+        loop.set_exception_handler(previous_handler)

@@ -9,8 +9,9 @@ from aiohttp import web
 
 from ..node import Node
 from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes
-from .errors import APIError
+from .errors import APIError, overloaded
 from .openai_routes import NODE_KEY, install_pump
+from .pressure import FD_PRESSURE, is_fd_exhaustion
 from .security import host_allowed, origin_allowed
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
         _cors(resp, origin)
         return resp
     try:
+        if request.content_length is not None and request.content_length > s.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(s.max_body_bytes, request.content_length)  # before reading it
         resp = await handler(request)
     except APIError as e:
         resp = e.response()
@@ -53,14 +56,23 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
         resp = _http_exception(request, e)
     except (ConnectionResetError, ConnectionError):
         raise  # the client went away; nothing to answer
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        resp = APIError(500, "The node hit an internal error while handling this request; it has been logged "
-                             "and the node keeps serving. Retry, and report it if it happens again.",
-                        "server_error", None, "internal_error").response()
+    except Exception as e:
+        if is_fd_exhaustion(e):
+            FD_PRESSURE.record(f"{request.method} {request.path} failed")
+            resp = overloaded("The node is out of file descriptors right now; retry shortly.").response()
+        else:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            resp = APIError(500, "The node hit an internal error while handling this request; it has been "
+                                 "logged and the node keeps serving. Retry, and report it if it happens again.",
+                            "server_error", None, "internal_error").response()
     if not resp.prepared:
         _cors(resp, origin)
     return resp
+
+
+def _too_large(limit: int) -> web.Response:
+    return APIError(413, f"The request body is larger than this node accepts ({limit} bytes). Send less "
+                         f"text per request.", "invalid_request_error", None, "request_too_large").response()
 
 
 def _http_exception(request: web.Request, e: web.HTTPException) -> web.StreamResponse:
@@ -77,10 +89,7 @@ def _http_exception(request: web.Request, e: web.HTTPException) -> web.StreamRes
             r.headers["Allow"] = allowed
         return r
     if e.status == 413:
-        limit = request.app[NODE_KEY].settings.max_body_bytes
-        return APIError(413, f"The request body is larger than this node accepts ({limit} bytes). Send less "
-                             f"text per request.", "invalid_request_error", None,
-                        "request_too_large").response()
+        return _too_large(request.app[NODE_KEY].settings.max_body_bytes)
     if e.status < 400:
         return e  # redirects and the like pass through
     return APIError(e.status, e.reason or "HTTP error", "invalid_request_error", None, None).response()

@@ -5,25 +5,112 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Any
 
 from ..engine.grammar import SchemaError, grammar_for_response_format
 from ..engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
-from .errors import invalid
+from .errors import APIError, invalid
 
-MAX_N = 16
-MAX_STOPS = 16
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much one request may ask for, checked before any work is done for it (rendering,
+    tokenizing, building jobs, queueing). Each limit is far above what a demanding real client sends
+    (OpenAI's own where it has one) and low enough that refusing or serving a request at the limit
+    costs the node milliseconds, not seconds. docs/api.md lists them; change them here only. (The body
+    size, checked before the body is read, is the setting ``ServeSettings.max_body_bytes``.)"""
+
+    json_depth: int = 100  # nesting of arrays/objects (a JSON schema nests a few levels per property)
+    messages: int = 2048  # chat messages per request
+    text_chars: int = 4_000_000  # characters of text per request: message contents, prompts, inputs (~1M tokens)
+    prompts: int = 2048  # prompts per /v1/completions request (OpenAI: 2048 inputs per embeddings request)
+    choices: int = 2048  # prompts × n: completions one request may ask for
+    n: int = 16  # choices per prompt
+    token_ids: int = 1_048_576  # prompt or input tokens given as ids, per request (the largest contexts)
+    stops: int = 16  # stop strings (OpenAI allows 4; more costs nothing here)
+    stop_chars: int = 1000  # characters per stop string
+    logit_bias: int = 1024  # logit_bias entries (OpenAI allows 300)
+    embedding_inputs: int = 2048  # items of 'input' per /v1/embeddings request (OpenAI: 2048)
+
+
+LIMITS = RequestLimits()
+
+
+def too_many(param: str, what: str, got: int, limit: int) -> APIError:
+    return invalid(f"'{param}' holds {got} {what}; this node accepts at most {limit} per request.", param,
+                   "array_above_max_length")
+
+
+def _text(value: str, param: str) -> str:
+    """Text that will be tokenized (or matched against output) must be encodable as UTF-8: JSON allows
+    a lone UTF-16 surrogate such as "\\ud800", which no tokenizer can take."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise invalid(f"'{param}' contains an unpaired UTF-16 surrogate (\\u{ord(value[e.start]):04x} at "
+                          f"character {e.start}); send valid Unicode text.", param, "invalid_unicode") from None
+    return value
+
+
+class _TextBudget:
+    """Counts the characters of text in one request against ``LIMITS.text_chars``."""
+
+    def __init__(self, param: str) -> None:
+        self.param = param
+        self.used = 0
+
+    def take(self, value: str, param: str) -> str:
+        self.used += len(value)
+        if self.used > LIMITS.text_chars:
+            raise invalid(f"The text in '{self.param}' is longer than this node accepts in one request "
+                          f"({LIMITS.text_chars} characters in all). Send less text, or split it over several "
+                          f"requests.", self.param, "string_above_max_length")
+        return _text(value, param)
+
+
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_BRACKET_STEP = [0] * 256
+for _c in b"[{":
+    _BRACKET_STEP[_c] = 1
+for _c in b"]}":
+    _BRACKET_STEP[_c] = -1
+
+
+def _depth_exceeds(raw: bytes, value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests deeper than ``limit``. Counting the brackets of the raw text runs at C
+    speed and can only over-estimate (brackets inside strings count too); only when it says "too deep"
+    is the parsed value walked to be sure."""
+    brackets = raw.translate(None, _NOT_BRACKETS)
+    if len(brackets) <= limit or max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))) <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in (v.values() if isinstance(v, dict) else v):
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_json_body(raw: bytes) -> dict:
     if not raw.strip():
         raise invalid("The request body is empty; send a JSON object.", None, "invalid_json")
+    too_deep = invalid(f"The request body nests arrays and objects more than {LIMITS.json_depth} levels deep; "
+                       f"this node accepts at most {LIMITS.json_depth}.", None, "json_too_deep")
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise invalid(f"The request body is not valid JSON: {e}", None, "invalid_json") from None
+    except RecursionError:  # deeper than Python's parser can go: certainly deeper than the limit
+        raise too_deep from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", None, "invalid_json")
+    if _depth_exceeds(raw, body, LIMITS.json_depth):
+        raise too_deep
     return body
 
 
@@ -82,12 +169,20 @@ def _stop(body: dict) -> list[str]:
     if v is None:
         return []
     if isinstance(v, str):
-        return [v] if v else []
-    if isinstance(v, list) and all(isinstance(s, str) for s in v):
-        if len(v) > MAX_STOPS:
-            raise invalid(f"'stop' may hold at most {MAX_STOPS} strings; got {len(v)}.", "stop")
-        return [s for s in v if s]
+        return [_stop_string(v, "stop")] if v else []
+    if isinstance(v, list):
+        if len(v) > LIMITS.stops:
+            raise too_many("stop", "strings", len(v), LIMITS.stops)
+        if all(isinstance(s, str) for s in v):
+            return [_stop_string(s, f"stop[{i}]") for i, s in enumerate(v) if s]
     raise invalid("'stop' must be a string or an array of strings.", "stop", "invalid_type")
+
+
+def _stop_string(s: str, param: str) -> str:
+    if len(s) > LIMITS.stop_chars:
+        raise invalid(f"'{param}' is {len(s)} characters long; a stop string may have at most "
+                      f"{LIMITS.stop_chars}.", "stop", "string_above_max_length")
+    return _text(s, "stop")
 
 
 def _logit_bias(body: dict, n_vocab: int) -> dict[int, float]:
@@ -96,6 +191,8 @@ def _logit_bias(body: dict, n_vocab: int) -> dict[int, float]:
         return {}
     if not isinstance(v, dict):
         raise invalid("'logit_bias' must be an object mapping token ids to biases.", "logit_bias", "invalid_type")
+    if len(v) > LIMITS.logit_bias:
+        raise too_many("logit_bias", "entries", len(v), LIMITS.logit_bias)
     out: dict[int, float] = {}
     for k, b in v.items():
         try:
@@ -159,7 +256,7 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
     mct = _integer(body, "max_completion_tokens", None, 1)
     if mct is not None:
         max_tokens = mct  # the newer name wins
-    n = _integer(body, "n", 1, 1, MAX_N)
+    n = _integer(body, "n", 1, 1, LIMITS.n)
     stream = _boolean(body, "stream", False)
     so = body.get("stream_options")
     include_usage = False
@@ -181,6 +278,9 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
         grammar = grammar_for_response_format(rf)
     except SchemaError as e:
         raise invalid(str(e), "response_format") from None
+    lb = body.get("logit_bias")
+    if isinstance(lb, dict) and len(lb) > LIMITS.logit_bias:  # bounded even before the vocabulary is known
+        raise too_many("logit_bias", "entries", len(lb), LIMITS.logit_bias)
     bias = _logit_bias(body, n_vocab) if n_vocab is not None else {}
     sampling = SamplingParams(
         temperature=temperature, top_p=top_p, top_k=top_k or 0, min_p=min_p,
@@ -211,6 +311,9 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
         raise invalid(f"'messages' must be an array, not {_type_name(msgs)}.", "messages", "invalid_type")
     if not msgs:
         raise invalid("'messages' must contain at least one message.", "messages", "empty_array")
+    if len(msgs) > LIMITS.messages:
+        raise too_many("messages", "messages", len(msgs), LIMITS.messages)
+    budget = _TextBudget("messages")
     out = []
     for i, m in enumerate(msgs):
         p = f"messages[{i}]"
@@ -240,54 +343,74 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
                                   "unsupported_content")
                 if not isinstance(part.get("text"), str):
                     raise invalid(f"'{pp}.text' must be a string.", f"{pp}.text", "invalid_type")
-                texts.append(part["text"])
+                texts.append(budget.take(part["text"], f"{pp}.text"))
             content = "".join(texts)
-        elif not isinstance(content, str):
+        elif isinstance(content, str):
+            budget.take(content, f"{p}.content")
+        else:
             raise invalid(f"'{p}.content' must be a string or an array of text parts, not {_type_name(content)}.",
                           f"{p}.content", "invalid_type")
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
 
 
+def _is_token_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _texts_or_token_ids(v: Any, param: str, max_items: int, what: str) -> list[str | list[int]] | None:
+    """A string, an array of strings, an array of token ids or an array of such arrays, counted against
+    the limits before anything is done with it; None when ``v`` has none of these shapes."""
+    budget = _TextBudget(param)
+    if isinstance(v, str):
+        return [budget.take(v, param)]
+    if not isinstance(v, list) or not v:
+        return None
+    if _is_token_id(v[0]):  # one prompt as token ids
+        if len(v) > LIMITS.token_ids:
+            raise too_many(param, "token ids", len(v), LIMITS.token_ids)
+        return [list(v)] if all(_is_token_id(t) for t in v) else None
+    if len(v) > max_items:
+        raise too_many(param, what, len(v), max_items)
+    if all(isinstance(x, str) for x in v):
+        return [budget.take(x, f"{param}[{i}]") for i, x in enumerate(v)]
+    if all(isinstance(x, list) and x for x in v):
+        if sum(len(x) for x in v) > LIMITS.token_ids:
+            raise too_many(param, "token ids", sum(len(x) for x in v), LIMITS.token_ids)
+        if all(_is_token_id(t) for x in v for t in x):
+            return [list(x) for x in v]
+    return None
+
+
 def parse_prompts(body: dict) -> list[str | list[int]]:
-    """/v1/completions 'prompt': a string, an array of strings, an array of token ids, or an array of those."""
+    """/v1/completions 'prompt': a string, an array of strings, an array of token ids, or an array of those.
+    Bounded together with 'n' here, so that every caller (the route, the mesh's serving side) refuses an
+    oversized request before tokenizing a prompt or building a job."""
     p = body.get("prompt")
     if p is None:
         raise invalid("'prompt' is required.", "prompt", "missing_required_parameter")
-    if isinstance(p, str):
-        return [p]
-    if isinstance(p, list) and p:
-        if all(isinstance(x, str) for x in p):
-            return list(p)
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-            return [list(p)]
-        if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in p):
-            return [list(x) for x in p]
-    raise invalid("'prompt' must be a string, an array of strings, or an array of token ids.", "prompt",
-                  "invalid_type")
+    prompts = _texts_or_token_ids(p, "prompt", LIMITS.prompts, "prompts")
+    if prompts is None:
+        raise invalid("'prompt' must be a string, an array of strings, or an array of token ids.", "prompt",
+                      "invalid_type")
+    n = body.get("n")
+    if _is_token_id(n) and len(prompts) * n > LIMITS.choices:  # n itself is checked by parse_generation
+        raise invalid(f"{len(prompts)} prompts with 'n' {n} ask for {len(prompts) * n} completions; this node "
+                      f"accepts at most {LIMITS.choices} (prompts × n) per request.", "n", "array_above_max_length")
+    return prompts
 
 
 def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
     v = body.get("input")
     if v is None:
         raise invalid("'input' is required.", "input", "missing_required_parameter")
-    if isinstance(v, str):
-        items: list = [v]
-    elif isinstance(v, list) and v and all(isinstance(x, str) for x in v):
-        items = list(v)
-    elif isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        items = [list(v)]
-    elif isinstance(v, list) and v and all(
-            isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in v):
-        items = [list(x) for x in v]
-    else:
+    items = _texts_or_token_ids(v, "input", LIMITS.embedding_inputs, "inputs")
+    if items is None:
         raise invalid("'input' must be a string, an array of strings, or an array of token ids.", "input",
                       "invalid_type")
     for i, x in enumerate(items):
         if x == "":
             raise invalid(f"'input[{i}]' is empty; every input must contain text.", "input")
-    if len(items) > 2048:
-        raise invalid("'input' may hold at most 2048 items.", "input")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
@@ -295,5 +418,3 @@ def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
         raise invalid("'dimensions' is not supported: this model's embeddings have a fixed size.", "dimensions",
                       "unsupported_parameter")
     return items
-
-

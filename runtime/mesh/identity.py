@@ -18,6 +18,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from ..config import read_secret_file
 from ..secrets import SecretStoreUnavailable, get_secret, set_secret
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def load_or_create(name: str, fallback_file: Path) -> Identity:
         set_secret(name, ident.seed)
         return ident
     except SecretStoreUnavailable:
-        if fallback_file.exists():
-            return Identity(fallback_file.read_text().strip())
+        seed = read_secret_file(fallback_file)  # a mode looser than 0600 is fixed, with a warning
+        if seed is not None:
+            return Identity(seed)
         log.warning("no system keyring here; keeping the mesh key in %s (readable by you only)", fallback_file)
         ident = Identity.generate()
         fallback_file.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from runtime.api.errors import APIError
 from runtime.api.validation import (
-    MAX_N,
-    MAX_STOPS,
+    LIMITS,
     parse_embedding_inputs,
     parse_generation,
     parse_json_body,
@@ -152,7 +152,7 @@ def test_stop_forms():
     assert gen(stop="").stop == []
     assert gen(stop=["a", "", "b"]).stop == ["a", "b"]
     assert gen(stop=[]).stop == []
-    assert gen(stop=["s"] * MAX_STOPS).stop == ["s"] * MAX_STOPS
+    assert gen(stop=["s"] * LIMITS.stops).stop == ["s"] * LIMITS.stops
 
 
 def test_stream_options_include_usage():
@@ -179,8 +179,8 @@ def test_unknown_fields_are_ignored():
 
 
 def test_boundaries_are_inclusive():
-    g = gen(temperature=2, top_p=0, min_p=1, n=MAX_N, top_k=0, repeat_penalty=10, max_tokens=1)
-    assert g.sampling.temperature == 2.0 and g.n == MAX_N and g.sampling.top_k == 0 and g.max_tokens == 1
+    g = gen(temperature=2, top_p=0, min_p=1, n=LIMITS.n, top_k=0, repeat_penalty=10, max_tokens=1)
+    assert g.sampling.temperature == 2.0 and g.n == LIMITS.n and g.sampling.top_k == 0 and g.max_tokens == 1
 
 
 # -- parse_generation: bad inputs -------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_integers_reject_wrong_types(key, value):
     ("max_tokens", -5),
     ("max_completion_tokens", 0),
     ("n", 0),
-    ("n", MAX_N + 1),
+    ("n", LIMITS.n + 1),
     ("top_k", -1),
     ("seed", 2**64),
     ("seed", -(2**63) - 1),
@@ -277,7 +277,8 @@ def test_stop_bad_types(stop):
 
 
 def test_stop_too_many():
-    rejects(parse_generation, {"model": "m", "stop": ["s"] * (MAX_STOPS + 1)}, N_VOCAB, None, param="stop")
+    rejects(parse_generation, {"model": "m", "stop": ["s"] * (LIMITS.stops + 1)}, N_VOCAB, None, param="stop",
+            code="array_above_max_length")
 
 
 @pytest.mark.parametrize("bias, code", [
@@ -485,7 +486,9 @@ def test_embedding_input_empty_text(inp):
 
 
 def test_embedding_input_too_many():
-    rejects(parse_embedding_inputs, {"input": ["x"] * 2049}, param="input")
+    e = rejects(parse_embedding_inputs, {"input": ["x"] * (LIMITS.embedding_inputs + 1)}, param="input",
+                code="array_above_max_length")
+    assert str(LIMITS.embedding_inputs) in e.message
 
 
 @pytest.mark.parametrize("fmt", ["int8", "FLOAT", 1])
@@ -501,3 +504,125 @@ def test_embedding_dimensions_unsupported():
 @pytest.mark.parametrize("inp", [[["hello"]], [[1.5]], [[True]], [[None]]])
 def test_embedding_nested_arrays_must_hold_token_ids(inp):
     rejects(parse_embedding_inputs, {"input": inp}, param="input", code="invalid_type")
+
+
+# -- limits (issue 10): checked before any work, each naming the field and the limit ---------------------
+
+
+def test_limits_are_generous():
+    """What a demanding real client sends stays far inside (OpenAI's own limits, where it has them)."""
+    assert LIMITS.messages >= 2048 and LIMITS.prompts >= 2048 and LIMITS.embedding_inputs >= 2048
+    assert LIMITS.stops >= 4 and LIMITS.logit_bias >= 300 and LIMITS.n >= 16
+    assert LIMITS.text_chars >= 1_000_000 and LIMITS.token_ids >= 128 * 1024 and LIMITS.json_depth >= 32
+
+
+def test_too_many_messages():
+    msgs = [{"role": "user", "content": ""}] * (LIMITS.messages + 1)
+    e = rejects(parse_messages, {"messages": msgs}, param="messages", code="array_above_max_length")
+    assert f"at most {LIMITS.messages}" in e.message
+    assert len(parse_messages({"messages": msgs[:-1]})) == LIMITS.messages
+
+
+def test_message_text_is_bounded_in_total():
+    half = "x" * (LIMITS.text_chars // 2)
+    assert len(parse_messages({"messages": [{"role": "user", "content": half}] * 2})) == 2
+    e = rejects(parse_messages, {"messages": [{"role": "user", "content": half}] * 2 + [
+        {"role": "user", "content": [{"type": "text", "text": "y"}]}]}, param="messages",
+                code="string_above_max_length")
+    assert str(LIMITS.text_chars) in e.message
+
+
+def test_too_many_prompts():
+    e = rejects(parse_prompts, {"prompt": ["a"] * (LIMITS.prompts + 1)}, param="prompt",
+                code="array_above_max_length")
+    assert str(LIMITS.prompts) in e.message
+    rejects(parse_prompts, {"prompt": [[1]] * (LIMITS.prompts + 1)}, param="prompt", code="array_above_max_length")
+
+
+def test_prompts_times_n_is_bounded():
+    prompts = ["a"] * (LIMITS.choices // LIMITS.n)
+    assert len(parse_prompts({"prompt": prompts, "n": LIMITS.n})) == len(prompts)
+    e = rejects(parse_prompts, {"prompt": prompts + ["b"], "n": LIMITS.n}, param="n", code="array_above_max_length")
+    assert "prompts × n" in e.message and str(LIMITS.choices) in e.message
+
+
+def test_prompt_token_ids_are_bounded():
+    assert parse_prompts({"prompt": [1] * LIMITS.token_ids}) == [[1] * LIMITS.token_ids]
+    rejects(parse_prompts, {"prompt": [1] * (LIMITS.token_ids + 1)}, param="prompt", code="array_above_max_length")
+    half = [1] * (LIMITS.token_ids // 2 + 1)
+    rejects(parse_prompts, {"prompt": [half, half]}, param="prompt", code="array_above_max_length")
+    rejects(parse_embedding_inputs, {"input": [half, half]}, param="input", code="array_above_max_length")
+
+
+def test_prompt_text_is_bounded_in_total():
+    half = "x" * (LIMITS.text_chars // 2 + 1)
+    rejects(parse_prompts, {"prompt": [half, half]}, param="prompt", code="string_above_max_length")
+    rejects(parse_embedding_inputs, {"input": [half, half]}, param="input", code="string_above_max_length")
+
+
+def test_stop_string_length_is_bounded():
+    assert gen(stop="s" * LIMITS.stop_chars).stop == ["s" * LIMITS.stop_chars]
+    e = rejects(parse_generation, {"model": "m", "stop": ["ok", "s" * (LIMITS.stop_chars + 1)]}, N_VOCAB, None,
+                param="stop", code="string_above_max_length")
+    assert "stop[1]" in e.message and str(LIMITS.stop_chars) in e.message
+
+
+def test_logit_bias_size_is_bounded_even_before_the_vocabulary_is_known():
+    big = {str(i): 1 for i in range(LIMITS.logit_bias + 1)}
+    for n_vocab in (None, 10 * LIMITS.logit_bias):
+        e = rejects(parse_generation, {"model": "m", "logit_bias": big}, n_vocab, None, param="logit_bias",
+                    code="array_above_max_length")
+        assert str(LIMITS.logit_bias) in e.message
+    assert len(gen(n_vocab=10 * LIMITS.logit_bias,
+                   logit_bias={str(i): 1 for i in range(LIMITS.logit_bias)}).sampling.logit_bias) == LIMITS.logit_bias
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "\udc00"}]},
+     "messages[1].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}, "messages[0].content[0].text"),
+])
+def test_lone_surrogate_in_messages(fields, param):
+    e = rejects(parse_messages, fields, param=param, code="invalid_unicode")
+    assert "unpaired UTF-16 surrogate" in e.message and param in e.message
+
+
+@pytest.mark.parametrize("fn, body, param", [
+    (parse_prompts, {"prompt": "\ud800"}, "prompt"),
+    (parse_prompts, {"prompt": ["a", "\ud800"]}, "prompt[1]"),
+    (parse_embedding_inputs, {"input": "\ud800"}, "input"),
+    (parse_embedding_inputs, {"input": ["a", "b\udfff"]}, "input[1]"),
+])
+def test_lone_surrogate_in_prompts_and_inputs(fn, body, param):
+    rejects(fn, body, param=param, code="invalid_unicode")
+
+
+def test_lone_surrogate_in_stop():
+    rejects(parse_generation, {"model": "m", "stop": ["\ud800"]}, N_VOCAB, None, param="stop",
+            code="invalid_unicode")
+
+
+def test_paired_surrogates_and_other_unicode_are_fine():
+    text = "h\u00e9llo \U0001F600 \u4f60\u597d"
+    assert parse_messages({"messages": [{"role": "user", "content": text}]})[0]["content"] == text
+    assert parse_prompts({"prompt": text}) == [text]
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model": "m", "x": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_json_nesting_at_the_limit_is_accepted():
+    assert parse_json_body(nested(LIMITS.json_depth))["model"] == "m"
+
+
+@pytest.mark.parametrize("depth", [LIMITS.json_depth + 1, 5000, 200_000])
+def test_json_nesting_past_the_limit_is_refused(depth):
+    e = rejects(parse_json_body, nested(depth), param=None, code="json_too_deep")
+    assert str(LIMITS.json_depth) in e.message
+
+
+def test_brackets_in_strings_are_not_nesting():
+    raw = json.dumps({"model": "m", "content": "[{" * 10_000, "x": [[1]]}).encode()
+    assert parse_json_body(raw)["x"] == [[1]]
