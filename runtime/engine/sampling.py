@@ -64,7 +64,7 @@ class Sampler:
     Order: penalties, logit bias, grammar, then the selector (greedy, or top-k/top-p/min-p/temperature/
     dist). Without a grammar nothing in the chain can fail, and ``llama_sampler_sample`` does it all.
     With one, sampling is split into apply / check / accept: after the chain has chosen, the chosen
-    token must have a finite logit (one the grammar allowed) before the grammar is told about it;
+    token must have a logit above -inf (one the grammar allowed) before the grammar is told about it;
     otherwise the grammar has reached a dead end and the request fails with GrammarDeadEnd, where
     ``llama_sampler_sample`` would have made llama.cpp throw inside ``accept`` and abort the process.
     """
@@ -129,8 +129,9 @@ class Sampler:
         arr.selected = -1
         arr.sorted = False
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
-        # Read through the array's own pointer: a sampler may point it at storage of its own.
-        if not (0 <= arr.selected < arr.size) or not math.isfinite(arr.data[arr.selected].logit):
+        # Read through the array's own pointer: a sampler may point it at storage of its own. The grammar
+        # marks what it rejects with -inf (+inf is possible: repeat_penalty 0 divides by zero).
+        if not (0 <= arr.selected < arr.size) or not arr.data[arr.selected].logit > -math.inf:
             raise GrammarDeadEnd("the response_format grammar allows no token at this point of the answer "
                                  "(with this request's logit_bias); no valid JSON can be completed")
         token = int(arr.data[arr.selected].id)
