@@ -1,14 +1,517 @@
-"""response_format → GBNF grammar (so constrained output always parses)."""
+"""response_format → GBNF grammar, through one list of supported JSON Schema features.
+
+Every schema is checked against that list *before* a grammar is built (``schema_problems``): an
+unsupported keyword, an impossible or over-limit size, or a reference that cannot be resolved is a
+client error naming the keyword and where it is in the schema, never a grammar that llama.cpp cannot
+parse, cannot satisfy, or recurses on until the process dies. The tool-calling code reuses the same
+check and the same converter for function parameters.
+
+Why our own converter rather than llama-cpp-python's ``json_schema_to_gbnf`` (0.3.36):
+- its string rule ``[^"\\\\]`` lets raw newlines and other control characters into JSON strings, which
+  ``json.loads`` rejects; here strings follow JSON's rules (escapes only), as llama.cpp's own C++
+  converter writes them;
+- its literals do not escape backslashes, so ``{"const": "\\u0000"}`` became a grammar that demands a
+  NUL character no token can produce, and llama.cpp aborted the process while sampling;
+- it spells ``maxLength: 1000000`` as a million nested groups, and llama.cpp's grammar parser
+  overflowed the stack on it.
+Here repetitions use GBNF's ``{m,n}`` (which llama.cpp bounds itself) under our own, lower limits, and
+every literal is JSON text with control characters and lone surrogates escaped, so each character a
+grammar asks for can be written by the tokenizer.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
+from typing import Any
 
-from .gbnf import JSON_GBNF, json_schema_to_gbnf
+# -- limits (each one keeps grammar construction and llama.cpp's grammar engine small and bounded) --
+
+MAX_STRING_LENGTH = 1000  # minLength / maxLength
+MAX_ARRAY_ITEMS = 100  # minItems / maxItems, and the length of prefixItems
+MAX_PROPERTIES = 100  # properties of one object
+MAX_ENUM_VALUES = 256  # values of one enum
+MAX_ALTERNATIVES = 64  # anyOf / oneOf branches, and types in a type list
+MAX_LITERAL_CHARS = 2000  # the JSON text of one const or enum value
+MAX_DEPTH = 24  # subschemas nested inside each other
+MAX_SUBSCHEMAS = 1000  # subschemas in the whole schema, $defs included
+
+TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
+STRING_FORMATS = ("date", "time", "date-time", "uuid")
+
+# Keywords that describe and never constrain: accepted and ignored.
+ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
+                         "deprecated", "readOnly", "writeOnly"})
+# Keywords the converter enforces.
+SUPPORTED = ("type", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions", "properties",
+             "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+             "minLength", "maxLength", "format")
+
+_OBJECT_KEYS = ("properties", "required", "additionalProperties")
+_ARRAY_KEYS = ("items", "prefixItems", "minItems", "maxItems")
+_STRING_KEYS = ("minLength", "maxLength", "format")
 
 
 class SchemaError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One reason a schema cannot be turned into a grammar. ``path`` is a JSON Pointer into the
+    schema ("" for its root)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"at '{self.path or '/'}': {self.message}"
+
+
+def _ptr(path: str, key: str | int) -> str:
+    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON text whose every character a grammar can require: control characters
+    are escaped by ``json.dumps``; lone surrogates (which cannot be encoded as UTF-8) and DEL too."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return re.sub(r"[\ud800-\udfff\x7f]", lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    """The subschema a local reference ("#/$defs/Name") points at; KeyError if none."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        raise KeyError(ref)
+    node = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(ref)
+    return node
+
+
+def _int_keyword(schema: dict, key: str, limit: int, path: str, out: list[SchemaProblem]) -> int | None:
+    v = schema.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        out.append(SchemaProblem(_ptr(path, key), f"'{key}' must be a non-negative integer"))
+        return None
+    if v > limit:
+        out.append(SchemaProblem(_ptr(path, key), f"'{key}' {v} is over this node's limit of {limit}"))
+        return None
+    return v
+
+
+def schema_problems(schema: Any) -> list[SchemaProblem]:
+    """Everything in ``schema`` that this node cannot enforce with a grammar: unsupported keywords,
+    sizes over the limits above, contradictions (minLength > maxLength, an empty enum), references
+    that do not resolve, and recursion that consumes no input. An empty list means
+    ``schema_to_gbnf`` will succeed."""
+    problems: list[SchemaProblem] = []
+    refs: set[str] = set()  # every reference that resolves, checked for left recursion at the end
+    count = 0
+
+    def literal(value: Any, path: str) -> None:
+        try:
+            text = json_text(value)
+        except (TypeError, ValueError):
+            problems.append(SchemaProblem(path, "the value is not representable as JSON"))
+            return
+        if len(text) > MAX_LITERAL_CHARS:
+            problems.append(SchemaProblem(path, f"the value is {len(text)} characters of JSON; the limit is "
+                                                f"{MAX_LITERAL_CHARS}"))
+
+    def walk(node: Any, path: str, depth: int, allow_false: bool = False) -> None:
+        nonlocal count
+        count += 1
+        if count == MAX_SUBSCHEMAS + 1:
+            problems.append(SchemaProblem(path, f"the schema has more than {MAX_SUBSCHEMAS} subschemas"))
+        if count > MAX_SUBSCHEMAS:
+            return
+        if depth > MAX_DEPTH:
+            problems.append(SchemaProblem(path, f"subschemas are nested more than {MAX_DEPTH} deep"))
+            return
+        if node is True:
+            return
+        if node is False:
+            if not allow_false:
+                problems.append(SchemaProblem(path, "the schema 'false' accepts no value"))
+            return
+        if not isinstance(node, dict):
+            problems.append(SchemaProblem(path, "a schema must be an object or a boolean"))
+            return
+        for key in node:
+            if key not in ANNOTATIONS and key not in SUPPORTED:
+                problems.append(SchemaProblem(_ptr(path, key), f"the keyword '{key}' is not supported (supported: "
+                                                               f"{', '.join(SUPPORTED)})"))
+        for defs in ("$defs", "definitions"):
+            if defs in node:
+                if not isinstance(node[defs], dict):
+                    problems.append(SchemaProblem(_ptr(path, defs), f"'{defs}' must be an object of schemas"))
+                else:
+                    for name, sub in node[defs].items():
+                        walk(sub, _ptr(_ptr(path, defs), name), depth + 1)
+        if "$ref" in node:
+            ref = node["$ref"]
+            others = [k for k in node if k not in ANNOTATIONS and k not in ("$ref", "$defs", "definitions")]
+            if others:
+                problems.append(SchemaProblem(path, f"keywords beside '$ref' are not supported: {', '.join(others)}"))
+            if not isinstance(ref, str):
+                problems.append(SchemaProblem(_ptr(path, "$ref"), "'$ref' must be a string"))
+                return
+            try:
+                target = _resolve(schema, ref)
+            except KeyError:
+                problems.append(SchemaProblem(_ptr(path, "$ref"), f"'$ref' {ref!r} does not resolve; only local "
+                                                                  "references such as '#/$defs/Name' are supported"))
+                return
+            refs.add(ref)
+            return
+        if "const" in node:
+            literal(node["const"], _ptr(path, "const"))
+        if "enum" in node:
+            values = node["enum"]
+            p = _ptr(path, "enum")
+            if not isinstance(values, list) or not values:
+                problems.append(SchemaProblem(p, "'enum' must be a non-empty array"))
+            elif len(values) > MAX_ENUM_VALUES:
+                problems.append(SchemaProblem(p, f"'enum' has {len(values)} values; the limit is {MAX_ENUM_VALUES}"))
+            else:
+                for i, v in enumerate(values):
+                    literal(v, _ptr(p, i))
+        for key in ("anyOf", "oneOf"):
+            if key in node:
+                others = [k for k in node if k not in ANNOTATIONS and k not in (key, "$defs", "definitions")]
+                if others:
+                    problems.append(SchemaProblem(path, f"keywords beside '{key}' are not supported: "
+                                                        f"{', '.join(others)}"))
+                alts = node[key]
+                p = _ptr(path, key)
+                if not isinstance(alts, list) or not alts:
+                    problems.append(SchemaProblem(p, f"'{key}' must be a non-empty array of schemas"))
+                elif len(alts) > MAX_ALTERNATIVES:
+                    problems.append(SchemaProblem(p, f"'{key}' has {len(alts)} schemas; the limit is "
+                                                     f"{MAX_ALTERNATIVES}"))
+                else:
+                    for i, sub in enumerate(alts):
+                        walk(sub, _ptr(p, i), depth + 1)
+        if "type" in node:
+            t = node["type"]
+            types = t if isinstance(t, list) else [t]
+            if (not types or len(types) > MAX_ALTERNATIVES or any(x not in TYPES for x in types)
+                    or len(set(map(str, types))) != len(types)):
+                problems.append(SchemaProblem(_ptr(path, "type"), f"'type' must be one of {', '.join(TYPES)} or a "
+                                                                  "non-empty array of distinct ones"))
+        # objects
+        props = node.get("properties")
+        if props is not None:
+            p = _ptr(path, "properties")
+            if not isinstance(props, dict):
+                problems.append(SchemaProblem(p, "'properties' must be an object of schemas"))
+                props = None
+            elif len(props) > MAX_PROPERTIES:
+                problems.append(SchemaProblem(p, f"{len(props)} properties; the limit is {MAX_PROPERTIES}"))
+            else:
+                for name, sub in props.items():
+                    walk(sub, _ptr(p, name), depth + 1)
+        if "required" in node:
+            req = node["required"]
+            p = _ptr(path, "required")
+            if not isinstance(req, list) or not all(isinstance(r, str) for r in req) or len(set(req)) != len(req):
+                problems.append(SchemaProblem(p, "'required' must be an array of distinct property names"))
+            else:
+                for r in req:
+                    if r not in (props or {}):
+                        problems.append(SchemaProblem(p, f"the required property {r!r} is not defined in "
+                                                         "'properties'"))
+        if "additionalProperties" in node:
+            walk(node["additionalProperties"], _ptr(path, "additionalProperties"), depth + 1, allow_false=True)
+        # arrays
+        lo = _int_keyword(node, "minItems", MAX_ARRAY_ITEMS, path, problems)
+        hi = _int_keyword(node, "maxItems", MAX_ARRAY_ITEMS, path, problems)
+        if lo is not None and hi is not None and lo > hi:
+            problems.append(SchemaProblem(_ptr(path, "minItems"), f"'minItems' {lo} is greater than 'maxItems' {hi}"))
+        if "prefixItems" in node:
+            pre = node["prefixItems"]
+            p = _ptr(path, "prefixItems")
+            if not isinstance(pre, list) or not pre:
+                problems.append(SchemaProblem(p, "'prefixItems' must be a non-empty array of schemas"))
+            elif len(pre) > MAX_ARRAY_ITEMS:
+                problems.append(SchemaProblem(p, f"'prefixItems' has {len(pre)} schemas; the limit is "
+                                                 f"{MAX_ARRAY_ITEMS}"))
+            else:
+                for i, sub in enumerate(pre):
+                    walk(sub, _ptr(p, i), depth + 1)
+            if node.get("items", False) is not False:
+                problems.append(SchemaProblem(_ptr(path, "items"), "'items' beside 'prefixItems' must be false "
+                                                                   "(a fixed-length tuple)"))
+            if lo is not None or hi is not None:
+                problems.append(SchemaProblem(path, "'minItems'/'maxItems' beside 'prefixItems' are not supported"))
+        elif "items" in node:
+            items = node["items"]
+            if isinstance(items, list):
+                problems.append(SchemaProblem(_ptr(path, "items"), "array-form 'items' is not supported; use "
+                                                                   "'prefixItems' for a tuple"))
+            else:
+                walk(items, _ptr(path, "items"), depth + 1, allow_false=True)
+                if items is False and lo:
+                    problems.append(SchemaProblem(_ptr(path, "items"), "'items' false allows no item, but "
+                                                                       f"'minItems' is {lo}"))
+        # strings
+        lo = _int_keyword(node, "minLength", MAX_STRING_LENGTH, path, problems)
+        hi = _int_keyword(node, "maxLength", MAX_STRING_LENGTH, path, problems)
+        if lo is not None and hi is not None and lo > hi:
+            problems.append(SchemaProblem(_ptr(path, "minLength"),
+                                          f"'minLength' {lo} is greater than 'maxLength' {hi}"))
+        if "format" in node:
+            fmt = node["format"]
+            if fmt not in STRING_FORMATS:
+                problems.append(SchemaProblem(_ptr(path, "format"), f"the format {fmt!r} is not supported "
+                                                                    f"(supported: {', '.join(STRING_FORMATS)})"))
+            elif "minLength" in node or "maxLength" in node:
+                problems.append(SchemaProblem(path, "'minLength'/'maxLength' beside 'format' are not supported"))
+
+    walk(schema, "", 0)
+    for ref in sorted(_left_recursive(schema, refs)):
+        problems.append(SchemaProblem("", f"'$ref' {ref!r} refers back to itself without an object or array in "
+                                          "between"))
+    return problems
+
+
+def _head_refs(node: Any) -> list[str]:
+    """References a schema reaches before reading any character: through '$ref', 'anyOf', 'oneOf'."""
+    if not isinstance(node, dict):
+        return []
+    if isinstance(node.get("$ref"), str):
+        return [node["$ref"]]
+    out: list[str] = []
+    for key in ("anyOf", "oneOf"):
+        alts = node.get(key)
+        if isinstance(alts, list):
+            for a in alts:
+                out += _head_refs(a)
+    return out
+
+
+def _left_recursive(root: Any, refs: set[str]) -> set[str]:
+    """The references that reach themselves before reading a character: a rule that calls itself
+    first (left recursion), which llama.cpp refuses and which could never end."""
+    edges = {r: [h for h in _head_refs(_resolve(root, r)) if h in refs] for r in refs}
+    looping = set()
+    for start in refs:
+        todo, seen = list(edges[start]), set()
+        while todo:
+            r = todo.pop()
+            if r == start:
+                looping.add(start)
+                break
+            if r not in seen:
+                seen.add(r)
+                todo.extend(edges[r])
+    return looping
+
+
+def check_schema(schema: Any, where: str) -> None:
+    """Raise SchemaError naming every problem (the first few) of ``schema``, found at ``where``."""
+    problems = schema_problems(schema)
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise SchemaError(f"{where} cannot be enforced: {shown}{more}")
+
+
+# -- the converter -------------------------------------------------------------------------------
+
+# GBNF for JSON's own grammar (RFC 8259), as llama.cpp's converter writes it; whitespace is bounded.
+_PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "space": (r'| " " | "\n" [ \t]{0,20}', ()),
+    "char": (r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', ()),
+    "string": (r'"\"" char* "\"" space', ("char", "space")),
+    "integral-part": (r'[0] | [1-9] [0-9]{0,15}', ()),
+    "decimal-part": (r'[0-9]{1,16}', ()),
+    "number": (r'"-"? integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+               ("integral-part", "decimal-part", "space")),
+    "integer": (r'"-"? integral-part space', ("integral-part", "space")),
+    "boolean": (r'("true" | "false") space', ("space",)),
+    "null": (r'"null" space', ("space",)),
+    "value": (r'object | array | string | number | boolean | null',
+              ("object", "array", "string", "number", "boolean", "null")),
+    "object": (r'"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
+               ("string", "value", "space")),
+    "array": (r'"[" space ( value ("," space value)* )? "]" space', ("value", "space")),
+    "date": (r'[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )', ()),
+    "time": (r'([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{3} )? '
+             r'( "Z" | ( "+" | "-" ) ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )', ()),
+    "date-time": (r'date "T" time', ("date", "time")),
+    "date-string": (r'"\"" date "\"" space', ("date", "space")),
+    "time-string": (r'"\"" time "\"" space', ("time", "space")),
+    "date-time-string": (r'"\"" date-time "\"" space', ("date-time", "space")),
+    "uuid-string": (r'"\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
+                    r'[0-9a-fA-F]{12} "\"" space', ("space",)),
+}
+
+_GBNF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def gbnf_literal(text: str) -> str:
+    """A GBNF string literal matching exactly ``text`` (JSON text: no raw control characters)."""
+    return '"' + "".join(_GBNF_ESCAPES.get(c, c) for c in text) + '"'
+
+
+class GrammarBuilder:
+    """Builds one GBNF grammar from JSON Schemas (checked with ``schema_problems`` first). Several
+    schemas can share a builder (e.g. the arguments of several tools) and be combined with rules of
+    the caller's own."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, str] = {}
+        self._refs: dict[tuple[int, str], str] = {}
+
+    def primitive(self, name: str) -> str:
+        if name not in self._rules:
+            body, deps = _PRIMITIVES[name]
+            self._rules[name] = body
+            for d in deps:
+                self.primitive(d)
+        return name
+
+    def add_rule(self, name: str, body: str) -> str:
+        """Add ``name ::= body`` under a free name derived from ``name``; return the name used."""
+        base = re.sub(r"[^a-zA-Z0-9-]+", "-", name).strip("-") or "r"
+        key, i = base, 0
+        while key in self._rules and self._rules[key] != body:
+            i += 1
+            key = f"{base}-{i}"
+        self._rules[key] = body
+        return key
+
+    def schema_rule(self, schema: Any, name: str, root: Any = None) -> str:
+        """A rule matching the JSON values ``schema`` accepts; ``root`` is the document its local
+        references resolve against (``schema`` itself by default)."""
+        return self._visit(schema, name, schema if root is None else root)
+
+    def render(self, root_body: str) -> str:
+        return "\n".join([f"root ::= {root_body}", *(f"{k} ::= {v}" for k, v in self._rules.items())]) + "\n"
+
+    def _visit(self, schema: Any, name: str, root: Any) -> str:
+        if schema is True or schema == {} or (isinstance(schema, dict) and not (set(schema) - ANNOTATIONS
+                                                                                 - {"$defs", "definitions"})):
+            return self.primitive("value")
+        ref = schema.get("$ref")
+        if ref is not None:
+            key = (id(root), ref)
+            if key not in self._refs:
+                rule = self.add_rule("ref-" + ref.rsplit("/", 1)[-1], f"(pending {ref})")
+                self._refs[key] = rule  # recursive references use the rule while it is being built
+                self._rules[rule] = self._visit(_resolve(root, ref), rule, root)
+            return self._refs[key]
+        if "const" in schema:
+            return self.add_rule(name, gbnf_literal(json_text(schema["const"])) + " " + self.primitive("space"))
+        if "enum" in schema:
+            alts = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
+            return self.add_rule(name, f"({alts}) {self.primitive('space')}")
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                alts = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[key])]
+                return self.add_rule(name, " | ".join(alts))
+        t = schema.get("type")
+        if isinstance(t, list):
+            alts = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
+            return self.add_rule(name, " | ".join(alts))
+        if t is None:
+            t = ("object" if any(k in schema for k in _OBJECT_KEYS) else "array" if any(k in schema for k in _ARRAY_KEYS)
+                 else "string" if any(k in schema for k in _STRING_KEYS) else None)
+            if t is None:
+                return self.primitive("value")
+        if t == "object":
+            return self._object(schema, name, root)
+        if t == "array":
+            return self._array(schema, name, root)
+        if t == "string":
+            fmt = schema.get("format")
+            if fmt is not None:
+                return self.primitive(f"{fmt}-string")
+            lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+            if lo == 0 and hi is None:
+                return self.primitive("string")
+            rep = f"{{{lo},}}" if hi is None else f"{{{lo},{hi}}}"
+            return self.add_rule(name, rf'"\"" {self.primitive("char")}{rep} "\"" {self.primitive("space")}')
+        return self.primitive(t)
+
+    def _object(self, schema: dict, name: str, root: Any) -> str:
+        props: dict = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        if "properties" not in schema and extra in (None, True):
+            return self.primitive("object")
+        space = self.primitive("space")
+        required = set(schema.get("required") or ())
+        kvs: dict[str, str] = {}
+        for prop, sub in props.items():
+            value = self._visit(sub, f"{name}-{prop}", root)
+            kvs[prop] = self.add_rule(f"{name}-{prop}-kv", f'{gbnf_literal(json_text(prop))} {space} ":" {space} {value}')
+        req = [kvs[p] for p in props if p in required]
+        opt = [kvs[p] for p in props if p not in required]
+        if extra is True or isinstance(extra, dict):
+            # Other keys (any string; a duplicate of a named one is still valid JSON) with values of
+            # the 'additionalProperties' schema. Absent 'additionalProperties' adds none: the output
+            # then still matches the schema, and stays what the caller described.
+            value = self._visit({} if extra is True else extra, f"{name}-extra-value", root)
+            kv = self.add_rule(f"{name}-extra-kv", f'{self.primitive("string")} ":" {space} {value}')
+            opt.append(self.add_rule(f"{name}-extra-kvs", f'{kv} ("," {space} {kv})*'))
+        body = f'"{{" {space} ' + f' "," {space} '.join(req)
+        if opt:
+            # Any subset of the optional members, in order: opt[i] then rest(i+1), where rest(j) is
+            # ("," opt[j])? rest(j+1). Named rules keep this linear in the number of members.
+            rest = ""
+            rests: list[str] = [""] * len(opt)
+            for j in range(len(opt) - 1, 0, -1):
+                rest = self.add_rule(f"{name}-rest-{j}", f'("," {space} {opt[j]})? {rest}'.strip())
+                rests[j - 1] = rest
+            chain = " | ".join(f"{o} {rests[i]}".strip() for i, o in enumerate(opt))
+            body += f' ("," {space} ({chain}))?' if req else f" ({chain})?"
+        body += f' "}}" {space}'
+        return self.add_rule(name or "object-of-schema", body)
+
+    def _array(self, schema: dict, name: str, root: Any) -> str:
+        space = self.primitive("space")
+        if "prefixItems" in schema:
+            items = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema["prefixItems"])]
+            return self.add_rule(name, f'"[" {space} ' + f' "," {space} '.join(items) + f' "]" {space}')
+        items_schema = schema.get("items", True)
+        lo, hi = schema.get("minItems", 0), schema.get("maxItems")
+        if items_schema is False or hi == 0:
+            return self.add_rule(name, f'"[" {space} "]" {space}')
+        item = self._visit(items_schema, f"{name}-item", root)
+        more = f'("," {space} {item})'
+        if hi is None:
+            tail = f"{more}{{{max(lo - 1, 0)},}}"
+        elif hi == 1:
+            tail = ""
+        else:
+            tail = f"{more}{{{max(lo - 1, 0)},{hi - 1}}}"
+        seq = f"{item} {tail}".strip()
+        inner = seq if lo > 0 else f"({seq})?"
+        return self.add_rule(name, f'"[" {space} {inner} "]" {space}')
+
+
+def schema_to_gbnf(schema: Any, where: str = "the schema") -> str:
+    """A GBNF grammar (rule "root") whose every output is JSON text valid against ``schema``.
+    Raises SchemaError naming what is not supported, with its path."""
+    check_schema(schema, where)
+    b = GrammarBuilder()
+    return b.render(b.schema_rule(schema, "root-value"))
+
+
+JSON_OBJECT_GBNF = schema_to_gbnf({"type": "object"})
 
 
 def grammar_for_response_format(response_format: dict | None) -> str | None:
@@ -19,13 +522,10 @@ def grammar_for_response_format(response_format: dict | None) -> str | None:
     if kind in (None, "text"):
         return None
     if kind == "json_object":
-        return JSON_GBNF
+        return JSON_OBJECT_GBNF
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise SchemaError("response_format.json_schema.schema must be a JSON Schema object")
-        try:
-            return json_schema_to_gbnf(json.dumps(spec["schema"]))
-        except Exception as e:  # the converter raises plain exceptions for unsupported constructs
-            raise SchemaError(f"unsupported JSON schema: {e}") from None
+        return schema_to_gbnf(spec["schema"], "response_format.json_schema.schema")
     raise SchemaError(f"unknown response_format type {kind!r}; use 'text', 'json_object' or 'json_schema'")

@@ -1,0 +1,244 @@
+"""Hostile and generated requests against a node of this module's own (a crash here must not take the
+shared session node with it): the grammar breaks of issue 10, then a property-based test over every
+request parameter.
+
+Issue 10, break 1: response_format json_object plus logit_bias -100 on every token that starts with
+'{' made llama.cpp throw inside sampling ("Unexpected empty grammar stack after accepting piece") and
+std::terminate the node; so did a json_schema const the tokenizer could not produce.
+Issue 10, break 2: json_schema {"type": "string", "maxLength": 1000000} overflowed the stack in
+llama.cpp's grammar code (segfault).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.models.embedded import FILENAME
+
+from ..conftest import seed_home, start_node
+from ..schema_check import violations
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "SmolLM2-135M-Instruct"
+N_VOCAB = 49152
+# Every SmolLM2 token whose text starts with '{'.
+BRACE_TOKENS = [107, 6150, 26754, 34026, 38894, 39428, 39876, 40343]
+ASK_JSON = [{"role": "user", "content": "Describe a cat as JSON."}]
+REQUEST_TIMEOUT = 120  # seconds; a hang fails the test instead of blocking it
+
+
+@pytest.fixture(scope="module")
+def own_node(tmp_path_factory, model_path):
+    home = tmp_path_factory.mktemp("props-home")
+    seed_home(home, model_path)
+    n = start_node(home, "--model", str(home / "data" / "models" / FILENAME), "--slots", "4",
+                   "--ctx-per-slot", "1024", "--keepalive", "0.5")
+    yield n
+    rc = n.stop()
+    assert rc == 0, f"the node did not shut down cleanly (exit {rc}):\n{n.log()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def http(own_node):
+    with httpx.Client(base_url=own_node.v1, timeout=REQUEST_TIMEOUT) as c:
+        yield c
+
+
+def assert_alive(node, http) -> None:
+    """The process is running and a plain request is answered."""
+    assert node.proc.poll() is None, f"the node died (exit {node.proc.returncode}):\n{node.log()[-3000:]}"
+    r = http.post("/chat/completions", json={"model": MODEL, "max_tokens": 4, "temperature": 0,
+                                             "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"]
+
+
+def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_json_object_with_every_brace_token_banned(own_node, http, temperature):
+    """Break 1 (a). The grammar's constraint outranks the ban: the answer still starts with '{' and,
+    when finished, parses."""
+    body = {"model": MODEL, "messages": ASK_JSON, "max_tokens": 60, "temperature": temperature, "seed": 1,
+            "response_format": {"type": "json_object"}, "logit_bias": {str(t): -100 for t in BRACE_TOKENS}}
+    r = http.post("/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"].startswith("{")
+    if choice["finish_reason"] == "stop":
+        assert isinstance(json.loads(choice["message"]["content"]), dict)
+    # Streaming takes the same path.
+    with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as s:
+        assert s.status_code == 200
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and not any('"error"' in e for e in events)
+    assert_alive(own_node, http)
+
+
+def test_const_with_control_characters_and_surrogates(own_node, http):
+    """Break 1 (b). The const is written as JSON escapes, which the tokenizer can produce, and the
+    answer decodes to exactly the const."""
+    const = "\u0000\u0001\ud7ff"
+    schema = {"const": const}
+    r = http.post("/chat/completions", json={
+        "model": MODEL, "messages": ASK_JSON, "max_tokens": 40, "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert json.loads(choice["message"]["content"]) == const
+    assert_alive(own_node, http)
+
+
+@pytest.mark.parametrize("schema, where", [
+    ({"type": "string", "maxLength": 1_000_000}, "/maxLength"),
+    ({"type": "array", "items": {"type": "string"}, "minItems": 100_000}, "/minItems"),
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^(a|b)*$"}}}, "/properties/a/pattern"),
+])
+def test_over_limit_and_unsupported_schemas_are_refused(own_node, http, schema, where):
+    """Break 2. Refused with a 400 naming the keyword's path, before any grammar is built."""
+    r = http.post("/chat/completions", json={
+        "model": MODEL, "messages": ASK_JSON, "max_tokens": 8,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+    err = assert_openai_error(r, 400, "response_format")
+    assert f"at '{where}'" in err["message"]
+    assert_alive(own_node, http)
+
+
+# -- property-based: generated valid and invalid values of every request parameter ------------------
+
+_any_char = st.characters(exclude_categories=())  # control characters and lone surrogates included
+_leaf_schemas = st.one_of(
+    st.sampled_from([{}, {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"},
+                     {"type": "null"}, {"type": ["string", "null"]}, {"type": "string", "format": "date"},
+                     {"type": "string", "format": "uuid"},
+                     # unsupported features: must be refused, never crash
+                     {"type": "string", "pattern": "^a+$"}, {"type": "number", "minimum": 0},
+                     {"type": "string", "format": "email"}, {"not": {}}, {"type": "strin"}, False]),
+    st.builds(lambda lo, hi: {"type": "string", "minLength": lo, "maxLength": hi},
+              st.integers(0, 3), st.sampled_from([0, 4, 1000, 1001, 1_000_000])),
+    st.builds(lambda v: {"const": v}, st.text(_any_char, max_size=4)),
+    st.builds(lambda vs: {"enum": vs}, st.lists(st.one_of(st.text(_any_char, max_size=3), st.integers(), st.none()),
+                                                max_size=4)),
+)
+
+
+def _object(children):
+    return st.builds(
+        lambda props, req, extra: {"type": "object", "properties": props,
+                                   "required": [k for k in props if req], **extra},
+        st.dictionaries(st.text(max_size=4), children, max_size=3), st.booleans(),
+        st.sampled_from([{}, {"additionalProperties": False}, {"additionalProperties": True},
+                         {"additionalProperties": {"type": "integer"}}]))
+
+
+def _array(children):
+    return st.builds(lambda items, lo, hi: {"type": "array", "items": items, "minItems": lo, "maxItems": hi},
+                     children, st.integers(0, 2), st.sampled_from([2, 3, 101]))
+
+
+_schemas = st.recursive(_leaf_schemas, lambda c: st.one_of(_object(c), _array(c),
+                                                           st.builds(lambda a: {"anyOf": a},
+                                                                     st.lists(c, min_size=0, max_size=3))),
+                        max_leaves=6)
+_response_formats = st.one_of(
+    st.none(), st.just({"type": "text"}), st.just({"type": "json_object"}),
+    st.builds(lambda s, strict: {"type": "json_schema", "json_schema": {"name": "g", "strict": strict, "schema": s}},
+              _schemas, st.booleans()),
+    st.sampled_from([{"type": "xml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": 1}},
+                     "json", 5]))
+_token_ids = st.one_of(st.integers(0, N_VOCAB - 1), st.sampled_from(BRACE_TOKENS), st.integers(-5, -1),
+                       st.integers(N_VOCAB, N_VOCAB + 5))
+_logit_bias = st.one_of(
+    st.none(),
+    st.dictionaries(_token_ids.map(str), st.one_of(st.integers(-100, 100), st.floats(-100, 100), st.just(-100),
+                                                   st.just(101), st.just("x")), max_size=6),
+    st.just({str(t): -100 for t in BRACE_TOKENS}),
+    st.just({"abc": 1}), st.just([1, 2]))
+
+
+def _maybe(values):
+    return st.one_of(st.just(None), values)
+
+
+_num = st.floats(allow_nan=False, allow_infinity=False, width=32)
+_params = st.fixed_dictionaries({}, optional={
+    "temperature": st.one_of(st.floats(0, 2), _num, st.just("hot")),
+    "top_p": st.one_of(st.floats(0, 1), _num),
+    "top_k": st.one_of(st.integers(0, 100), st.integers(-3, -1), st.just(1.5)),
+    "min_p": st.one_of(st.floats(0, 1), _num),
+    "seed": st.one_of(st.integers(-(2**63), 2**64 - 1), st.just("s")),
+    "presence_penalty": st.one_of(st.floats(-2, 2), _num),
+    "frequency_penalty": st.one_of(st.floats(-2, 2), _num),
+    "repeat_penalty": st.one_of(st.floats(0, 10), _num),
+    "max_tokens": st.one_of(st.integers(1, 8), st.sampled_from([0, -1, "8"])),
+    "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=5), st.just(5)),
+    "n": st.one_of(st.integers(1, 3), st.sampled_from([0, 17])),
+    "stream": st.booleans(),
+    "logit_bias": _logit_bias,
+    "response_format": _response_formats,
+    "user": st.text(max_size=5),
+})
+
+
+def _send(http, path: str, body: dict) -> None:
+    """One request: a 200 (streamed or not) or a 4xx in the OpenAI error shape; never a 5xx, never a
+    hang (the client's timeout), never an error event inside a stream that is not the client's."""
+    # json.dumps escapes lone surrogates (generated text has them); a UTF-8 encoder would refuse them.
+    content, headers = json.dumps(body), {"Content-Type": "application/json"}
+    if body.get("stream"):
+        with http.stream("POST", path, content=content, headers=headers) as r:
+            if r.status_code == 200:
+                events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+                assert events and events[-1] == "[DONE]", events[-3:]
+                for e in events[:-1]:
+                    err = json.loads(e).get("error")
+                    assert err is None or err.get("type") == "invalid_request_error", e
+                return
+            r.read()
+    else:
+        r = http.post(path, content=content, headers=headers)
+    assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
+    if r.status_code != 200:
+        err = r.json()["error"]
+        assert set(err) >= {"message", "type", "param", "code"} and err["message"], err
+        return
+    data = r.json()
+    for c in data["choices"]:
+        rf = body.get("response_format")
+        if c["finish_reason"] == "stop" and isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
+            text = c.get("message", {}).get("content", c.get("text"))
+            value = json.loads(text)
+            if rf["type"] == "json_schema":
+                assert violations(value, rf["json_schema"]["schema"]) == [], (text, rf)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(params=_params, completions=st.booleans())
+def test_generated_requests_never_break_the_node(own_node, http, params, completions):
+    if params.get("max_tokens") is None:
+        params = {**params, "max_tokens": 8}
+    params = {k: v for k, v in params.items() if v is not None}
+    if completions:
+        _send(http, "/completions", {"model": MODEL, "prompt": "The cat", **params})
+    else:
+        _send(http, "/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **params})
+    assert own_node.proc.poll() is None, f"the node died:\n{own_node.log()[-3000:]}"
+
+
+def test_node_still_answers_after_everything(own_node, http):
+    assert_alive(own_node, http)

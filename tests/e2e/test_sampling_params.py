@@ -1,0 +1,181 @@
+"""Every documented sampling parameter, end to end: the official openai SDK against a real node with
+the real model. Each parameter is accepted and, where an effect can be shown deterministically, has
+it (greedy answers, fixed seeds, reductions to greedy).
+
+Issue 10, break 3: presence_penalty, frequency_penalty and repeat_penalty used to call llama.cpp with
+the wrong number of arguments; the request hung and the model's engine answered 503 until restart.
+Issue 13: structured output under temperature 1 must always parse and match the schema.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.engine.llama_model import LlamaModel
+
+from ..schema_check import violations
+
+pytestmark = pytest.mark.e2e
+
+Q = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+REPEAT = [{"role": "user", "content": "Write the word hello ten times, separated by spaces."}]
+
+
+@pytest.fixture(scope="module")
+def tokens(model_path):
+    """The model's own tokenizer (the same GGUF the node serves): text -> token ids."""
+    m = LlamaModel(model_path)
+    yield lambda text: m.tokenize(text, add_special=False, parse_special=False)
+    m.close()
+
+
+def chat(client, model, messages=Q, **kw):
+    return client.chat.completions.create(model=model, messages=messages, **kw)
+
+
+def text_of(r) -> str:
+    return r.choices[0].message.content
+
+
+def test_temperature(openai_client, model_id):
+    greedy = [text_of(chat(openai_client, model_id, max_tokens=24, temperature=0)) for _ in range(2)]
+    assert greedy[0] == greedy[1] and greedy[0].strip()
+    hot = {text_of(chat(openai_client, model_id, max_tokens=24, temperature=2, seed=s)) for s in (1, 2, 3)}
+    assert hot - {greedy[0]}, "temperature 2 never changed the greedy answer"
+
+
+def test_seed_reproduces_a_sampled_answer(openai_client, model_id):
+    kw = dict(max_tokens=24, temperature=1.2)
+    a = [text_of(chat(openai_client, model_id, seed=1234, **kw)) for _ in range(2)]
+    assert a[0] == a[1]
+    others = {text_of(chat(openai_client, model_id, seed=s, **kw)) for s in (1, 2, 3)}
+    assert others - {a[0]}, "different seeds gave the same answer"
+
+
+@pytest.mark.parametrize("kw", [{"top_k": 1}, {"top_p": 0.0}, {"min_p": 1.0}], ids=["top_k", "top_p", "min_p"])
+def test_truncation_parameters_reduce_sampling_to_greedy(openai_client, model_id, kw):
+    """Each keeps only the most likely token, so a hot sampled answer equals the greedy one."""
+    greedy = text_of(chat(openai_client, model_id, max_tokens=24, temperature=0))
+    for seed in (1, 2):
+        assert text_of(chat(openai_client, model_id, max_tokens=24, temperature=2, seed=seed, **kw)) == greedy
+
+
+def test_stop(openai_client, model_id):
+    full = text_of(chat(openai_client, model_id, max_tokens=24, temperature=0))
+    word = full.split()[2]
+    r = chat(openai_client, model_id, max_tokens=24, temperature=0, stop=[word, "never-in-output"])
+    assert r.choices[0].finish_reason == "stop"
+    assert text_of(r) == full[:full.index(word)]
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens(openai_client, model_id, key):
+    r = chat(openai_client, model_id, temperature=0, **{key: 3})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("kw", [{"presence_penalty": 2.0}, {"frequency_penalty": 2.0},
+                                {"extra_body": {"repeat_penalty": 2.0}}],
+                         ids=["presence_penalty", "frequency_penalty", "repeat_penalty"])
+def test_penalties_change_a_repetitive_greedy_answer(openai_client, model_id, kw):
+    """Issue 10, break 3. Before the fix this request hung and every later one got 503."""
+    plain = text_of(chat(openai_client, model_id, REPEAT, max_tokens=40, temperature=0))
+    assert plain.lower().count("hello") >= 5, plain  # the baseline really repeats
+    penalized = chat(openai_client, model_id, REPEAT, max_tokens=40, temperature=0, **kw)
+    assert text_of(penalized) != plain
+    assert text_of(penalized).lower().count("hello") < plain.lower().count("hello")
+    # The node still answers, and sampled (non-greedy) penalized requests run too.
+    assert text_of(chat(openai_client, model_id, REPEAT, max_tokens=8, temperature=1, seed=3, **kw))
+    assert text_of(chat(openai_client, model_id, max_tokens=8, temperature=0)).strip()
+
+
+def test_logit_bias(openai_client, model_id, tokens):
+    first = text_of(chat(openai_client, model_id, max_tokens=1, temperature=0))
+    banned = tokens(first)
+    assert len(banned) == 1, (first, banned)
+    r = chat(openai_client, model_id, max_tokens=1, temperature=0, logit_bias={str(banned[0]): -100})
+    assert text_of(r) != first
+    # +100 forces a token the model would never start with.
+    forced = tokens(" banana")
+    assert len(forced) == 1
+    r = chat(openai_client, model_id, max_tokens=2, temperature=0, logit_bias={str(forced[0]): 100})
+    assert text_of(r).startswith(" banana") or text_of(r).startswith("banana")
+
+
+def test_n(openai_client, model_id):
+    r = chat(openai_client, model_id, max_tokens=16, temperature=1.5, seed=7, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert len({c.message.content for c in r.choices}) > 1, "n=3 sampled three identical answers"
+    r = chat(openai_client, model_id, max_tokens=16, temperature=0, n=2)
+    assert r.choices[0].message.content == r.choices[1].message.content
+
+
+def test_json_object(openai_client, model_id):
+    r = chat(openai_client, model_id, [{"role": "user", "content": "Describe a cat as JSON."}], max_tokens=200,
+             temperature=0, response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(text_of(r)), dict)
+
+
+CITY = {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 40},
+    "country": {"type": "string", "maxLength": 40},
+    "population": {"type": "integer"},
+    "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+    "capital": {"type": "boolean"},
+    "founded": {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]},
+    "size": {"enum": ["small", "medium", "large"]}},
+    "required": ["city", "country", "population", "landmarks", "capital", "founded", "size"],
+    "additionalProperties": False}
+CITY_RF = {"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": CITY}}
+ASK_CITY = [{"role": "user", "content": "Tell me about New York as JSON."}]
+
+
+def test_strict_json_schema_at_temperature_one(openai_client, model_id):
+    """Issue 13: strict json_schema with additionalProperties false (what LangChain and the Agents SDK
+    send). Whatever temperature 1 samples, every finished answer parses and matches the schema; only
+    one cut by max_tokens may be incomplete."""
+    finished = 0
+    for seed in range(6):
+        r = chat(openai_client, model_id, ASK_CITY, max_tokens=160, temperature=1, seed=seed, response_format=CITY_RF)
+        c = r.choices[0]
+        if c.finish_reason == "length":
+            continue
+        finished += 1
+        assert c.finish_reason == "stop"
+        value = json.loads(c.message.content)
+        assert violations(value, CITY) == [], c.message.content
+    assert finished >= 3
+
+
+def test_strings_stay_json_even_when_the_model_wants_raw_newlines(openai_client, model_id, tokens):
+    """Issue 13: the old converter let a raw newline into a string value. Push the model hard towards
+    newlines; the grammar must only let them out as whitespace between tokens, or escaped."""
+    newline = tokens("\n")
+    assert len(newline) == 1
+    schema = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 80}},
+              "required": ["poem"], "additionalProperties": False}
+    for seed in range(3):
+        r = chat(openai_client, model_id, [{"role": "user", "content": "A short poem, as JSON."}], max_tokens=120,
+                 temperature=1, seed=seed, logit_bias={str(newline[0]): 8},
+                 response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+        if r.choices[0].finish_reason == "stop":
+            assert violations(json.loads(text_of(r)), schema) == []
+        else:
+            assert '"poem"' in text_of(r) or text_of(r).lstrip().startswith("{")
+
+
+def test_langchain_with_structured_output(node, model_id):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=40)
+        country: str = Field(max_length=40)
+        capital: bool
+
+    llm = ChatOpenAI(base_url=node.v1, api_key="x", model=model_id, temperature=0, max_tokens=120, max_retries=0)
+    out = llm.with_structured_output(City, method="json_schema", strict=True).invoke("Describe Paris.")
+    assert isinstance(out, City)
