@@ -6,8 +6,8 @@ CLI (``closedmesh mesh invite`` / ``revoke``) changes the same file under a lock
 running server, so it works whether the hub runs in ``closedmesh hub`` or inside ``serve --hub``.
 
 Permissions are the mesh's first line of defence: a node may write only its own directory entry,
-subscribe only to its own request subjects and inboxes, and answer only requests it received. An
-invite's key may only ask to join.
+subscribe only to its own request subjects, inboxes and (read-only) the directory, answer only requests
+it received, and manage no stream or consumer. An invite's key may only ask to join.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from .identity import Identity, load_or_create
 from .tls import certificate_token, client_context, ensure_certificate
-from .protocol import (ANNOUNCE_TTL, BUCKET, JOIN_SUBJECT, BadInvite, Invite, canonical, inbox_prefix,
-                       kv_subject, open_join_request)
+from .protocol import (ANNOUNCE_TTL, BUCKET, JOIN_SUBJECT, KV_SUBJECTS, BadInvite, Invite, canonical,
+                       inbox_prefix, kv_subject, open_join_request)
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,19 @@ def _sweep(state: dict, now: float) -> None:
 
 
 def node_permissions(node: str) -> dict:
+    """What a member may do on the hub. Publish: its own directory entry, requests and cancels to other
+    nodes, and the three read-only JetStream calls the directory watch needs (protocol version 2,
+    runtime/mesh/watch.py). Nothing else: no stream or consumer management, so a member can neither
+    purge or delete the directory nor anyone's entry, nor create a consumer (a push consumer's deliver
+    subject is inside the request body, where nats-server's permissions cannot see it: a member that
+    may create consumers can make the server deliver into any node's subjects). Subscribe: its own
+    request subjects and inboxes, and the directory entries (read-only). ``allow_responses`` lets it
+    answer requests it received; mesh.py answers only signed requests, on the signer's own inbox."""
     js = "$JS.API"
     return {
         "publish": {"allow": [kv_subject(node), "cm.n.*.req", "cm.n.*.ctl", f"{js}.INFO",
-                              f"{js}.STREAM.INFO.KV_{BUCKET}", f"{js}.CONSUMER.CREATE.KV_{BUCKET}",
-                              f"{js}.CONSUMER.CREATE.KV_{BUCKET}.>", f"{js}.CONSUMER.DELETE.KV_{BUCKET}.>",
-                              f"{js}.CONSUMER.INFO.KV_{BUCKET}.>", f"{js}.DIRECT.GET.KV_{BUCKET}.>",
-                              f"{js}.STREAM.MSG.GET.KV_{BUCKET}"]},
-        "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>"]},
+                              f"{js}.STREAM.INFO.KV_{BUCKET}", f"{js}.STREAM.MSG.GET.KV_{BUCKET}"]},
+        "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>", KV_SUBJECTS]},
         # Streamed answers: many replies to one request, for as long as a long generation runs.
         "allow_responses": {"max": 1_000_000, "expires": "6h"},
     }
