@@ -32,10 +32,10 @@ from ..generation import Generation, LoopPump, prepare_chat, prepare_completion
 from .directory import Directory, Peer
 from .drops import Drops
 from .identity import Identity, load_or_create, verify
-from .protocol import (ANNOUNCE_TTL, BUCKET, FEATURES, HEARTBEAT_INTERVAL, JOIN_SUBJECT, LIVENESS_TIMEOUT,
-                       PROTOCOL_VERSION, REFRESH_INTERVAL, BadInvite, JunkRequest, canonical, check_request,
-                       ctl_subject, decode_invite, inbox_prefix, join_request, req_subject, request_headers, seal,
-                       seal_request, sign_announcement, unseal)
+from .protocol import (ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, FEATURES, HEARTBEAT_INTERVAL, JOIN_SUBJECT,
+                       LIVENESS_TIMEOUT, PROTOCOL_VERSION, REFRESH_INTERVAL, BadInvite, JunkRequest, announce_subject,
+                       canonical, check_request, ctl_subject, decode_invite, inbox_prefix, join_request, req_subject,
+                       request_headers, seal, seal_request, sign_announcement, unseal)
 from .router import rank_peers
 from .tls import client_context
 from .watch import DirectoryWatch
@@ -408,14 +408,22 @@ class Mesh:
         await nc.close()
         try:
             nc = await asyncio.wait_for(nats.connect(**opts), 15)
-            js = nc.jetstream()
-            try:
-                kv = await js.key_value(BUCKET)
-            except Exception:
-                if mode == "hub":
-                    raise MeshError("the hub has no directory (is it a ClosedMesh hub?)", 502, "no_directory") from None
-                kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                              storage=StorageType.FILE))
+            kv = None
+            if mode == "hub":
+                # The hub writes the directory for its members (members have no JetStream rights): it
+                # must answer directory requests.
+                try:
+                    await nc.request(DIRECTORY_SUBJECT, b"", timeout=5)
+                except Exception:
+                    raise MeshError("the hub does not answer directory requests (is it a ClosedMesh hub of "
+                                    "this version?)", 502, "no_directory") from None
+            else:
+                js = nc.jetstream()
+                try:
+                    kv = await js.key_value(BUCKET)
+                except Exception:
+                    kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
+                                                                  storage=StorageType.FILE))
             await nc.subscribe(req_subject(self.ident.public), cb=self._on_request)
             await nc.subscribe(ctl_subject(self.ident.public), cb=self._on_ctl)
             await nc.flush(timeout=5)
@@ -428,7 +436,7 @@ class Mesh:
             raise MeshError(f"connected to {urls[0]} but could not set up the mesh there: {e}", 502,
                             "mesh_setup_failed") from None
         self.nc, self.kv = nc, kv
-        self._watch = DirectoryWatch(nc, self.directory, lambda keys: self._peers_changed())
+        self._watch = DirectoryWatch(nc, self.directory, lambda keys: self._peers_changed(), hub=kv is None)
         self._last_announcement = None
         loop = asyncio.get_running_loop()
         self._tasks = [t for t in self._tasks if not t.done()]
@@ -446,9 +454,9 @@ class Mesh:
         nc, self.nc = self.nc, None
         if nc is None:
             return
-        if delete_entry and self.kv is not None and nc.is_connected:
+        if delete_entry and nc.is_connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.kv.delete(self.ident.public), 2)
+                await asyncio.wait_for(self._write_entry(nc, self.kv, None), 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 3)
         with contextlib.suppress(Exception):
@@ -546,12 +554,23 @@ class Mesh:
             body = self.announcement()
             doc = sign_announcement(self.ident, body)
             try:
-                await asyncio.wait_for(self.kv.put(self.ident.public, doc), 3)
+                await asyncio.wait_for(self._write_entry(self.nc, self.kv, doc), 3)
                 last_put = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.debug("announce failed: %s", e)
+
+    async def _write_entry(self, nc, kv, doc: bytes | None) -> None:
+        """This node's directory entry: ``doc``, or deleted (None). On a private hub through the hub
+        (``kv`` None), which writes it after checking it; on an open mesh into the bucket directly."""
+        if kv is None:
+            await nc.publish(announce_subject(self.ident.public), doc or b"")
+            await nc.flush()
+        elif doc is None:
+            await kv.delete(self.ident.public)
+        else:
+            await kv.put(self.ident.public, doc)
 
     async def _watcher(self) -> None:
         """Start the directory watch (again after a reconnect: the snapshot catches up on what was

@@ -8,7 +8,10 @@ Subjects (a node's id is its public NKey):
 
   cm.n.<id>.ctl   cancel messages for requests running on <id>
   cm.hub.join     invite redemption, answered by the private hub
-  $KV.closedmesh.<id>   the node's announcement in the directory bucket
+  cm.ann.<id>     on a private hub: node <id>'s announcement (empty: it leaves), which the hub checks and
+                  writes into the directory bucket for it (members never write JetStream subjects)
+  cm.hub.dir      on a private hub: the whole directory, answered on the asker's inbox
+  $KV.closedmesh.<id>   the node's announcement in the directory bucket (written directly on an open mesh)
   _I.<id>.>       the node's inboxes (hub permissions let only <id> subscribe there)
 """
 
@@ -62,6 +65,12 @@ def kv_subject(node: str) -> str:
 
 
 KV_SUBJECTS = f"$KV.{BUCKET}.*"  # every directory entry (a member may read, never write, the others)
+DIRECTORY_SUBJECT = "cm.hub.dir"
+ANNOUNCE_SUBJECTS = "cm.ann.*"
+
+
+def announce_subject(node: str) -> str:
+    return f"cm.ann.{node}"
 
 
 def _b64(b: bytes) -> str:
