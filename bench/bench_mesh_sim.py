@@ -6,9 +6,12 @@ Every light node is the real mesh protocol with a fake engine: its own NKey iden
 connection (inbox prefix _I.<id>), under the per-node permissions of the real hub config
 (runtime.mesh.hub.render_config / node_permissions, nkey users, JetStream KV bucket "closedmesh" created
 as Hub.start does); a signed announcement (protocol.sign_announcement) refreshed every REFRESH_INTERVAL;
-a KV watch feeding its own runtime.mesh.directory.Directory, expired every second (Mesh._watcher /
-_expirer); requests answered on cm.n.<id>.req like Mesh._serve (open_request, then sealed "ack", "start",
-K tokens and "done"), and requests sent like Mesh._call to the peer that rank_peers puts first. No
+announcements sent through the hub's directory writer (runtime.mesh.hub.DirectoryRelay, on the admin
+connection, as Hub.start runs it); the directory watch of the real nodes (runtime.mesh.watch.DirectoryWatch:
+a subscription to the directory's subjects plus the hub's snapshot, no JetStream rights) feeding its own
+runtime.mesh.directory.Directory, expired every second (Mesh._watcher / _expirer); requests answered on
+cm.n.<id>.req like Mesh._serve (check_request, then sealed "ack", "start", K tokens and "done"), and
+signed requests sent like Mesh._call to the peer that rank_peers puts first. No
 llama.cpp: the fake engine answers as fast as it can (--token-ms adds a delay per token).
 
 Measured in one run: join convergence (the first wave of N, then a wave of --wave newcomers), leave
@@ -46,13 +49,16 @@ from bench.common import free_port  # noqa: E402
 from runtime import __version__  # noqa: E402
 import runtime.mesh.directory as directory_mod  # noqa: E402
 from runtime.mesh.directory import Directory  # noqa: E402
-from runtime.mesh.hub import nats_server_binary, render_config  # noqa: E402
+from runtime.mesh.hub import DirectoryRelay, nats_server_binary, render_config  # noqa: E402
 from runtime.mesh.identity import Identity  # noqa: E402
 from runtime.mesh.protocol import (  # noqa: E402
-    ANNOUNCE_TTL, BUCKET, HEARTBEAT_INTERVAL, LIVENESS_TIMEOUT, REFRESH_INTERVAL, ctl_subject, inbox_prefix,
-    open_announcement, open_request, req_subject, seal, seal_request, sign_announcement, unseal,
+    ANNOUNCE_TTL, BUCKET, HEARTBEAT_INTERVAL, LIVENESS_TIMEOUT, REFRESH_INTERVAL, JunkRequest, announce_subject,
+    check_request,
+    ctl_subject, inbox_prefix, open_announcement, req_subject, request_headers, seal, seal_request,
+    sign_announcement, unseal,
 )
 from runtime.mesh.router import rank_peers  # noqa: E402
+from runtime.mesh.watch import DirectoryWatch  # noqa: E402
 
 MODEL_POOL = [f"fake/model-{i:02d}" for i in range(20)]
 MAX_CONCURRENT = 4  # MeshLimits.max_concurrent
@@ -172,7 +178,6 @@ class LightNode:
     rng: random.Random
     directory: Directory = None  # type: ignore[assignment]
     nc: nats.NATS | None = None
-    kv: object = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     served: set[str] = field(default_factory=set)
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -191,8 +196,6 @@ class LightNode:
             nkeys_seed_str=self.ident.seed, allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, connect_timeout=10, ping_interval=5, max_outstanding_pings=2,
             error_cb=self._on_error)
-        js = self.nc.jetstream()
-        self.kv = await js.key_value(BUCKET)
         await self.nc.subscribe(req_subject(self.pub), cb=self._on_request)
         await self.nc.subscribe(ctl_subject(self.pub), cb=self._on_ctl)
         await self.nc.flush(timeout=10)
@@ -204,7 +207,7 @@ class LightNode:
         """Mesh._disconnect(delete_entry=True): delete the entry, drain, close."""
         self._stop_tasks()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.kv.delete(self.pub), 2)
+            await asyncio.wait_for(self.nc.publish(announce_subject(self.pub), b""), 2)  # through the hub
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.drain(), 3)
         with contextlib.suppress(Exception):
@@ -234,7 +237,8 @@ class LightNode:
                 "models": self.models, "free_slots": free, "queued": 0, "limits": LIMITS}
 
     async def announce(self) -> None:
-        await asyncio.wait_for(self.kv.put(self.pub, sign_announcement(self.ident, self.announcement())), 10)
+        # Mesh._write_entry on a private hub: the hub checks it and writes it into the bucket
+        await self.nc.publish(announce_subject(self.pub), sign_announcement(self.ident, self.announcement()))
 
     async def _announcer(self) -> None:
         # First announcement at once on joining, then every REFRESH_INTERVAL (Mesh._announcer). The
@@ -256,31 +260,29 @@ class LightNode:
     # -- the directory --------------------------------------------------------------------------------
 
     async def _watcher(self) -> None:
-        """Mesh._watcher, plus the convergence bookkeeping."""
+        """Mesh._watcher (the real DirectoryWatch), plus the convergence bookkeeping."""
         sim = self.sim
+        node = self
+
+        class Watch(DirectoryWatch):
+            async def _on_msg(self, msg) -> None:
+                sim.directory_events += 1
+                await super()._on_msg(msg)
+                key = msg.subject.rsplit(".", 1)[-1]
+                if sim.lag_samples is not None and not msg.headers:
+                    p = node.directory.peers.get(key)
+                    if p is not None:
+                        sim.lag_samples.append(time.time() - float(p.announcement.get("ts") or 0))
+
+        def changed(keys) -> None:
+            if sim.phase:
+                sim.phase.update(node, list(keys))
+
+        watch = Watch(self.nc, self.directory, changed, hub=True)
         while True:
             try:
-                w = await self.kv.watchall()
-                seen: set[str] = set()
-                initial = True
-                async for e in w:
-                    if e is None:
-                        initial = False
-                        gone = self.directory.retain(seen | {self.pub})
-                        if gone and sim.phase:
-                            sim.phase.update(self, gone)
-                        continue
-                    deleted = e.operation in ("DEL", "PURGE") if e.operation else False
-                    if initial and not deleted:
-                        seen.add(e.key)
-                    sim.directory_events += 1
-                    changed = self.directory.apply(e.key, None if deleted else e.value)
-                    if changed and sim.phase:
-                        sim.phase.update(self, (e.key,))
-                    if sim.lag_samples is not None and not deleted and not initial:
-                        p = self.directory.peers.get(e.key)
-                        if p is not None:
-                            sim.lag_samples.append(time.time() - float(p.announcement.get("ts", 0)))
+                await watch.start()
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -306,12 +308,12 @@ class LightNode:
         pass  # the fake engine finishes at once; nothing to cancel
 
     async def _on_request(self, msg) -> None:
-        if not msg.reply:
-            return
+        if not msg.data:
+            return  # a liveness probe
         try:
-            req, key = open_request(self.ident, msg.data)
-            rid = str(req["rid"])
-        except (ValueError, KeyError):
+            _, req, key = check_request(self.ident, msg.reply, msg.headers, msg.data)
+            rid = req["rid"]
+        except JunkRequest:
             return
         asyncio.get_running_loop().create_task(self._serve(rid, key, msg.reply, req))
 
@@ -374,7 +376,8 @@ class LightNode:
             self.in_flight[peer.id] = self.in_flight.get(peer.id, 0) + 1
             t_ack = t_first = None
             try:
-                await self.nc.publish(req_subject(peer.id), sealed, reply=inbox, headers={"CM-Rid": rid})
+                await self.nc.publish(req_subject(peer.id), sealed, reply=inbox,
+                                      headers=request_headers(self.ident, inbox, sealed, rid))
                 while True:
                     try:
                         msg = await sub.next_msg(timeout=LIVENESS_TIMEOUT)
@@ -585,8 +588,9 @@ async def run(args) -> dict:
                 await asyncio.sleep(0.1)
         report["config"]["nats_server"] = (await asyncio.to_thread(srv.varz)).get("version")
         js = admin_nc.jetstream()
-        await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                 storage=StorageType.FILE))  # as Hub.start
+        kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
+                                                      storage=StorageType.FILE))  # as Hub.start
+        await DirectoryRelay(admin_nc, kv).start()  # the hub's writer of the directory, as Hub.start
         meter = Meter(srv)
         base = await meter.snap()
         idle_rss = base["srv_rss"]

@@ -11,7 +11,7 @@ import uuid
 
 from aiohttp import web
 
-from ..mesh.mesh import MeshError, MeshUnavailable, RemoteError
+from ..mesh.mesh import FINAL_CODES, MeshError, MeshUnavailable, RemoteError
 from .errors import APIError, invalid
 from .openai_routes import NODE_KEY
 from .security import check_admin
@@ -167,6 +167,12 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
             if isinstance(ev, Exception):
                 err = as_error(ev)
                 if resp is None:
+                    if err.code in FINAL_CODES:
+                        # the request may be what crashed the peer's engine: the SDKs must not send it
+                        # again either (they retry 5xx by themselves otherwise)
+                        r = err.response()
+                        r.headers["x-should-retry"] = "false"
+                        return r
                     raise err
                 await send(err.body())
                 await resp.write_eof()

@@ -4,13 +4,11 @@ that leaves). Plain data advanced by plain methods; the NATS watcher feeds it (m
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
+from .drops import Drops
 from .protocol import ANNOUNCE_TTL, BadAnnouncement, open_announcement
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,11 +24,15 @@ class Peer:
 
     @property
     def models(self) -> list[dict]:
-        return [m for m in self.announcement.get("models", []) if isinstance(m, dict) and "id" in m]
+        return self.announcement["models"]  # validated: a list of checked model entries
+
+    @property
+    def ttl(self) -> float:
+        return self.announcement.get("ttl") or ANNOUNCE_TTL
 
     def model(self, model_id: str) -> dict | None:
         lo = model_id.lower()
-        return next((m for m in self.models if str(m["id"]).lower() == lo), None)
+        return next((m for m in self.models if m["id"].lower() == lo), None)
 
     def public(self, now: float) -> dict:
         a = self.announcement
@@ -40,6 +42,8 @@ class Peer:
             "id": self.id,
             "name": self.name,
             "version": a.get("version"),
+            "protocol": a.get("v"),
+            "features": list(a.get("features") or []),
             "backend": (a.get("capability") or {}).get("backend"),
             "models": [{k: m.get(k) for k in ("id", "context_length", "slots", "free_slots", "queued",
                                                "tokens_per_second_p50", "ttft_ms_p50")} for m in self.models],
@@ -48,7 +52,7 @@ class Peer:
             "tokens_per_second": max(tps) if tps else None,
             "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
             "limits": a.get("limits"),
-            "state": "live" if age <= (a.get("ttl") or ANNOUNCE_TTL) / 2 else "stale",
+            "state": "live" if age <= self.ttl / 2 else "stale",
             "last_seen_seconds": round(age, 1),
         }
 
@@ -57,13 +61,21 @@ class Peer:
 class Directory:
     self_id: str
     peers: dict[str, Peer] = field(default_factory=dict)
-    rejected: int = 0  # announcements that failed verification (forgeries, damage)
+    # announcements that failed verification or validation (forgeries, damage, hostile members)
+    drops: Drops = field(default_factory=lambda: Drops("directory entries"))
+
+    @property
+    def rejected(self) -> int:
+        return self.drops.total
 
     def apply(self, key: str, raw: bytes | None, now: float | None = None, stored: bool = False) -> bool:
         """One KV update (raw None: deleted or purged). True when the set of peers or what they serve
         changed in a way the UI should show. ``stored``: an entry read back from the bucket when a watch
         starts, perhaps long after it was written (a crashed node's leftover): it counts as seen when it
-        was written, by the announcement's own clock, not now."""
+        was written, by the announcement's own clock, not now, and never replaces a newer one
+        that arrived live meanwhile. An invalid entry is dropped and counted; it does not remove the
+        peer's last valid announcement (which expires after its TTL unless a valid refresh comes), so
+        junk written under a node's key cannot make that node vanish."""
         now = time.monotonic() if now is None else now
         if key == self.self_id:
             return False
@@ -72,16 +84,17 @@ class Directory:
         try:
             ann = open_announcement(key, raw)
         except BadAnnouncement as e:
-            self.rejected += 1
-            log.warning("ignoring a directory entry: %s", e)
-            return self.peers.pop(key, None) is not None
+            self.drops.drop("invalid", str(e))
+            return False
         seen = now
-        if stored and isinstance(ann.get("ts"), (int, float)):
-            ttl = ann.get("ttl") or ANNOUNCE_TTL
+        ttl = ann.get("ttl") or ANNOUNCE_TTL
+        if stored and ann.get("ts") is not None:
             seen = now - min(max(0.0, time.time() - ann["ts"]), ttl + 1)
         old = self.peers.get(key)
+        if stored and old is not None and (old.announcement.get("ts") or 0) > (ann.get("ts") or 0):
+            return False  # a live refresh already brought something newer
         if old is None:
-            if now - seen > (ann.get("ttl") or ANNOUNCE_TTL):
+            if now - seen > ttl:
                 return False  # already expired
             self.peers[key] = Peer(key, ann, seen)
             return True
@@ -92,7 +105,7 @@ class Directory:
     def expire(self, now: float | None = None) -> list[str]:
         """Drop peers whose announcement was not refreshed within its TTL; their ids."""
         now = time.monotonic() if now is None else now
-        gone = [p.id for p in self.peers.values() if now - p.last_seen > (p.announcement.get("ttl") or ANNOUNCE_TTL)]
+        gone = [p.id for p in self.peers.values() if now - p.last_seen > p.ttl]
         for pid in gone:
             del self.peers[pid]
         return gone
@@ -113,7 +126,7 @@ class Directory:
         spelling: dict[str, str] = {}
         for p in self.peers.values():
             for m in p.models:
-                mid = str(m["id"])
+                mid = m["id"]
                 canon = spelling.setdefault(mid.lower(), mid)
                 out.setdefault(canon, []).append(p)
         return out
@@ -126,5 +139,4 @@ class Directory:
 def _visible(a: dict) -> tuple:
     """What a change event is worth sending for: identity, models and their capacity."""
     return (a.get("name"), a.get("version"), a.get("free_slots"), a.get("queued"),
-            tuple((m.get("id"), m.get("context_length"), m.get("free_slots"), m.get("queued")) for m in a.get("models", [])
-                  if isinstance(m, dict)))
+            tuple((m["id"], m["context_length"], m["free_slots"], m["queued"]) for m in a["models"]))

@@ -6,8 +6,8 @@ CLI (``closedmesh mesh invite`` / ``revoke``) changes the same file under a lock
 running server, so it works whether the hub runs in ``closedmesh hub`` or inside ``serve --hub``.
 
 Permissions are the mesh's first line of defence: a node may write only its own directory entry,
-subscribe only to its own request subjects and inboxes, and answer only requests it received. An
-invite's key may only ask to join.
+subscribe only to its own request subjects, inboxes and (read-only) the directory, answer only requests
+it received, and manage no stream or consumer. An invite's key may only ask to join.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import nats
 import psutil
 from nats.js.api import KeyValueConfig, StorageType
 
+from .drops import Drops
 from .identity import Identity, load_or_create
 from .tls import certificate_token, client_context, ensure_certificate
-from .protocol import (ANNOUNCE_TTL, BUCKET, JOIN_SUBJECT, BadInvite, Invite, canonical, inbox_prefix,
-                       kv_subject, open_join_request)
+from .protocol import (ANNOUNCE_SUBJECTS, ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, JOIN_SUBJECT, KV_SUBJECTS,
+                       BadAnnouncement, BadInvite, Invite, announce_subject, canonical, inbox_prefix,
+                       open_announcement, open_join_request)
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +111,17 @@ def _sweep(state: dict, now: float) -> None:
 
 
 def node_permissions(node: str) -> dict:
-    js = "$JS.API"
+    """What a member may do on the hub. Publish: its own announcement (which the hub checks and writes
+    into the directory for it), requests and cancels to other nodes, and the directory request. Nothing
+    on JetStream at all: every JetStream API call, a put's acknowledgement included, is answered on the
+    reply subject the caller names, so any such right would let a member make the server write its
+    answer into another node's directory entry; and a consumer's deliver subject is in the request
+    body, where nats-server's permissions cannot see it (issue 10). Subscribe: its own request subjects
+    and inboxes, and the directory's subjects (read-only). ``allow_responses`` lets it answer requests
+    it received; mesh.py answers only signed requests, on the signer's own inbox."""
     return {
-        "publish": {"allow": [kv_subject(node), "cm.n.*.req", "cm.n.*.ctl", f"{js}.INFO",
-                              f"{js}.STREAM.INFO.KV_{BUCKET}", f"{js}.CONSUMER.CREATE.KV_{BUCKET}",
-                              f"{js}.CONSUMER.CREATE.KV_{BUCKET}.>", f"{js}.CONSUMER.DELETE.KV_{BUCKET}.>",
-                              f"{js}.CONSUMER.INFO.KV_{BUCKET}.>", f"{js}.DIRECT.GET.KV_{BUCKET}.>",
-                              f"{js}.STREAM.MSG.GET.KV_{BUCKET}"]},
-        "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>"]},
+        "publish": {"allow": [announce_subject(node), "cm.n.*.req", "cm.n.*.ctl", DIRECTORY_SUBJECT]},
+        "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>", KV_SUBJECTS]},
         # Streamed answers: many replies to one request, for as long as a long generation runs.
         "allow_responses": {"max": 1_000_000, "expires": "6h"},
     }
@@ -263,6 +268,85 @@ def revoke_member(hub_dir: Path, who: str) -> str:
     return pub
 
 
+# -- the directory's writer ----------------------------------------------------------------------------
+
+
+class DirectoryRelay:
+    """On a private hub the directory bucket has one writer: the hub. A member publishes its signed
+    announcement on ``cm.ann.<its id>`` (only it may publish there) and the hub writes it under the
+    member's key once it passes the same checks every reader makes (signature, key, every known
+    field), at most a few times a second per member; an empty message deletes the entry (the member
+    leaves). Members ask for the whole directory on ``cm.hub.dir`` and get it on their own inbox.
+    This keeps every JetStream right away from members (see ``node_permissions``)."""
+
+    BURST, PER_SECOND = 8, 4.0  # announcements per member: a node writes at most 4/s (mesh._announcer)
+
+    def __init__(self, nc, kv) -> None:
+        self.nc, self.kv = nc, kv
+        self.entries: dict[str, tuple[bytes, float]] = {}  # key -> (announcement, monotonic time written)
+        self._budget: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
+        self._snapshot: tuple[bytes, float] | None = None  # the last answer to cm.hub.dir, reused briefly
+        self.drops = Drops("announcements sent to the hub")
+
+    async def start(self) -> None:
+        # A restarted hub: what the bucket still holds is the directory until members refresh it.
+        with contextlib.suppress(Exception):
+            for key in await self.kv.keys():
+                with contextlib.suppress(Exception):
+                    e = await self.kv.get(key)
+                    if e.value:
+                        self.entries[key] = (e.value, time.monotonic())
+        await self.nc.subscribe(ANNOUNCE_SUBJECTS, cb=self._on_announcement)
+        await self.nc.subscribe(DIRECTORY_SUBJECT, cb=self._on_directory)
+
+    def _allowed(self, key: str, now: float) -> bool:
+        tokens, at = self._budget.get(key, (float(self.BURST), now))
+        tokens = min(float(self.BURST), tokens + (now - at) * self.PER_SECOND)
+        ok = tokens >= 1
+        self._budget[key] = (tokens - 1 if ok else tokens, now)
+        return ok
+
+    async def _on_announcement(self, msg) -> None:
+        key = msg.subject.rsplit(".", 1)[-1]
+        if not msg.data:
+            self.remove(key)
+            with contextlib.suppress(Exception):
+                await self.kv.delete(key)
+            return
+        if not self._allowed(key, time.monotonic()):
+            self.drops.drop("too_often", f"{key} announces more often than {self.PER_SECOND:g} times a second")
+            return
+        try:
+            open_announcement(key, msg.data)
+        except BadAnnouncement as e:
+            self.drops.drop("invalid", str(e))
+            return
+        self.entries[key] = (msg.data, time.monotonic())
+        self._snapshot = None
+        try:
+            await self.kv.put(key, msg.data)
+        except Exception as e:
+            log.debug("hub: could not write the announcement of %s: %s", key, e)
+
+    async def _on_directory(self, msg) -> None:
+        # Answered only on an inbox: the answer must never land on a subject that something stores or
+        # acts on (a directory entry, the JetStream API).
+        if not msg.reply or not msg.reply.startswith("_I."):
+            return
+        now = time.monotonic()
+        # A flood of directory requests costs the hub one serialisation a second, not one per request.
+        if self._snapshot is None or now - self._snapshot[1] > 1.0:
+            live = {k: raw.decode() for k, (raw, at) in self.entries.items() if now - at <= ANNOUNCE_TTL * 2}
+            self._snapshot = (canonical({"entries": live}), now)
+        with contextlib.suppress(Exception):
+            await self.nc.publish(msg.reply, self._snapshot[0])
+
+    def remove(self, key: str) -> None:
+        self.entries.pop(key, None)
+        self._budget.pop(key, None)
+        self._snapshot = None
+
+
 # -- the running hub ----------------------------------------------------------------------------------
 
 
@@ -277,6 +361,7 @@ class Hub:
     proc: subprocess.Popen | None = None
     nc: nats.NATS | None = None
     urls: list[str] = field(default_factory=list)  # where members reach it, set at start
+    relay: DirectoryRelay | None = None
     _tasks: tuple = ()
 
     @property
@@ -318,10 +403,12 @@ class Hub:
             raise HubError(f"the hub's nats-server did not start listening on {self.local_url}: {last}")
         js = self.nc.jetstream()
         try:
-            await js.key_value(BUCKET)
+            kv = await js.key_value(BUCKET)
         except Exception:
-            await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                     storage=StorageType.FILE))
+            kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
+                                                          storage=StorageType.FILE))
+        self.relay = DirectoryRelay(self.nc, kv)
+        await self.relay.start()
         await self.nc.subscribe(JOIN_SUBJECT, cb=self._on_join)
         await self.nc.flush()
         self._tasks = (asyncio.get_running_loop().create_task(self._janitor()),)
@@ -363,7 +450,9 @@ class Hub:
             result = {"ok": False, "error": f"the hub failed to process the join: {e}"}
         payload = canonical(result)
         sig = self.admin.sign(payload)
-        await msg.respond(canonical({"r": result, "sig": base64.b64encode(sig).decode()}))
+        # Only on an inbox: never on a subject that something stores or acts on.
+        if msg.reply and msg.reply.startswith("_I."):
+            await msg.respond(canonical({"r": result, "sig": base64.b64encode(sig).decode()}))
         # Only now apply the change: the reload drops the invite's connection, which must first get
         # its answer. The joiner retries its own key until the new member is in.
         await self.nc.flush()
@@ -405,6 +494,8 @@ class Hub:
                     await asyncio.to_thread(update_state, self.hub_dir, lambda s: None)
                 kv = await self.nc.jetstream().key_value(BUCKET)
                 for pub in state.get("revoked", {}):
+                    if self.relay is not None:
+                        self.relay.remove(pub)
                     with contextlib.suppress(Exception):
                         await kv.purge(pub)
             except asyncio.CancelledError:
@@ -413,6 +504,8 @@ class Hub:
                 log.debug("hub janitor: %s", e)
 
     async def purge_entry(self, pub: str) -> None:
+        if self.relay is not None:
+            self.relay.remove(pub)
         kv = await self.nc.jetstream().key_value(BUCKET)
         await kv.purge(pub)
 

@@ -69,6 +69,8 @@ class Identity:
         object.__setattr__(self, "public", kp.public_key.decode())
         raw = nkeys.decode_seed(bytearray(self.seed.encode()))[1]
         object.__setattr__(self, "_signing", SigningKey(bytes(raw)))
+        # derived once: every request this node receives is opened with it (a ~0.1 ms conversion)
+        object.__setattr__(self, "_box", self._signing.to_curve25519_private_key())  # type: ignore[attr-defined]
 
     public: str = ""  # set in __post_init__
 
@@ -80,7 +82,7 @@ class Identity:
         return self._signing.sign(data).signature  # type: ignore[attr-defined]
 
     def box_private_key(self) -> PrivateKey:
-        return self._signing.to_curve25519_private_key()  # type: ignore[attr-defined]
+        return self._box  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:  # never print the seed
         return f"Identity({self.public})"

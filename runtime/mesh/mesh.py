@@ -30,12 +30,15 @@ from ..api.validation import parse_generation
 from ..engine.events import DoneEvent, ErrorEvent, TokenEvent
 from ..generation import Generation, LoopPump, prepare_chat, prepare_completion
 from .directory import Directory, Peer
+from .drops import Drops
 from .identity import Identity, load_or_create, verify
-from .protocol import (ANNOUNCE_TTL, BUCKET, HEARTBEAT_INTERVAL, JOIN_SUBJECT, LIVENESS_TIMEOUT, REFRESH_INTERVAL,
-                       BadInvite, canonical, ctl_subject, decode_invite, inbox_prefix, join_request, open_request,
-                       req_subject, seal, seal_request, sign_announcement, unseal)
+from .protocol import (ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, FEATURES, HEARTBEAT_INTERVAL, JOIN_SUBJECT,
+                       LIVENESS_TIMEOUT, PROTOCOL_VERSION, REFRESH_INTERVAL, BadInvite, JunkRequest, announce_subject,
+                       canonical, check_request, ctl_subject, decode_invite, inbox_prefix, join_request, req_subject,
+                       request_headers, seal, seal_request, sign_announcement, unseal)
 from .router import rank_peers
 from .tls import client_context
+from .watch import DirectoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class Served:
 
     rid: str
     key: bytes
-    reply: str
+    reply: str  # the signer's own inbox (checked by protocol.check_request)
     gen: Any = None
     cancelled: bool = False
     last_sent: float = field(default_factory=time.monotonic)
@@ -146,6 +149,10 @@ class RemoteError(Exception):
 # Errors after which another peer is tried; anything else is the client's to see.
 _RETRYABLE_CODES = {"peer_busy", "mesh_limit", "model_not_found", "model_load_failed", "engine_stopped",
                     "node_shutting_down", "overloaded", "server_error", "internal_error", "model_not_ready"}
+# Errors that end the request here whatever their status: the request may be what crashed the serving
+# peer's engine, so sending it (or the rest of it) to the next peer could crash that one too, and so on
+# through the whole mesh. The client gets the error (500, x-should-retry: false).
+FINAL_CODES = {"engine_crashed"}
 
 
 class Mesh:
@@ -164,6 +171,8 @@ class Mesh:
         self._tasks: list[asyncio.Task] = []
         self._poke = asyncio.Event()
         self._served: dict[str, Served] = {}
+        self.dropped_requests = Drops("requests on this node's request subject")
+        self._watch: DirectoryWatch | None = None
         self.served_total = 0  # mesh requests this node answered to the end
         self.in_flight: dict[str, int] = {}  # requests this node has running on each peer
         self._last_announcement: bytes | None = None
@@ -186,15 +195,33 @@ class Mesh:
             "mode": self.config.mode if self.config.joined else None,
             "error": self.error,
             "node": {"id": self.ident.public, "name": self.config.name},
-            "hub": {"urls": list(self.node.hub.urls)} if self.node.hub is not None else None,
+            "hub": self._hub_status(),
             "limits": asdict(self.config.limits),
             "serving_mesh_requests": len(self._served),
             "served_total": self.served_total,
             "peer_count": len(self.directory.peers),
+            "protocol": PROTOCOL_VERSION,
+            "features": list(FEATURES),
+            # announcements that failed their signature or field checks (never routed to, never listed)
             "rejected_announcements": self.directory.rejected,
+            "rejected_announcement_reason": self.directory.drops.last_reason,
+            # junk on this node's request subject (unsigned, bad signature, undecryptable, oversized, …)
+            "dropped_requests": self.dropped_requests.total,
+            "dropped_requests_by_reason": dict(self.dropped_requests.by_reason),
+            "dropped_request_reason": self.dropped_requests.last_reason,
         }
         if with_peers:
             d["peers"] = self.directory.public()
+        return d
+
+    def _hub_status(self) -> dict | None:
+        hub = self.node.hub
+        if hub is None:
+            return None
+        d: dict[str, Any] = {"urls": list(hub.urls)}
+        if hub.relay is not None:  # members' announcements the hub refused to write (invalid, too often)
+            d["rejected_announcements"] = hub.relay.drops.total
+            d["rejected_announcement_reason"] = hub.relay.drops.last_reason
         return d
 
     def _set_state(self, state: str, error: str | None = None) -> None:
@@ -331,9 +358,12 @@ class Mesh:
             except Exception as e:
                 err = _connect_error(e, invite.urls, invite=True)
                 # A connection dropped while the hub reloads its configuration is worth another try; a
-                # refused invite or an unreachable hub is not.
-                if err.code != "hub_unreachable" or "reset" not in str(e).lower() and "lost" not in str(e).lower() \
-                        or attempt == 2:
+                # refused invite or an unreachable hub is not. Give up when: not a connection problem, OR
+                # a connection problem that is not a dropped connection (neither "reset" nor "lost"), OR
+                # the last attempt. (`and` binds tighter than `or`: this is what the code always meant.)
+                text = str(e).lower()
+                dropped = "reset" in text or "lost" in text
+                if err.code != "hub_unreachable" or not dropped or attempt == 2:
                     raise err from None
                 await asyncio.sleep(0.3)
         assert nc is not None
@@ -387,14 +417,22 @@ class Mesh:
         await nc.close()
         try:
             nc = await asyncio.wait_for(nats.connect(**opts), 15)
-            js = nc.jetstream()
-            try:
-                kv = await js.key_value(BUCKET)
-            except Exception:
-                if mode == "hub":
-                    raise MeshError("the hub has no directory (is it a ClosedMesh hub?)", 502, "no_directory") from None
-                kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                              storage=StorageType.FILE))
+            kv = None
+            if mode == "hub":
+                # The hub writes the directory for its members (members have no JetStream rights): it
+                # must answer directory requests.
+                try:
+                    await nc.request(DIRECTORY_SUBJECT, b"", timeout=5)
+                except Exception:
+                    raise MeshError("the hub does not answer directory requests (is it a ClosedMesh hub of "
+                                    "this version?)", 502, "no_directory") from None
+            else:
+                js = nc.jetstream()
+                try:
+                    kv = await js.key_value(BUCKET)
+                except Exception:
+                    kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
+                                                                  storage=StorageType.FILE))
             await nc.subscribe(req_subject(self.ident.public), cb=self._on_request)
             await nc.subscribe(ctl_subject(self.ident.public), cb=self._on_ctl)
             await nc.flush(timeout=5)
@@ -407,6 +445,7 @@ class Mesh:
             raise MeshError(f"connected to {urls[0]} but could not set up the mesh there: {e}", 502,
                             "mesh_setup_failed") from None
         self.nc, self.kv = nc, kv
+        self._watch = DirectoryWatch(nc, self.directory, lambda keys: self._peers_changed(), hub=kv is None)
         self._last_announcement = None
         loop = asyncio.get_running_loop()
         self._tasks = [t for t in self._tasks if not t.done()]
@@ -420,12 +459,13 @@ class Mesh:
         for t in self._tasks:
             if t.get_name() in ("announcer", "watcher", "expirer"):
                 t.cancel()
+        self._watch = None  # its subscription goes with the connection
         nc, self.nc = self.nc, None
         if nc is None:
             return
-        if delete_entry and self.kv is not None and nc.is_connected:
+        if delete_entry and nc.is_connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.kv.delete(self.ident.public), 2)
+                await asyncio.wait_for(self._write_entry(nc, self.kv, None), 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 3)
         with contextlib.suppress(Exception):
@@ -494,6 +534,7 @@ class Mesh:
         return {
             "name": self.config.name,
             "version": __version__,
+            "features": list(FEATURES),
             "ts": time.time(),
             "ttl": ANNOUNCE_TTL,
             "capability": {"backend": cap.backend if cap else None,
@@ -522,30 +563,34 @@ class Mesh:
             body = self.announcement()
             doc = sign_announcement(self.ident, body)
             try:
-                await asyncio.wait_for(self.kv.put(self.ident.public, doc), 3)
+                await asyncio.wait_for(self._write_entry(self.nc, self.kv, doc), 3)
                 last_put = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.debug("announce failed: %s", e)
 
+    async def _write_entry(self, nc, kv, doc: bytes | None) -> None:
+        """This node's directory entry: ``doc``, or deleted (None). On a private hub through the hub
+        (``kv`` None), which writes it after checking it; on an open mesh into the bucket directly."""
+        if kv is None:
+            await nc.publish(announce_subject(self.ident.public), doc or b"")
+            await nc.flush()
+        elif doc is None:
+            await kv.delete(self.ident.public)
+        else:
+            await kv.put(self.ident.public, doc)
+
     async def _watcher(self) -> None:
+        """Start the directory watch (again after a reconnect: the snapshot catches up on what was
+        missed while disconnected); retried until it works."""
         while True:
+            watch = self._watch
+            if watch is None:
+                return
             try:
-                w = await self.kv.watchall()
-                seen: set[str] = set()
-                initial = True
-                async for e in w:
-                    if e is None:
-                        initial = False
-                        if self.directory.retain(seen | {self.ident.public}):
-                            self._peers_changed()
-                        continue
-                    deleted = e.operation in ("DEL", "PURGE") if e.operation else False
-                    if initial and not deleted:
-                        seen.add(e.key)
-                    if self.directory.apply(e.key, None if deleted else e.value, stored=initial):
-                        self._peers_changed()
+                await watch.start()
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -651,13 +696,14 @@ class Mesh:
         rid = uuid.uuid4().hex
         sealed, key = seal_request(peer.id, {"rid": rid, "kind": kind, "body": body, "prefix": prefix,
                                              "from": self.ident.public})
-        inbox = nc.new_inbox()
+        inbox = nc.new_inbox()  # _I.<this node>.…: the only place the peer will answer
         sub = await nc.subscribe(inbox, pending_msgs_limit=-1)
         self.in_flight[peer.id] = self.in_flight.get(peer.id, 0) + 1
         t0 = time.monotonic()
         finished = False
         try:
-            await nc.publish(req_subject(peer.id), sealed, reply=inbox, headers={"CM-Rid": rid})
+            await nc.publish(req_subject(peer.id), sealed, reply=inbox,
+                             headers=request_headers(self.ident, inbox, sealed, rid))
             probed = False
             last_ok = time.monotonic()  # the last message that really came from the peer
             forged = 0
@@ -701,6 +747,11 @@ class Mesh:
                     if err.get("code") == "peer_busy":
                         finished = True
                         raise PeerBusy(f"{peer.name} is busy")
+                    if err.get("code") in FINAL_CODES:
+                        finished = True
+                        log.warning("mesh: %s: %s; not trying another peer with this request", peer.name,
+                                    err.get("message", err.get("code")))
+                        raise RemoteError(status, err)
                     if status >= 500 or err.get("code") in _RETRYABLE_CODES:
                         raise PeerLost(f"{peer.name}: {err.get('message', 'error')}")
                     finished = True
@@ -744,14 +795,21 @@ class Mesh:
                 s.gen.cancel()
 
     async def _on_request(self, msg) -> None:
-        if not msg.reply:
-            return
+        """A request from a peer. Answered only when it is signed and its reply subject is the signer's
+        own inbox: otherwise a member could make this node write wherever it can write (its own
+        directory entry, JetStream API subjects) by naming that as the reply subject (issue 10).
+        Junk is dropped before any work, counted, and logged at most once a minute."""
+        if not msg.data:
+            return  # a requester's liveness probe: being subscribed is the answer
         try:
-            req, key = open_request(self.ident, msg.data)
-            rid = str(req["rid"])
-        except (ValueError, KeyError):
-            return  # not encrypted to this node: nobody to answer
-        s = Served(rid, key, msg.reply)
+            signer, req, key = check_request(self.ident, msg.reply, msg.headers, msg.data)
+        except JunkRequest as e:
+            self.dropped_requests.drop(e.reason, str(e))
+            return
+        if req["rid"] in self._served:
+            self.dropped_requests.drop("replayed", f"a second request {req['rid']} from {signer}")
+            return
+        s = Served(req["rid"], key, msg.reply)
         asyncio.get_running_loop().create_task(self._serve(s, req))
 
     async def _serve(self, s: Served, req: dict) -> None:
@@ -831,10 +889,10 @@ class Mesh:
                                                "completion_tokens": ev.completion_tokens,
                                                "cached_tokens": ev.cached_tokens}})
                 elif isinstance(ev, ErrorEvent):
-                    # engine_crashed: this request may be what crashed the engine; the requester must not
-                    # take it to another peer.
-                    await self._send(s, refuse(500 if ev.code == "engine_crashed" else 503, ev.message,
-                                               ev.code or "engine_error"))
+                    # engine_crashed: this request may be what crashed the engine; 500, and the
+                    # requester will not try it on another peer (FINAL_CODES)
+                    status = 500 if ev.code == "engine_crashed" else 503
+                    await self._send(s, refuse(status, ev.message, ev.code or "engine_error"))
                     return
         except asyncio.CancelledError:
             raise

@@ -17,7 +17,7 @@ import pytest
 from runtime.mesh.hub import nats_server_binary
 from runtime.mesh.identity import Identity
 from runtime.mesh.tls import certificate_token, client_context, ensure_certificate
-from runtime.mesh.protocol import (ctl_subject, inbox_prefix, kv_subject, req_subject, seal,
+from runtime.mesh.protocol import (announce_subject, ctl_subject, inbox_prefix, kv_subject, req_subject, seal,
                                    sign_announcement)
 
 from ..conftest import wait_for
@@ -82,12 +82,14 @@ def test_hostile_member_cannot_read_answer_or_impersonate(tmp_path, model_path):
                             f"{inbox_prefix(ident_a.public)}.>", ">", "cm.>"):
                 await nc.subscribe(subject, cb=record)
                 await nc.flush()
-            # Announce in B's name: directly into B's entry, and B's identity inside H's own entry.
+            # Announce in B's name: directly into B's entry, on B's announcement subject, and B's identity
+            # inside H's own announcement (which the hub checks before writing it).
             forged = sign_announcement(ident_h, {"name": "b", "models": [{"id": "evil", "free_slots": 9}], "ttl": 15})
             await nc.publish(kv_subject(ident_b.public), forged)
+            await nc.publish(announce_subject(ident_b.public), forged)
             fake_b = json.loads(forged)
             fake_b["a"]["id"] = ident_b.public
-            await nc.publish(kv_subject(ident_h.public), json.dumps(fake_b).encode(), reply=nc.new_inbox())
+            await nc.publish(announce_subject(ident_h.public), json.dumps(fake_b).encode())
             # Inject an "answer" into A's inbox.
             await nc.publish(f"{inbox_prefix(ident_a.public)}.x", seal(os.urandom(32), {"t": "d", "x": "PWNED"}))
             # A request to B that is not encrypted to B: B must ignore it.
@@ -103,12 +105,13 @@ def test_hostile_member_cannot_read_answer_or_impersonate(tmp_path, model_path):
         # every subscription and both foreign publishes were refused by the hub
         for what in ("subscription to \"cm.n.", "subscription to \"_i.", "subscription to \">\"",
                      "subscription to \"cm.>\"", "publish to \"$kv.closedmesh." + ident_b.public.lower(),
+                     "publish to \"cm.ann." + ident_b.public.lower(),
                      "publish to \"_i." + ident_a.public.lower()):
             assert any(what in v for v in violations), (what, violations)
         assert out["got"] == [], "the hostile node received traffic meant for others"
         assert out["answer"] and "PWNED" not in out["answer"]
         st = mesh_status(a)
-        assert st["rejected_announcements"] >= 1
+        wait_for(lambda: "claims another identity" in hub.log_path.read_text(), 10, what="the hub to drop it")
         models = {m["id"] for m in openai.OpenAI(base_url=a.v1, api_key="x").models.list().model_dump()["data"]}
         assert "evil" not in models and "beta" in models
         b_peer = next(p for p in st["peers"] if p["id"] == ident_b.public)

@@ -4,15 +4,18 @@ directory, routing, limits, hub configuration."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import random
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.mesh import protocol as P
 from runtime.mesh.directory import Directory, Peer
+from runtime.mesh.drops import Drops
 from runtime.mesh.hub import create_invite, find_member, init_state, load_state, node_permissions, render_config
 from runtime.mesh.identity import Identity, InvalidKey, load_or_create, verify, verify_key
 from runtime.mesh.mesh import MeshConfig, MeshLimits
@@ -223,9 +226,11 @@ def test_hub_config_permissions(tmp_path, ids):
     assert a.public in users and b.public not in users  # revoked: no longer a user
     perms = users[a.public]["permissions"]
     assert perms == node_permissions(a.public)
-    assert P.kv_subject(a.public) in perms["publish"]["allow"]
-    assert not any(b.public in s for s in perms["publish"]["allow"])
-    assert perms["subscribe"]["allow"] == [f"cm.n.{a.public}.>", f"_I.{a.public}.>"]
+    # its own announcement (the hub writes the directory), requests to others, the directory request;
+    # nothing on JetStream (no API, no stream subject): the server answers JetStream calls on any reply
+    # subject, a directory entry included, and cannot see a consumer's deliver subject
+    assert perms["publish"]["allow"] == [P.announce_subject(a.public), "cm.n.*.req", "cm.n.*.ctl", "cm.hub.dir"]
+    assert perms["subscribe"]["allow"] == [f"cm.n.{a.public}.>", f"_I.{a.public}.>", "$KV.closedmesh.*"]
     assert cfg["listen"] == "127.0.0.1:4222" and (tmp_path / "nats-server.conf").stat().st_mode & 0o777 == 0o600
     # TLS required, with the hub's own certificate; its key readable by the owner only
     assert cfg["tls"]["cert_file"].endswith("hub-cert.pem") and state["tls"]
@@ -250,3 +255,201 @@ def test_invites_in_hub_state_and_member_lookup(tmp_path, ids):
     assert find_member(state, "laptop") == a.public and find_member(state, a.public[:10]) == a.public
     with pytest.raises(Exception, match="no member"):
         find_member(state, "nobody")
+
+
+# -- announcements: every known field checked (issue 10, break 8) -----------------------------------------
+
+
+def _good(**over) -> dict:
+    d = {"name": "n", "version": "0.1.0", "ts": time.time(), "ttl": 15, "features": [],
+         "capability": {"backend": "cpu", "devices": [], "ram_total_bytes": 2**34},
+         "models": [{"id": "m", "state": "ready", "context_length": 4096, "slots": 4, "free_slots": 2, "queued": 0,
+                     "tokens_per_second_p50": 31.5, "ttft_ms_p50": 180.2}],
+         "free_slots": 2, "queued": 0, "limits": {"max_tokens": 2048, "max_concurrent": 4, "reserved_local_slots": 1}}
+    d.update(over)
+    return d
+
+
+def _model(**over) -> dict:
+    return dict(_good()["models"][0], **over)
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"models": [_model(tokens_per_second_p50="x")]}, "tokens_per_second_p50"),
+    ({"models": [_model(tokens_per_second_p50=math.inf)]}, "tokens_per_second_p50"),
+    ({"models": [_model(tokens_per_second_p50=math.nan)]}, "tokens_per_second_p50"),
+    ({"models": [_model(free_slots="x")]}, "free_slots"),
+    ({"models": [_model(free_slots=True)]}, "free_slots"),
+    ({"models": [_model(free_slots=-1)]}, "free_slots"),
+    ({"ttl": "x"}, "ttl"),
+    ({"ttl": 10**9}, "ttl"),
+    ({"ttl": 0}, "ttl"),
+    ({"ts": "yesterday"}, "ts"),
+    ({"models": "m"}, "models"),
+    ({"models": [_model(id=f"m{i}") for i in range(65)]}, "models"),
+    ({"models": [_model(id="../../etc")]}, "id"),
+    ({"models": [_model(id="x" * 129)]}, "id"),
+    ({"models": [_model(id=7)]}, "id"),
+    ({"models": ["m"]}, "models[0]"),
+    ({"name": "n" * 129}, "name"),
+    ({"features": "tools"}, "features"),
+    ({"features": ["t"] * 33}, "features"),
+    ({"limits": {"max_tokens": "2048"}}, "max_tokens"),
+    ({"limits": []}, "limits"),
+    ({"capability": {"devices": [1]}}, "devices"),
+    ({"free_slots": 1.5}, "free_slots"),
+])
+def test_invalid_announcement_fields_are_refused(ids, over, field):
+    a = ids[0]
+    with pytest.raises(P.BadAnnouncement, match=field.replace("[", r"\[").replace("]", r"\]")):
+        P.open_announcement(a.public, P.sign_announcement(a, _good(**over)))
+
+
+def test_valid_announcement_keeps_known_fields_and_ignores_unknown_ones(ids):
+    a = ids[0]
+    body = _good(future_field={"x": [1, 2]}, models=[_model(id="org/Qwen3-8B:Q4_K_M", future=1)],
+                 features=["tools", "logprobs"])
+    got = P.open_announcement(a.public, P.sign_announcement(a, body))
+    assert got["v"] == P.PROTOCOL_VERSION and got["features"] == ["tools", "logprobs"]
+    assert "future_field" not in got and "future" not in got["models"][0]  # a newer peer is not dropped
+    assert got["models"][0]["id"] == "org/Qwen3-8B:Q4_K_M" and got["models"][0]["tokens_per_second_p50"] == 31.5
+    # a minimal (older) announcement is fine too: absent fields are None
+    got = P.open_announcement(a.public, P.sign_announcement(a, {"name": "old"}))
+    assert got["models"] == [] and got["ttl"] is None and got["features"] == []
+    with pytest.raises(P.BadAnnouncement, match="'v'"):  # (sign_announcement always sets it)
+        P.validate_announcement(a.public, {"v": "2"})
+
+
+def test_unreadable_announcements_raise_only_bad_announcement(ids):
+    a = ids[0]
+    for raw in (b"[" * 50_000 + b"]" * 50_000, b'{"a": 1, "sig": 2}', b'"x"', b"null", b"\xff\xfe",
+                b'{"a": {"id": "' + a.public.encode() + b'", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b'}, "sig": ""}',
+                b" " * (P.MAX_ANNOUNCEMENT_BYTES + 1)):
+        with pytest.raises(P.BadAnnouncement):
+            P.open_announcement(a.public, raw)
+
+
+def test_directory_drops_invalid_entries_and_keeps_the_last_valid_one(ids, caplog):
+    me, a, b = ids
+    d = Directory(me.public)
+    assert d.apply(a.public, _ann(a, [{"id": "m", "free_slots": 1}]), now=0)
+    with caplog.at_level(logging.WARNING, logger="runtime.mesh.drops"):
+        for bad in ({"ttl": "x"}, {"models": [_model(free_slots="x")]}, {"models": [_model(tokens_per_second_p50="x")]}):
+            assert not d.apply(a.public, P.sign_announcement(a, _good(**bad)), now=1)
+    assert d.rejected == 3 and "tokens_per_second_p50" in d.drops.last_reason
+    assert len(caplog.records) == 1  # logged once, counted every time
+    # junk under a's key did not remove a: routing, the model list and the public view still work
+    assert d.peers[a.public].model("m")["free_slots"] == 1
+    assert [p.id for p in rank_peers(list(d.peers.values()), "m", {})] == [a.public]
+    assert d.public()[0]["id"] == a.public and d.mesh_models() == {"m": [d.peers[a.public]]}
+    assert d.expire(now=16.5) == [a.public]  # but it does not keep a alive past its TTL either
+    # a bad first announcement never becomes a peer
+    assert not d.apply(b.public, P.sign_announcement(b, _good(ttl="x")), now=1) and b.public not in d.peers
+
+
+def test_a_stored_entry_never_replaces_a_newer_live_one(ids):
+    me, a, _ = ids
+    d = Directory(me.public)
+    d.apply(a.public, _ann(a, [{"id": "new"}], ts=time.time()))
+    assert not d.apply(a.public, _ann(a, [{"id": "old"}], ts=time.time() - 3), stored=True)
+    assert d.peers[a.public].model("new") is not None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
+    max_leaves=25)
+_known = ["v", "name", "version", "ts", "ttl", "features", "capability", "models", "free_slots", "queued",
+          "limits", "backend", "devices", "ram_total_bytes", "id", "state", "context_length", "slots",
+          "tokens_per_second_p50", "ttft_ms_p50", "max_tokens", "max_concurrent", "reserved_local_slots"]
+
+
+@st.composite
+def _announcement_bodies(draw) -> dict:
+    """Valid announcements with some known fields (at any depth) replaced by arbitrary JSON."""
+    body = _good()
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.sampled_from(["top", "model", "capability", "limits"]))
+        target = {"top": body, "model": body["models"][0], "capability": body["capability"],
+                  "limits": body["limits"]}[where]
+        target[draw(st.sampled_from(_known) | st.text(max_size=8))] = draw(_json)
+    return body
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_announcement_bodies(), anything=_json)
+def test_validator_never_raises_anything_else_and_what_passes_is_safe_to_route(ids, body, anything):
+    me, a, _ = ids
+    for candidate in (body, anything):
+        try:
+            raw = P.sign_announcement(a, candidate) if isinstance(candidate, dict) else P.canonical(
+                {"a": candidate, "sig": "x"})
+        except ValueError:
+            continue  # a lone surrogate cannot be encoded as UTF-8, so no peer can send it
+        d = Directory(me.public)
+        d.apply(a.public, raw)  # never raises, whatever the content
+        for p in d.peers.values():  # what got in is safe for everything that reads it
+            p.public(time.monotonic())
+            for m in p.models:
+                rank_peers([p], m["id"], {}, max_tokens=100)
+                assert m["free_slots"] is None or isinstance(m["free_slots"], int)
+                assert m["tokens_per_second_p50"] is None or math.isfinite(m["tokens_per_second_p50"])
+            assert 1 <= p.ttl <= 120
+        d.expire()
+
+
+# -- requests: signed, answered only on the signer's inbox (issue 10, break 9) ---------------------------
+
+
+def _signed(sender: Identity, to: Identity, reply: str | None = None, **body):
+    reply = reply if reply is not None else f"{P.inbox_prefix(sender.public)}.abc"
+    sealed, key = P.seal_request(to.public, dict({"rid": "r1", "kind": "chat", "body": {"model": "m"},
+                                                  "from": sender.public}, **body))
+    return reply, P.request_headers(sender, reply, sealed, "r1"), sealed, key
+
+
+def test_a_signed_request_to_its_signers_inbox_is_accepted(ids):
+    a, b, _ = ids
+    reply, headers, sealed, key = _signed(a, b)
+    signer, body, key2 = P.check_request(b, reply, headers, sealed)
+    assert signer == a.public and body["rid"] == "r1" and key2 == key
+
+
+def test_junk_requests_are_refused_with_their_reason(ids):
+    a, b, c = ids
+    reply, headers, sealed, _ = _signed(a, b)
+    kv_a = P.kv_subject(c.public)
+    cases = {
+        "unsigned": [(reply, {"CM-Rid": "r1"}, sealed), (None, headers, sealed), (reply, None, sealed)],
+        "foreign_reply": [(kv_a, headers, sealed), ("$JS.API.STREAM.PURGE.KV_closedmesh", headers, sealed),
+                          (f"{P.inbox_prefix(c.public)}.x", headers, sealed)],
+        "bad_signature": [(reply, dict(headers, **{"CM-Sig": "AAAA"}), sealed),
+                          (reply, headers, sealed[:-1] + bytes([sealed[-1] ^ 1])),
+                          # a's signature, c's name and inbox: answers would go to c, who never asked
+                          (f"{P.inbox_prefix(c.public)}.abc",
+                           dict(P.request_headers(a, f"{P.inbox_prefix(c.public)}.abc", sealed, "r1"),
+                                **{"CM-From": c.public}), sealed)],
+        "oversized": [(reply, headers, b"x" * (P.MAX_REQUEST_BYTES + 1))],
+    }
+    # signed by a, to its own inbox, but sealed to someone else / not sealed at all
+    r2, h2, s2, _ = _signed(a, c)
+    cases["undecryptable"] = [(r2, h2, s2)]
+    junk = b"not encrypted"
+    cases["undecryptable"].append((reply, P.request_headers(a, reply, junk, "r1"), junk))
+    # the sealed body names another sender than the signature
+    r3, h3, s3, _ = _signed(a, b, **{"from": c.public})
+    cases["malformed"] = [(r3, h3, s3)]
+    for reason, attempts in cases.items():
+        for rep, hdr, data in attempts:
+            with pytest.raises(P.JunkRequest) as e:
+                P.check_request(b, rep, hdr, data)
+            assert e.value.reason == reason, (reason, rep, str(e.value))
+
+
+def test_drops_are_counted_every_time_and_logged_once_per_interval(caplog):
+    d = Drops("requests", interval=60)
+    with caplog.at_level(logging.WARNING, logger="runtime.mesh.drops"):
+        logged = [d.drop("unsigned", "junk", now=t) for t in (0, 1, 2, 59.9, 60.5, 61)]
+    assert logged == [True, False, False, False, True, False]
+    assert d.total == 6 and d.by_reason == {"unsigned": 6} and len(caplog.records) == 2
+    assert "4 dropped since" in caplog.records[1].getMessage()
