@@ -1,0 +1,24 @@
+"""Which files of a llama.cpp build folder a bundle needs (shared by the PyInstaller hook and the variant
+build script): the shared libraries of llama, ggml (base, CPU and any GPU backend) and mtmd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PREFIXES = ("llama", "ggml", "mtmd")
+
+
+def is_llama_library(name: str) -> bool:
+    """``libllama.so``, ``libggml-cpu.so.0.9``, ``libmtmd.dylib``, ``ggml-base.dll``…; not import libraries
+    (``.lib``), static archives, CMake or pkg-config files."""
+    base = name[3:] if name.startswith("lib") else name
+    if not base.startswith(_PREFIXES):
+        return False
+    return name.endswith((".so", ".dylib", ".dll")) or ".so." in name
+
+
+def llama_libraries(lib_dir: Path) -> list[Path]:
+    """The shared libraries in ``lib_dir``, sorted (symbolic links included as found)."""
+    if not lib_dir.is_dir():
+        return []
+    return sorted(p for p in lib_dir.iterdir() if p.is_file() and is_llama_library(p.name))
