@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 # The system libraries Qt's xcb platform plugin (PySide6 6.12: libqxcb.so and libQt6XcbQpa.so.6) needs
-# that PySide6 does not ship, with the Debian/Ubuntu package of each (Fedora: xcb-util-cursor,
+# that PySide6 does not ship (all but the C/C++ runtime), with the Debian/Ubuntu package of each (Fedora: xcb-util-cursor,
 # xcb-util-wm, xcb-util-keysyms, xcb-util-image, xcb-util-renderutil, libxkbcommon-x11).
 # tests/packaging/test_xcb_check.py checks this table against the installed plugin's ELF dependencies.
 XCB_LIBRARIES: dict[str, str] = {
@@ -38,15 +38,15 @@ XCB_LIBRARIES: dict[str, str] = {
     "libX11.so.6": "libx11-6",
     "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
     "libxkbcommon.so.0": "libxkbcommon0",
-    "libSM.so.6": "libsm6",
-    "libICE.so.6": "libice6",
     "libEGL.so.1": "libegl1",
-    "libGLX.so.0": "libglx0",
-    "libOpenGL.so.0": "libopengl0",
+    "libGL.so.1": "libgl1",
     "libfontconfig.so.1": "libfontconfig1",
     "libfreetype.so.6": "libfreetype6",
     "libdbus-1.so.3": "libdbus-1-3",
     "libglib-2.0.so.0": "libglib2.0-0",
+    "libgthread-2.0.so.0": "libglib2.0-0",
+    "libz.so.1": "zlib1g",
+    "libzstd.so.1": "libzstd1",
 }
 
 

