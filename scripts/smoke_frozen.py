@@ -4,7 +4,10 @@ Run by scripts/smoke_frozen.sh, which installs the .deb (or unpacks the tarball)
 with the system's Python, isolated (-I), from a temporary folder, with a bare environment. Standard
 library only: it is a user's machine, not a developer's.
 
-    python3 -I smoke_frozen.py --bin DIR --artifacts DIR --forbid PATH [--deb PACKAGE]
+    python3 -I smoke_frozen.py --bin DIR --root DIR --artifacts DIR --forbid PATH [--gui xvfb|none] [--deb PACKAGE]
+
+The release workflow runs it on macOS and Windows too, with --gui none (no Xvfb there); the checks that
+read /proc (step 3, and step 6's) are Linux only and are reported as SKIP elsewhere.
 
 Steps (each prints one line, PASS or FAIL, and the run ends with 'N passed, N failed'):
  1. the programs on PATH are the bundle's, and nothing of the venv or the source tree is on any path;
@@ -217,14 +220,20 @@ def main() -> int:
     ap.add_argument("--artifacts", type=Path, required=True)
     ap.add_argument("--forbid", action="append", default=[], help="a path nothing may come from (repeatable)")
     ap.add_argument("--deb", help="the package to remove at the end")
+    ap.add_argument("--gui", choices=["xvfb", "none"], default="xvfb", help="start the tray app under Xvfb")
     a = ap.parse_args()
     a.artifacts.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="closedmesh-smoke-"))
-    env = {"PATH": f"{a.bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "HOME": str(tmp / "user"), "XDG_RUNTIME_DIR": str(tmp / "run")}
+    linux = sys.platform.startswith("linux")
+    env = {"PATH": os.pathsep.join([str(a.bin), os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]),
+           "LANG": "C.UTF-8", "HOME": str(tmp / "user"), "XDG_RUNTIME_DIR": str(tmp / "run")}
+    if os.name == "nt":  # what Windows programs need to start at all
+        env.update({k: os.environ[k] for k in ("SYSTEMROOT", "SYSTEMDRIVE", "TEMP", "TMP", "USERPROFILE",
+                                               "LOCALAPPDATA", "APPDATA") if k in os.environ})
     (tmp / "run").mkdir(mode=0o700)
-    forbidden = [str(Path(f).resolve()) for f in a.forbid] + ["/.venv/", "/site-packages/"]
-    cli, app = str(a.bin / "closedmesh"), str(a.bin / "closedmesh-app")
+    forbidden = [str(Path(f).resolve()) for f in a.forbid] + [f"{os.sep}.venv{os.sep}", f"{os.sep}site-packages{os.sep}"]
+    suffix = ".exe" if os.name == "nt" else ""
+    cli, app = str(a.bin / f"closedmesh{suffix}"), str(a.bin / f"closedmesh-app{suffix}")
     timings: dict[str, float] = {}
     try:
         # 1 ----------------------------------------------------------------------------------------------
@@ -249,13 +258,16 @@ def main() -> int:
               and usage.get("completion_tokens", 0) > 0, repr(text[:60]))
 
         # 3 ----------------------------------------------------------------------------------------------
-        pids = [node_a.proc.pid, *children(node_a.proc.pid)]
-        files = set().union(*(mapped_files(p) for p in pids))
-        bad = sorted(f for f in files if any(x in f for x in forbidden))
-        check("the node maps no file of the venv or the source tree", not bad and bool(files), ", ".join(bad[:5]))
-        llama_dirs = {str(Path(f).parent) for f in files if re.search(r"/lib(llama|ggml)[^/]*\.so", f)}
-        check("llama.cpp comes from one folder of the bundle", len(llama_dirs) == 1 and all(
-            d.startswith(str(Path(a.root).resolve())) for d in llama_dirs), ", ".join(sorted(llama_dirs)))
+        pids = [node_a.proc.pid, *children(node_a.proc.pid)] if linux else []
+        if linux:
+            files = set().union(*(mapped_files(p) for p in pids))
+            bad = sorted(f for f in files if any(x in f for x in forbidden))
+            check("the node maps no file of the venv or the source tree", not bad and bool(files), ", ".join(bad[:5]))
+            llama_dirs = {str(Path(f).parent) for f in files if re.search(r"/lib(llama|ggml)[^/]*\.so", f)}
+            check("llama.cpp comes from one folder of the bundle", len(llama_dirs) == 1 and all(
+                d.startswith(str(Path(a.root).resolve())) for d in llama_dirs), ", ".join(sorted(llama_dirs)))
+        else:
+            print("SKIP mapped-file checks (they read /proc: Linux only)", flush=True)
 
         # 4 ----------------------------------------------------------------------------------------------
         hub_port = free_port()
@@ -292,6 +304,9 @@ def main() -> int:
         check("node A answers for node B's model through the mesh", bool(text.strip()) and bool(usage), repr(text[:60]))
 
         # 5 ----------------------------------------------------------------------------------------------
+        if a.gui == "none":
+            print("SKIP the tray app under Xvfb (--gui none)", flush=True)
+            return finish(timings)
         display = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists()
                        and not Path(f"/tmp/.X{n}-lock").exists())
         fb = tmp / "fb"
@@ -315,7 +330,7 @@ def main() -> int:
               and "needs system libraries" not in tray.text())
 
         # 6 ----------------------------------------------------------------------------------------------
-        if a.deb:
+        if a.deb and linux:
             autostart = Path("/root/.config/autostart/closedmesh.desktop")
             other = autostart.with_name("someone-else.desktop")
             if autostart.exists():
@@ -360,6 +375,10 @@ def main() -> int:
         for log in tmp.glob("*.log"):
             shutil.copyfile(log, a.artifacts / f"frozen-{log.name}")
         shutil.rmtree(tmp, ignore_errors=True)
+    return finish(timings)
+
+
+def finish(timings: dict[str, float]) -> int:
     for k, v in timings.items():
         print(f"timing: {k} = {v:.1f}")
     passed = sum(ok for _, ok, _ in RESULTS)

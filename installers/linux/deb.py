@@ -39,7 +39,7 @@ Comment=Run language models on this computer and share them in a private mesh
 Exec=/usr/bin/closedmesh-app
 Icon=closedmesh
 Terminal=false
-Categories=Network;Utility;
+Categories=Network;
 Keywords=AI;LLM;OpenAI;mesh;
 StartupNotify=false
 """

@@ -23,7 +23,7 @@ Entry = tuple[str, str, str]
 
 _UNUSED = [re.compile(p) for p in (
     r"^PySide6/Qt/translations/",
-    r"^PySide6/Qt/lib/libQt6(Qml|Quick|Pdf|VirtualKeyboard|Multimedia|ShaderTools|Designer|Test|Sql|Bluetooth|Nfc|"
+    r"^(PySide6/Qt/lib/)?libQt6(Qml|Quick|Pdf|VirtualKeyboard|Multimedia|ShaderTools|Designer|Test|Sql|Bluetooth|Nfc|"
     r"Positioning|Sensors|SerialPort|WebSockets|WebChannel|Charts|DataVisualization|3D|Location|RemoteObjects|"
     r"Scxml|StateMachine|TextToSpeech|SpatialAudio|HttpServer|Wayland|WlShell|EglFS|EglFs)\w*\.so",
     r"^PySide6/Qt/plugins/(platforminputcontexts|qmltooling|sqldrivers|multimedia|position|sensors|texttospeech|"

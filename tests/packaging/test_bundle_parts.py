@@ -124,6 +124,7 @@ def test_system_xcb_libraries_and_top_level_llama_links_are_dropped():
                 ("PySide6/Qt/plugins/platforms/libqwayland.so", "/q/libqwayland.so", "BINARY"),
                 ("PySide6/Qt/plugins/platforms/libqxcb.so", "/q/libqxcb.so", "BINARY"),
                 ("PySide6/Qt/plugins/platformthemes/libqgtk3.so", "/q/libqgtk3.so", "BINARY"),
+                ("libQt6WaylandClient.so.6", "/q/lib/libQt6WaylandClient.so.6", "BINARY"),
                 ("PySide6/Qt/plugins/platformthemes/libqxdgdesktopportal.so", "/q/portal.so", "BINARY")]
     kept, _ = drop_unused(binaries, [], ["libxcb-cursor.so.0"])
     assert [e[0] for e in kept] == ["llama_cpp/lib/libggml-base.so.0", "PySide6/Qt/plugins/platforms/libqxcb.so",
