@@ -90,7 +90,7 @@ def xcb_message(missing: list[str]) -> str:
             f"Install them with:\n\n    sudo apt-get install {' '.join(packages)}\n\n"
             "(Debian/Ubuntu names; on Fedora: sudo dnf install xcb-util-cursor xcb-util-wm xcb-util-keysyms "
             "xcb-util-image xcb-util-renderutil libxkbcommon-x11), then start it again.\n"
-            "Starting the headless node meanwhile: the API on http://127.0.0.1:9337/v1 works the same, "
+            "Starting the headless node meanwhile: the OpenAI API works the same (its address follows), "
             "without the tray icon.")
 
 

@@ -49,6 +49,12 @@ if [ "$MODE" = deb ]; then
     BIN=/usr/bin BUNDLE=/opt/closedmesh EXTRA=(--deb closedmesh)
 else
     [ -f "$TARBALL" ] || { echo "no $TARBALL: run scripts/package.sh first" >&2; exit 1; }
+    # What the .deb would bring: the system libraries of Qt's xcb plugin (the tray app step needs them;
+    # without them the app says what to install and runs the headless node, tests/packaging/test_xcb_check.py).
+    PACKAGES="$(PYTHONPATH="$ROOT" /usr/bin/python3 -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from installers.linux.deb import DEPENDS; print(" ".join(DEPENDS))' "$ROOT")"
+    # shellcheck disable=SC2086
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >"$ARTIFACTS/frozen-install.log" 2>&1 \
+        || { tail -20 "$ARTIFACTS/frozen-install.log" >&2; exit 1; }
     tar -C "$WORK" -xzf "$TARBALL"
     BIN="$WORK/closedmesh" BUNDLE="$WORK/closedmesh" EXTRA=()
 fi
