@@ -263,6 +263,10 @@ def main() -> int:
             files = set().union(*(mapped_files(p) for p in pids))
             bad = sorted(f for f in files if any(x in f for x in forbidden))
             check("the node maps no file of the venv or the source tree", not bad and bool(files), ", ".join(bad[:5]))
+            environ = " ".join(Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace") for p in pids)
+            cwds = [os.readlink(f"/proc/{p}/cwd") for p in pids]
+            seen = [f for f in forbidden if f in environ or any(f in c for c in cwds)]
+            check("the node's environment and folder name neither", not seen, ", ".join(seen))
             llama_dirs = {str(Path(f).parent) for f in files if re.search(r"/lib(llama|ggml)[^/]*\.so", f)}
             check("llama.cpp comes from one folder of the bundle", len(llama_dirs) == 1 and all(
                 d.startswith(str(Path(a.root).resolve())) for d in llama_dirs), ", ".join(sorted(llama_dirs)))
@@ -368,7 +372,10 @@ def main() -> int:
         for p in PROCS:
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGTERM) if p.args[0] != "Xvfb" else p.terminate()
+                    if os.name == "nt" or p.args[0] == "Xvfb":
+                        p.terminate()
+                    else:
+                        os.killpg(p.pid, signal.SIGTERM)  # the program and what it started
                     p.wait(20)
                 except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
                     p.kill()
