@@ -46,8 +46,7 @@ fi
 VERSION="$("$PY" -c 'from runtime import __version__; print(__version__)')"
 OS="$("$PY" -c 'import platform; print({"Darwin": "macOS"}.get(platform.system(), platform.system()))')"
 ARCH="$("$PY" -c 'import platform; m = platform.machine().lower(); print({"amd64": "x86_64", "aarch64": "arm64"}.get(m, m))')"
-export PYTHONPATH="$ROOT"
-SECONDS=0
+SECONDS=0  # (every Python step runs from the checkout's root, which is on its import path)
 
 echo "==> the embedded default model"
 CLOSEDMESH_BUNDLE_MODEL="$("$PY" -c 'from pathlib import Path; from runtime.models.embedded import ensure_default_model; print(ensure_default_model(Path(".cache/models")))')"
