@@ -41,7 +41,9 @@ LOAD_TIMEOUT_S = 900.0  # loading a large model from a slow disk
 def app_command() -> list[str]:
     """How the OS should start this app at login (minimized to the tray)."""
     if getattr(sys, "frozen", False):  # the PyInstaller bundle
-        return [sys.executable, "--minimized"]
+        # In an AppImage the bundle runs from a temporary mount: start the AppImage itself (its runtime
+        # sets APPIMAGE to the file's path).
+        return [os.environ.get("APPIMAGE") or sys.executable, "--minimized"]
     script = Path(sys.executable).parent / ("closedmesh-app.exe" if os.name == "nt" else "closedmesh-app")
     if script.exists():
         return [str(script), "--minimized"]

@@ -13,6 +13,9 @@
 #
 # GPU builds of llama.cpp: set CMAKE_ARGS before running, e.g.
 #   CMAKE_ARGS="-DGGML_CUDA=on"  (NVIDIA)     CMAKE_ARGS="-DGGML_METAL=on"  (macOS, the default there)
+#
+# CLOSEDMESH_BOOTSTRAP_PLAN=1 prints what it would do (the llama.cpp flags, the wheel cache folder and
+# whether it holds a build, whether an install is needed) and exits without changing anything.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,27 +33,42 @@ LLAMA_VERSION="$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.t
 LLAMA_CMAKE_ARGS="$("$PYTHON" runtime/portable_build.py) ${CMAKE_ARGS:-}"
 LLAMA_CMAKE_ARGS="${LLAMA_CMAKE_ARGS% }"
 
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
+fingerprint() { (cat pyproject.toml; echo "extras=$1"; echo "cmake=$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1; }
+stamp_ok() { [ -f ".venv/.closedmesh-install-$1" ] && [ "$(cat ".venv/.closedmesh-install-$1")" = "$(fingerprint "$1")" ]; }
+# An install with the test extras also satisfies a plain install (test ⊇ runtime).
+up_to_date() { stamp_ok "${EXTRAS:-runtime}" || { [ -z "$EXTRAS" ] && stamp_ok test; }; }
+
+# The llama-cpp-python wheel cache key: version, Python/platform tag and flags (the venv's Python once
+# it exists, the one it will be made from before).
+VENV_PY=.venv/bin/python
+[ -x "$VENV_PY" ] || VENV_PY="$PYTHON"
+PY_TAG="$("$VENV_PY" -c 'import sys, sysconfig; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{sysconfig.get_platform()}")')"
+WHEEL_KEY="$(printf '%s\n' "$LLAMA_VERSION" "$PY_TAG" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-16)"
+WHEEL_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/closedmesh/llama-wheels/$WHEEL_KEY"
+
+if [ -n "${CLOSEDMESH_BOOTSTRAP_PLAN:-}" ]; then
+    echo "cmake_args=$LLAMA_CMAKE_ARGS"
+    echo "wheel_dir=$WHEEL_DIR"
+    if ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; then echo "wheel=cached"; else echo "wheel=build"; fi
+    if up_to_date; then echo "install=up-to-date"; else echo "install=needed"; fi
+    echo "fingerprint=$(fingerprint "${EXTRAS:-runtime}")"
+    exit 0
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv
 fi
 
-SPEC="."
-[ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
-fingerprint() { (cat pyproject.toml; echo "extras=$1"; echo "cmake=$LLAMA_CMAKE_ARGS") | sha256sum | cut -d' ' -f1; }
-stamp_ok() { [ -f ".venv/.closedmesh-install-$1" ] && [ "$(cat ".venv/.closedmesh-install-$1")" = "$(fingerprint "$1")" ]; }
-
-# An install with the test extras also satisfies a plain install (test ⊇ runtime).
-if stamp_ok "${EXTRAS:-runtime}" || { [ -z "$EXTRAS" ] && stamp_ok test; }; then
+if up_to_date; then
     exit 0
 fi
 echo "==> installing ClosedMesh into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 
 # 1. llama-cpp-python, built with the portable flags (or taken from our flag-keyed wheel cache).
-PY_TAG="$(.venv/bin/python -c 'import sys, sysconfig; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{sysconfig.get_platform()}")')"
-WHEEL_KEY="$(printf '%s\n' "$LLAMA_VERSION" "$PY_TAG" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-16)"
-WHEEL_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/closedmesh/llama-wheels/$WHEEL_KEY"
 if ! ls "$WHEEL_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "==> building llama.cpp (llama-cpp-python $LLAMA_VERSION; about 10 minutes on 2 cores) with:"
     echo "    $LLAMA_CMAKE_ARGS"

