@@ -73,3 +73,28 @@ def test_a_request_that_crashes_its_engine_kills_at_most_one_worker(cluster):
         m = _model(n)
         assert m["engine"]["pid"] == pids[k] and m["engine"]["restarts"] == 0, f"{k} lost its worker too: {m}"
         assert mesh_status(n)["served_total"] == 0 and mesh_status(n)["serving_mesh_requests"] == 0, f"{k} was given the poison request"
+
+
+def test_a_model_whose_engine_is_down_is_withdrawn_from_the_mesh(cluster):
+    req = cluster.node("requester", "local-only")
+    peer = cluster.node("peer", MODEL)
+    join(req, cluster.hub.invite(), "requester")
+    join(peer, cluster.hub.invite(), "peer")
+
+    def listed() -> bool:
+        return MODEL in {m["id"] for m in httpx.get(req.v1 + "/models", timeout=10).json()["data"]}
+
+    wait_for(listed, 30, what="the peer's model listed on the requester")
+    r = httpx.post(peer.v1 + "/chat/completions", timeout=120, json={
+        "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    for i in range(4):  # the fourth crash within a minute gives the model up
+        wait_for(lambda: _model(peer)["state"] == "ready", 60, what=f"the worker up before crash {i + 1}")
+        os.kill(_model(peer)["engine"]["pid"], signal.SIGSEGV)
+        if i < 3:
+            wait_for(lambda: _model(peer)["engine"]["restarts"] == i + 1, 60, what=f"restart {i + 1}")
+    wait_for(lambda: _model(peer)["state"] == "error", 60, what="the model given up on the peer")
+    wait_for(lambda: not listed(), 20, what="the model withdrawn from the requester's list")
+    r = httpx.post(req.v1 + "/chat/completions", timeout=60, json={
+        "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
