@@ -16,6 +16,7 @@ ACTIONS_BY_STATE: dict[str, tuple[str, ...]] = {
     "ready": ("unload", "delete"),
     "loading": (),
     "unloading": (),
+    "restarting": (),
 }
 
 ACTION_WORDS = {"download": "Download", "cancel": "Cancel", "load": "Load", "unload": "Unload",
@@ -60,6 +61,13 @@ def _live_state(state: NodeState, mid: str) -> tuple[str, str | None] | None:
     return None
 
 
+def _has_file(state: NodeState, mid: str) -> bool:
+    for m in (state.status or {}).get("models", []):
+        if str(m.get("id", "")).lower() == mid.lower():
+            return bool(m.get("file"))
+    return False
+
+
 def _row(mid: str, title: str, detail: str, size: str, fit: dict | None, listed_state: str,
          listed_error: str | None, recommended: bool, pinned: bool, state: NodeState) -> ModelRow:
     live = _live_state(state, mid)
@@ -69,7 +77,8 @@ def _row(mid: str, title: str, detail: str, size: str, fit: dict | None, listed_
         progress = {"state": "queued"}
     actions = ACTIONS_BY_STATE.get(st, ())
     if st == "error":
-        actions = ("download",)
+        # A file on this machine whose engine failed is loaded again; a failed download is retried.
+        actions = ("load", "delete") if _has_file(state, mid) else ("download",)
     if pinned:
         actions = tuple(a for a in actions if a != "delete")  # served since the node's start: kept
     return ModelRow(

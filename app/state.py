@@ -23,6 +23,7 @@ MODEL_STATE_WORDS = {
     "loading": "Loading…",
     "ready": "Loaded",
     "unloading": "Unloading…",
+    "restarting": "Restarting after a crash…",
     "error": "Error",
 }
 

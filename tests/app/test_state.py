@@ -224,6 +224,18 @@ def test_model_rows_order_actions_and_live_state():
     assert model_rows(None, s) == []
 
 
+def test_model_rows_of_a_model_whose_engine_crashed():
+    """Restarting after a crash: said so, no action; given up after repeated crashes: loading it again is
+    offered (its file is on this machine), not a download."""
+    s = connected(status_doc(models=[{"id": "Mid-Q4_K_M", "state": "restarting", "file": "/m/mid.gguf"}]))
+    row = {r.id: r for r in model_rows(listing(), s)}["Mid-Q4_K_M"]
+    assert row.actions == () and row.state_text == "Restarting after a crash…"
+    s = apply_event(s, "model_state", {"model": "Mid-Q4_K_M", "state": "error",
+                                       "error": "its engine crashed 4 times within 60 s"})
+    row = {r.id: r for r in model_rows(listing(), s)}["Mid-Q4_K_M"]
+    assert row.actions == ("load", "delete") and "crashed" in row.error
+
+
 # -- peers, toggle, limits -------------------------------------------------------------------------------------
 
 

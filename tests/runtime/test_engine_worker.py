@@ -227,3 +227,37 @@ def test_importing_the_node_does_not_load_llama_cpp():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_bug_in_the_loop_fails_its_requests_and_reports_the_crash(model_path, cap):
+    """A Python exception in the decode loop: the requests it held end with engine_crashed (none hangs),
+    queued ones with a retryable engine_stopped, and on_crash fires (the worker then exits and is
+    restarted by its supervisor, like any other crash)."""
+    from runtime.engine.core import EngineCore
+
+    crashed = threading.Event()
+    core = EngineCore("m", model_path, cap, EngineConfig(threads=2, slots=1, ctx_per_slot=512),
+                      on_crash=lambda e: crashed.set())
+    try:
+        real_step = core.scheduler._step
+        calls = {"n": 0}
+
+        def failing_step() -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("a bug")
+            real_step()
+
+        core.scheduler._step = failing_step
+        prompt = core.completion_prompt("Count from 1 to 100:")
+        running, queued = Collector(), Collector()
+        core.submit(GenRequest(prompt=prompt, params=SamplingParams(temperature=0), max_new_tokens=200, stop=[],
+                               emit=running))
+        core.submit(GenRequest(prompt=prompt, params=SamplingParams(temperature=0), max_new_tokens=200, stop=[],
+                               emit=queued))
+        assert running.done.wait(30) and queued.done.wait(30), "a request hung after the loop failed"
+        assert running.events[-1].code == "engine_crashed"
+        assert queued.events[-1].code == "engine_stopped"
+        assert crashed.wait(5)
+    finally:
+        core.close()
