@@ -37,7 +37,7 @@ from .identity import Identity, load_or_create
 from .tls import certificate_token, client_context, ensure_certificate
 from .protocol import (ANNOUNCE_SUBJECTS, ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, JOIN_SUBJECT, KV_SUBJECTS,
                        BadAnnouncement, BadInvite, Invite, announce_subject, canonical, inbox_prefix,
-                       open_announcement, open_join_request)
+                       kv_subject, open_announcement, open_join_request)
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class DirectoryRelay:
         if not msg.data:
             self.remove(key)
             with contextlib.suppress(Exception):
-                await self.kv.delete(key)
+                await self.nc.publish(kv_subject(key), b"", headers={"KV-Operation": "DEL"})  # as kv.delete
             return
         if not self._allowed(key, time.monotonic()):
             self.drops.drop("too_often", f"{key} announces more often than {self.PER_SECOND:g} times a second")
@@ -323,10 +323,11 @@ class DirectoryRelay:
             return
         self.entries[key] = (msg.data, time.monotonic())
         self._snapshot = None
-        try:
-            await self.kv.put(key, msg.data)
-        except Exception as e:
-            log.debug("hub: could not write the announcement of %s: %s", key, e)
+        # A put without waiting for the stream's acknowledgement: one member's announcements stay in
+        # order on this one connection, and the hub never waits a round trip per announcement (at 200
+        # members that wait made the directory seconds late).
+        with contextlib.suppress(Exception):
+            await self.nc.publish(kv_subject(key), msg.data)
 
     async def _on_directory(self, msg) -> None:
         # Answered only on an inbox: the answer must never land on a subject that something stores or

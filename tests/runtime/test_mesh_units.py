@@ -368,10 +368,10 @@ _known = ["v", "name", "version", "ts", "ttl", "features", "capability", "models
 def _announcement_bodies(draw) -> dict:
     """Valid announcements with some known fields (at any depth) replaced by arbitrary JSON."""
     body = _good()
+    # (taken first: a draw may replace "models", "capability" or "limits" themselves)
+    targets = [body, body["models"][0], body["capability"], body["limits"]]
     for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.sampled_from(["top", "model", "capability", "limits"]))
-        target = {"top": body, "model": body["models"][0], "capability": body["capability"],
-                  "limits": body["limits"]}[where]
+        target = draw(st.sampled_from(targets))
         target[draw(st.sampled_from(_known) | st.text(max_size=8))] = draw(_json)
     return body
 
