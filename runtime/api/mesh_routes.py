@@ -136,8 +136,11 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
     def as_error(e: Exception) -> APIError:
         if isinstance(e, RemoteError):
             err = e.error
+            # A final code (engine_crashed): the request may be what crashed the peer's engine; the SDKs
+            # must not send it again either (they retry 5xx by themselves otherwise).
             return APIError(e.status, err.get("message", "error"), err.get("type", "invalid_request_error"),
-                            err.get("param"), err.get("code"))
+                            err.get("param"), err.get("code"),
+                            retryable=False if err.get("code") in FINAL_CODES else None)
         return APIError(503, str(e), "server_error", None, "mesh_unavailable", retry_after=5)
 
     def base(choices: list) -> dict:
@@ -167,12 +170,6 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
             if isinstance(ev, Exception):
                 err = as_error(ev)
                 if resp is None:
-                    if err.code in FINAL_CODES:
-                        # the request may be what crashed the peer's engine: the SDKs must not send it
-                        # again either (they retry 5xx by themselves otherwise)
-                        r = err.response()
-                        r.headers["x-should-retry"] = "false"
-                        return r
                     raise err
                 await send(err.body())
                 await resp.write_eof()
