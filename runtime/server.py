@@ -331,14 +331,14 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
     app = build_app(node)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels its generation.
     runner = GuardedRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT,
-                           read_timeout=node.settings.read_timeout)
+                           shutdown_timeout=5, read_timeout=node.settings.read_timeout)
     await runner.setup()
     server: GuardedServer = runner.server  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(_loop_exception_handler([server]))
     watchdog = asyncio.create_task(_watch_deadlines(server))
-    site = web.SockSite(runner, sock, shutdown_timeout=5)
+    site = web.SockSite(runner, sock)
     await site.start()
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
