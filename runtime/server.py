@@ -138,7 +138,7 @@ class Connection(RequestHandler):
     - load shedding: past the descriptor budget a new connection is answered 503 and closed at once.
     """
 
-    __slots__ = ("_head_since", "_body_since", "_body_bytes", "_last_data")
+    __slots__ = ("_head_since", "_body_since", "_body_bytes", "_last_data", "_last_payload")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server: GuardedServer = self._manager  # type: ignore[assignment]
@@ -151,17 +151,21 @@ class Connection(RequestHandler):
         self._body_since = 0.0
         self._body_bytes = 0
         self._last_data = self._loop.time()
+        self._last_payload: Any = None  # the body stream of the latest request head
 
     def data_received(self, data: bytes) -> None:
         if self._force_close or self._close:
             return
         now = self._loop.time()
         self._last_data = now
-        if self._head_since is None and self._current_request is None and not self._messages:
+        between_requests = self._current_request is None and not self._messages and (
+            self._last_payload is None or self._last_payload.is_eof())  # not the rest of an unread body
+        if self._head_since is None and between_requests:
             self._head_since = now  # the next request begins on a kept-alive connection
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:  # a head was parsed: what follows is its body
+            self._last_payload = self._messages[-1][1] if self._messages else None
             self._head_since = None
             self._body_since = now
             self._body_bytes = 0
@@ -213,7 +217,7 @@ class GuardedServer(web.Server):
     def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout
-        self.fds_besides_connections = open_fd_count()  # refreshed every second by check_deadlines
+        self.fds_besides_connections = open_fd_count() or 0  # refreshed every second by check_deadlines
         self.shed_total = 0
 
     def __call__(self) -> Connection:
@@ -258,7 +262,9 @@ class GuardedServer(web.Server):
 
     def check_deadlines(self) -> None:
         now = self._loop.time()
-        self.fds_besides_connections = max(0, open_fd_count() - len(self._connections))
+        in_use = open_fd_count()
+        if in_use is not None:  # None: no descriptor left even to count them; keep the last count
+            self.fds_besides_connections = max(0, in_use - len(self._connections))
         for c in list(self._connections):
             if isinstance(c, Connection):
                 c.check_deadline(now, self.read_timeout)
@@ -280,14 +286,15 @@ class GuardedRunner(web.AppRunner):
                              **base._kwargs)  # aiohttp is pinned: its handler settings (debug, access log)
 
 
-def open_fd_count() -> int:
-    """Descriptors this process holds now (0 where the platform does not say)."""
+def open_fd_count() -> int | None:
+    """Descriptors this process holds now; None where the platform does not say (or listing them
+    needs a descriptor there is none left for)."""
     for d in ("/proc/self/fd", "/dev/fd"):
         try:
             return len(os.listdir(d))
         except OSError:
             continue
-    return 0
+    return None
 
 
 def raise_fd_limit(target: int = 8192) -> None:
@@ -323,7 +330,10 @@ async def _watch_deadlines(server: GuardedServer) -> None:
     interval = min(1.0, server.read_timeout / 4)
     while True:
         await asyncio.sleep(interval)
-        server.check_deadlines()
+        try:
+            server.check_deadlines()
+        except Exception:  # never let the watchdog die silently: slow clients would pile up again
+            log.exception("checking connection deadlines failed")
 
 
 async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = None) -> None:
@@ -331,14 +341,14 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
     app = build_app(node)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels its generation.
     runner = GuardedRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT,
-                           read_timeout=node.settings.read_timeout)
+                           shutdown_timeout=5, read_timeout=node.settings.read_timeout)
     await runner.setup()
     server: GuardedServer = runner.server  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(_loop_exception_handler([server]))
     watchdog = asyncio.create_task(_watch_deadlines(server))
-    site = web.SockSite(runner, sock, shutdown_timeout=5)
+    site = web.SockSite(runner, sock)
     await site.start()
     stop = stop or asyncio.Event()
     stop_on_signals(stop)

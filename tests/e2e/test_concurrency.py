@@ -17,30 +17,43 @@ from tests.conftest import seed_home, start_node, wait_for
 pytestmark = pytest.mark.e2e
 
 EOS_BAN = {"0": -100, "2": -100, "4": -100}
-PROMPTS = ["Name three fruits.", "What is 2+2?", "Describe the sea in one sentence.", "Who wrote Hamlet?",
-           "Give me a color.", "What do cats eat?"]
 
 
 def status(node) -> dict:
     return httpx.get(node.base_url + "/api/status", timeout=10).json()
 
 
-def test_concurrent_equals_sequential_greedy(openai_client, model_id):
-    def ask(p: str) -> str:
-        r = openai_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": p}],
-                                                  max_tokens=24, temperature=0)
-        return r.choices[0].message.content
+# Prompts whose greedy continuation is a pattern the model is all but certain of, with what it continues
+# to (12 tokens: SmolLM2 writes digits one token each). llama.cpp is not batch-invariant: a sequence
+# decoded in a batch sees other matrix shapes (and may find its prompt partly in the prefix cache), so
+# its logits differ from decoding alone in the last bits. Open-ended answers ("Name three fruits.")
+# reach near-ties where that flips a word: comparing them tested numerical luck, and failed on a clean
+# run (batched vs alone diverged at the 4th word). Here no step is close, so the text is the same
+# whatever the batch, and a different text means batching really broke something (sequences mixed up,
+# a wrong KV cell or position).
+PATTERNS = {
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,": " 13, 14, 15,",
+    "a b c d e f g h i j": " k l m n o p q r s t u v",
+    "A, B, C, D, E, F, G,": " H, I, J, K, L, M,",
+    "2, 4, 6, 8, 10, 12, 14,": " 16, 18, 20,",
+    "20, 21, 22, 23, 24, 25,": " 26, 27, 28,",
+    "100, 101, 102, 103, 104,": " 105, 106, 1",
+}
 
-    sequential = [ask(p) for p in PROMPTS]
-    with cf.ThreadPoolExecutor(len(PROMPTS)) as ex:
-        concurrent = list(ex.map(ask, PROMPTS))
-    # Batched decoding is not bit-identical to decoding alone (other matrix shapes, and prompts partly
-    # served from the prefix cache), so a near-tie deep in an answer can go the other way. What batching
-    # must never do is mix sequences up: each answer starts exactly as it does alone, and most are equal.
-    for c, s in zip(concurrent, sequential, strict=True):
-        assert c.split()[:5] == s.split()[:5], (c, s)
-    assert sum(c == s for c, s in zip(concurrent, sequential, strict=True)) >= len(PROMPTS) - 2, \
-        list(zip(concurrent, sequential, strict=True))
+
+def test_concurrent_equals_sequential_greedy(openai_client, model_id):
+    def complete(prompt: str) -> str:
+        r = openai_client.completions.create(model=model_id, prompt=prompt, max_tokens=12, temperature=0)
+        return r.choices[0].text
+
+    prompts = list(PATTERNS)
+    sequential = [complete(p) for p in prompts]
+    assert sequential == list(PATTERNS.values())
+    for shift in range(2):  # two batch compositions: each prompt lands in another slot
+        order = prompts[shift:] + prompts[:shift]
+        with cf.ThreadPoolExecutor(len(order)) as ex:
+            concurrent = dict(zip(order, ex.map(complete, order), strict=True))
+        assert [concurrent[p] for p in prompts] == sequential
 
 
 def test_streams_interleave(openai_client, model_id):

@@ -1,10 +1,15 @@
-"""Host and Origin checks (runtime/api/security.py)."""
+"""Host and Origin checks (runtime/api/security.py); secret files kept private (runtime/config.py)."""
 
 from __future__ import annotations
+
+import logging
+import os
+import stat
 
 import pytest
 
 from runtime.api.security import host_allowed, origin_allowed
+from runtime.config import Paths, admin_token, node_id, read_secret_file
 
 # -- host_allowed -----------------------------------------------------------------------------------
 
@@ -96,3 +101,43 @@ def test_extra_origins_allowed():
 def test_wildcard_extra_allows_any_origin():
     assert origin_allowed("https://evil.com", None, ("*",))
     assert origin_allowed("null", None, ("*",))
+
+
+# -- secret files (runtime/config.py) -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o660, 0o666, 0o777])
+def test_loose_secret_file_is_fixed_with_a_warning(tmp_path, caplog, loose):
+    path = tmp_path / "admin-token"
+    path.write_text("tok\n")
+    os.chmod(path, loose)
+    with caplog.at_level(logging.WARNING, logger="runtime.config"):
+        assert read_secret_file(path) == "tok"
+    # group/other bits gone; the owner keeps read and write
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"{path} was readable or writable by other users (mode {loose:03o})" in caplog.text
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_tight_secret_file_is_read_silently(tmp_path, caplog):
+    path = tmp_path / "admin-token"
+    path.write_text("tok\n")
+    os.chmod(path, 0o600)
+    with caplog.at_level(logging.WARNING, logger="runtime.config"):
+        assert read_secret_file(path) == "tok"
+    assert caplog.text == ""
+    assert read_secret_file(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_admin_token_and_node_id_are_created_0600_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOSEDMESH_HOME", str(tmp_path))
+    paths = Paths.resolve()
+    token = admin_token(paths)
+    assert stat.S_IMODE((paths.config / "admin-token").stat().st_mode) == 0o600
+    os.chmod(paths.config / "admin-token", 0o644)
+    assert admin_token(paths) == token  # the same secret, now private
+    assert stat.S_IMODE((paths.config / "admin-token").stat().st_mode) == 0o600
+    node_id(paths)
+    assert stat.S_IMODE((paths.config / "node-id").stat().st_mode) == 0o600
