@@ -15,7 +15,7 @@ import json
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from runtime.models.embedded import FILENAME
@@ -207,11 +207,13 @@ def _send(http, path: str, body: dict) -> None:
                 for e in events[:-1]:
                     err = json.loads(e).get("error")
                     assert err is None or err.get("type") == "invalid_request_error", e
+                event("status 200 (stream)")
                 return
             r.read()
     else:
         r = http.post(path, content=content, headers=headers)
     assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
+    event(f"status {r.status_code}")  # shown by --hypothesis-show-statistics: how many reached the model
     if r.status_code != 200:
         err = r.json()["error"]
         assert set(err) >= {"message", "type", "param", "code"} and err["message"], err
