@@ -34,6 +34,7 @@ MAX_PROPERTIES = 100  # properties of one object
 MAX_ENUM_VALUES = 256  # values of one enum
 MAX_ALTERNATIVES = 64  # anyOf / oneOf branches, and types in a type list
 MAX_LITERAL_CHARS = 2000  # the JSON text of one const or enum value
+MAX_PROPERTY_NAME = 256  # characters of one property name
 MAX_DEPTH = 24  # subschemas nested inside each other
 MAX_SUBSCHEMAS = 1000  # subschemas in the whole schema, $defs included
 
@@ -222,6 +223,9 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
                 problems.append(SchemaProblem(p, f"{len(props)} properties; the limit is {MAX_PROPERTIES}"))
             else:
                 for name, sub in props.items():
+                    if len(name) > MAX_PROPERTY_NAME:
+                        problems.append(SchemaProblem(_ptr(p, name[:40] + "..."), f"a property name of {len(name)} "
+                                                      f"characters; the limit is {MAX_PROPERTY_NAME}"))
                     walk(sub, _ptr(p, name), depth + 1)
         if "required" in node:
             req = node["required"]
@@ -461,11 +465,12 @@ class GrammarBuilder:
         req = [kvs[p] for p in props if p in required]
         opt = [kvs[p] for p in props if p not in required]
         if extra is True or isinstance(extra, dict):
-            # Other keys (any string; a duplicate of a named one is still valid JSON) with values of
-            # the 'additionalProperties' schema. Absent 'additionalProperties' adds none: the output
-            # then still matches the schema, and stays what the caller described.
+            # Other keys, with values of the 'additionalProperties' schema. Absent
+            # 'additionalProperties' adds none: the output still matches the schema, and stays what
+            # the caller described.
             value = self._visit({} if extra is True else extra, f"{name}-extra-value", root)
-            kv = self.add_rule(f"{name}-extra-kv", f'{self.primitive("string")} ":" {space} {value}')
+            key = self.add_rule(f"{name}-extra-key", self._other_key(list(props), space))
+            kv = self.add_rule(f"{name}-extra-kv", f'{key} ":" {space} {value}')
             opt.append(self.add_rule(f"{name}-extra-kvs", f'{kv} ("," {space} {kv})*'))
         body = f'"{{" {space} ' + f' "," {space} '.join(req)
         if opt:
@@ -480,6 +485,34 @@ class GrammarBuilder:
             body += f' ("," {space} ({chain}))?' if req else f" ({chain})?"
         body += f' "}}" {space}'
         return self.add_rule(name or "object-of-schema", body)
+
+    @staticmethod
+    def _other_key(names: list[str], space: str) -> str:
+        """A JSON string that is none of ``names``, so an extra member never repeats a named one (a
+        duplicate key would replace the named member's value when parsed). Extra keys are written
+        without escapes, so no escaped spelling of a name can slip through; names that need escapes
+        can never be spelled this way and need no exclusion."""
+        plain = r'[^"\\\x7F\x00-\x1F]'
+        trie: dict = {}
+        for n in names:
+            if any(c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F for c in n):
+                continue
+            node = trie
+            for c in n:
+                node = node.setdefault(c, {})
+            node[""] = {}  # end of a name
+
+        def cls(c: str) -> str:
+            return f"\\U{ord(c):08X}"
+
+        def visit(node: dict) -> str:
+            alts = [f"[{cls(c)}] {visit(child)}" for c, child in node.items() if c]
+            rejects = "".join(cls(c) for c in node if c)
+            alts.append(f'[^"\\\\\\x7F\\x00-\\x1F{rejects}] {plain}*')
+            body = "(" + " | ".join(alts) + ")"
+            return body if "" in node else body + "?"  # ending here would spell a name
+
+        return rf'"\"" {visit(trie)} "\"" {space}'
 
     def _array(self, schema: dict, name: str, root: Any) -> str:
         space = self.primitive("space")

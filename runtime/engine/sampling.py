@@ -38,84 +38,117 @@ def effective_bias(bias: float) -> float:
     return BAN_BIAS if bias <= -100 else bias
 
 
+def _chain(samplers: list) -> llama_cpp.llama_sampler_p:
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for smpl in samplers:
+        llama_cpp.llama_sampler_chain_add(chain, smpl)  # the chain owns it from now on
+    return chain
+
+
 class Sampler:
     """Owns one llama.cpp sampler chain (one per sequence).
 
     Order: penalties, logit bias, grammar, then the selector (greedy, or top-k/top-p/min-p/temperature/
     dist). Without a grammar nothing in the chain can fail, and ``llama_sampler_sample`` does it all.
-    With one, sampling is split into apply / check / accept: after the chain has chosen, the chosen
-    token must have a logit above -inf (one the grammar allowed) before the grammar is told about it;
-    otherwise the grammar has reached a dead end and the request fails with GrammarDeadEnd, where
-    ``llama_sampler_sample`` would have made llama.cpp throw inside ``accept`` and abort the process.
+
+    With a grammar, sampling is apply / check / accept, in Python:
+    - first the chain without the grammar chooses, and the grammar is asked about that one token
+      (cheap: llama.cpp's grammar check costs milliseconds per step over the whole vocabulary);
+    - if the grammar rejects it, the whole chain runs again with the grammar over every candidate
+      (as llama.cpp's own common sampler does; greedy answers are the same either way);
+    - the chosen token must have a logit above -inf, i.e. one the grammar allowed, before the
+      grammar is told about it. Otherwise the grammar has reached a dead end and the request fails
+      with GrammarDeadEnd, where ``llama_sampler_sample`` would have made llama.cpp throw inside
+      ``accept`` (or GGML_ABORT on an end-of-generation token) and end the process.
     """
 
     def __init__(self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> None:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        self.chain = chain
+        self.chain = None
         self.n_vocab = n_vocab
-        self._candidates: np.ndarray | None = None
-        add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+        self._grammar = None
+        if params.grammar is not None:
+            try:
+                text = params.grammar.encode("utf-8")
+            except UnicodeEncodeError:
+                text = b""  # an unencodable grammar is refused below like an unparsable one
+            self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, text, b"root") if text else None
+            if not self._grammar:
+                raise GrammarError("the grammar derived from response_format could not be parsed by llama.cpp")
+        pre = []
         if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
             # llama-cpp-python 0.3.36 binds the five-argument form (n_vocab first).
-            add(llama_cpp.llama_sampler_init_penalties(
+            pre.append(llama_cpp.llama_sampler_init_penalties(
                 n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
         if params.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
                 arr[i].token = tok
                 arr[i].bias = effective_bias(bias)
-            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
-        if params.grammar is not None:
-            try:
-                text = params.grammar.encode("utf-8")
-            except UnicodeEncodeError:
-                text = b""  # an unencodable grammar is refused below like an unparsable one
-            g = llama_cpp.llama_sampler_init_grammar(vocab, text, b"root") if text else None
-            if not g:
-                self.close()
-                raise GrammarError("the grammar derived from response_format could not be parsed by llama.cpp")
-            add(g)
-            self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-            self._ids = np.arange(n_vocab, dtype=np.int32)
-            self._array = llama_cpp.llama_token_data_array(
-                data=self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size=n_vocab, selected=-1,
-                sorted=False)
+            pre.append(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
         if params.greedy:
-            add(llama_cpp.llama_sampler_init_greedy())
+            select = [llama_cpp.llama_sampler_init_greedy()]
         else:
+            select = []
             if params.top_k > 0:
-                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+                select.append(llama_cpp.llama_sampler_init_top_k(params.top_k))
             if params.top_p < 1.0:
-                add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+                select.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
-                add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+                select.append(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            select.append(llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
-            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            select.append(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        if self._grammar is None:
+            self.chain = _chain(pre + select)
+            return
+        # Nested chains: ``chain`` owns (and frees) all three parts; the parts are applied one by one.
+        self._pre, self._select = _chain(pre), _chain(select)
+        self.chain = _chain([self._pre, self._grammar, self._select])
+        self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._array = llama_cpp.llama_token_data_array()
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
 
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Sample from the logits at ``batch_index`` of the last decode, and accept the token.
         Raises GrammarDeadEnd when the grammar allows no token."""
-        if self._candidates is None:
+        if self._grammar is None:
             return llama_cpp.llama_sampler_sample(self.chain, ctx, batch_index)
-        logits = llama_cpp.llama_get_logits_ith(ctx, batch_index)
-        cand = self._candidates
-        cand["id"] = self._ids  # the samplers reorder the array in place: refill all of it
-        cand["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
-        cand["p"] = 0.0
-        arr = self._array
-        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
-        arr.size = self.n_vocab
-        arr.selected = -1
-        arr.sorted = False
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,))
+        arr = self._fill(logits)
+        llama_cpp.llama_sampler_apply(self._pre, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(self._select, ctypes.byref(arr))
+        if 0 <= arr.selected < arr.size:
+            chosen = arr.data[arr.selected]
+            one = self._one_array
+            self._one[0].id, self._one[0].logit, self._one[0].p = chosen.id, chosen.logit, 0.0
+            one.size, one.selected, one.sorted = 1, -1, False
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
+            if self._one[0].logit > -math.inf:
+                return self._accept(int(chosen.id))
+        # The chain's own choice breaks the grammar: choose again among what the grammar allows.
+        arr = self._fill(logits)
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
         # Read through the array's own pointer: a sampler may point it at storage of its own. The grammar
         # marks what it rejects with -inf (+inf is possible: repeat_penalty 0 divides by zero).
         if not (0 <= arr.selected < arr.size) or not arr.data[arr.selected].logit > -math.inf:
             raise GrammarDeadEnd("the response_format grammar allows no token at this point of the answer "
                                  "(with this request's logit_bias); no valid JSON can be completed")
-        token = int(arr.data[arr.selected].id)
-        llama_cpp.llama_sampler_accept(self.chain, token)
+        return self._accept(int(arr.data[arr.selected].id))
+
+    def _fill(self, logits: np.ndarray) -> llama_cpp.llama_token_data_array:
+        cand = self._candidates
+        cand["id"] = self._ids  # the samplers reorder the array in place: refill all of it
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = self._array
+        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
+        return arr
+
+    def _accept(self, token: int) -> int:
+        llama_cpp.llama_sampler_accept(self.chain, token)  # penalties' history, the grammar's state
         return token
 
     def close(self) -> None:

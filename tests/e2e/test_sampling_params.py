@@ -20,7 +20,7 @@ from ..schema_check import violations
 pytestmark = pytest.mark.e2e
 
 Q = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-REPEAT = [{"role": "user", "content": "Write the word hello ten times, separated by spaces."}]
+REPEAT = "The list: apple, apple, apple, apple, apple, apple,"
 
 
 @pytest.fixture(scope="module")
@@ -40,32 +40,33 @@ def text_of(r) -> str:
 
 
 def test_temperature(openai_client, model_id):
-    greedy = [text_of(chat(openai_client, model_id, max_tokens=24, temperature=0)) for _ in range(2)]
+    greedy = [text_of(chat(openai_client, model_id, max_tokens=12, temperature=0)) for _ in range(2)]
     assert greedy[0] == greedy[1] and greedy[0].strip()
-    hot = {text_of(chat(openai_client, model_id, max_tokens=24, temperature=2, seed=s)) for s in (1, 2, 3)}
+    hot = {text_of(chat(openai_client, model_id, max_tokens=12, temperature=2, seed=s)) for s in (1, 2, 3)}
     assert hot - {greedy[0]}, "temperature 2 never changed the greedy answer"
 
 
 def test_seed_reproduces_a_sampled_answer(openai_client, model_id):
-    kw = dict(max_tokens=24, temperature=1.2)
+    kw = dict(max_tokens=12, temperature=1.2)
     a = [text_of(chat(openai_client, model_id, seed=1234, **kw)) for _ in range(2)]
     assert a[0] == a[1]
     others = {text_of(chat(openai_client, model_id, seed=s, **kw)) for s in (1, 2, 3)}
     assert others - {a[0]}, "different seeds gave the same answer"
 
 
-@pytest.mark.parametrize("kw", [{"top_k": 1}, {"top_p": 0.0}, {"min_p": 1.0}], ids=["top_k", "top_p", "min_p"])
+@pytest.mark.parametrize("kw", [{"extra_body": {"top_k": 1}}, {"top_p": 0.0}, {"extra_body": {"min_p": 1.0}}],
+                         ids=["top_k", "top_p", "min_p"])
 def test_truncation_parameters_reduce_sampling_to_greedy(openai_client, model_id, kw):
     """Each keeps only the most likely token, so a hot sampled answer equals the greedy one."""
-    greedy = text_of(chat(openai_client, model_id, max_tokens=24, temperature=0))
+    greedy = text_of(chat(openai_client, model_id, max_tokens=12, temperature=0))
     for seed in (1, 2):
-        assert text_of(chat(openai_client, model_id, max_tokens=24, temperature=2, seed=seed, **kw)) == greedy
+        assert text_of(chat(openai_client, model_id, max_tokens=12, temperature=2, seed=seed, **kw)) == greedy
 
 
 def test_stop(openai_client, model_id):
-    full = text_of(chat(openai_client, model_id, max_tokens=24, temperature=0))
-    word = full.split()[2]
-    r = chat(openai_client, model_id, max_tokens=24, temperature=0, stop=[word, "never-in-output"])
+    full = text_of(chat(openai_client, model_id, max_tokens=12, temperature=0))
+    word = full.split()[3]
+    r = chat(openai_client, model_id, max_tokens=12, temperature=0, stop=[word, "never-in-output"])
     assert r.choices[0].finish_reason == "stop"
     assert text_of(r) == full[:full.index(word)]
 
@@ -81,13 +82,16 @@ def test_max_tokens(openai_client, model_id, key):
                          ids=["presence_penalty", "frequency_penalty", "repeat_penalty"])
 def test_penalties_change_a_repetitive_greedy_answer(openai_client, model_id, kw):
     """Issue 10, break 3. Before the fix this request hung and every later one got 503."""
-    plain = text_of(chat(openai_client, model_id, REPEAT, max_tokens=40, temperature=0))
-    assert plain.lower().count("hello") >= 5, plain  # the baseline really repeats
-    penalized = chat(openai_client, model_id, REPEAT, max_tokens=40, temperature=0, **kw)
-    assert text_of(penalized) != plain
-    assert text_of(penalized).lower().count("hello") < plain.lower().count("hello")
-    # The node still answers, and sampled (non-greedy) penalized requests run too.
-    assert text_of(chat(openai_client, model_id, REPEAT, max_tokens=8, temperature=1, seed=3, **kw))
+    def complete(**extra):
+        return openai_client.completions.create(model=model_id, prompt=REPEAT, max_tokens=20, temperature=0,
+                                                **extra).choices[0].text
+
+    plain = complete()
+    assert plain.count("apple") >= 8, plain  # the baseline really repeats
+    penalized = complete(**kw)
+    assert penalized.count("apple") < plain.count("apple") - 3, penalized
+    # Sampled (non-greedy) penalized requests and chat run too, and the node answers afterwards.
+    assert text_of(chat(openai_client, model_id, max_tokens=8, temperature=1, seed=3, **kw))
     assert text_of(chat(openai_client, model_id, max_tokens=8, temperature=0)).strip()
 
 
@@ -112,13 +116,6 @@ def test_n(openai_client, model_id):
     assert r.choices[0].message.content == r.choices[1].message.content
 
 
-def test_json_object(openai_client, model_id):
-    r = chat(openai_client, model_id, [{"role": "user", "content": "Describe a cat as JSON."}], max_tokens=200,
-             temperature=0, response_format={"type": "json_object"})
-    assert r.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(text_of(r)), dict)
-
-
 CITY = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 40},
     "country": {"type": "string", "maxLength": 40},
@@ -135,19 +132,14 @@ ASK_CITY = [{"role": "user", "content": "Tell me about New York as JSON."}]
 
 def test_strict_json_schema_at_temperature_one(openai_client, model_id):
     """Issue 13: strict json_schema with additionalProperties false (what LangChain and the Agents SDK
-    send). Whatever temperature 1 samples, every finished answer parses and matches the schema; only
-    one cut by max_tokens may be incomplete."""
-    finished = 0
-    for seed in range(6):
-        r = chat(openai_client, model_id, ASK_CITY, max_tokens=160, temperature=1, seed=seed, response_format=CITY_RF)
-        c = r.choices[0]
-        if c.finish_reason == "length":
-            continue
-        finished += 1
+    send). Whatever temperature 1 samples (n=6 choices of one seeded request, each its own seed),
+    every finished answer parses and matches the schema; only one cut by max_tokens may be incomplete."""
+    r = chat(openai_client, model_id, ASK_CITY, max_tokens=120, temperature=1, seed=0, n=6, response_format=CITY_RF)
+    finished = [c for c in r.choices if c.finish_reason != "length"]
+    for c in finished:
         assert c.finish_reason == "stop"
-        value = json.loads(c.message.content)
-        assert violations(value, CITY) == [], c.message.content
-    assert finished >= 3
+        assert violations(json.loads(c.message.content), CITY) == [], c.message.content
+    assert len(finished) >= 3, [c.message.content for c in r.choices]
 
 
 def test_strings_stay_json_even_when_the_model_wants_raw_newlines(openai_client, model_id, tokens):
@@ -155,16 +147,15 @@ def test_strings_stay_json_even_when_the_model_wants_raw_newlines(openai_client,
     newlines; the grammar must only let them out as whitespace between tokens, or escaped."""
     newline = tokens("\n")
     assert len(newline) == 1
-    schema = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 80}},
+    schema = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 60}},
               "required": ["poem"], "additionalProperties": False}
-    for seed in range(3):
-        r = chat(openai_client, model_id, [{"role": "user", "content": "A short poem, as JSON."}], max_tokens=120,
-                 temperature=1, seed=seed, logit_bias={str(newline[0]): 8},
-                 response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
-        if r.choices[0].finish_reason == "stop":
-            assert violations(json.loads(text_of(r)), schema) == []
-        else:
-            assert '"poem"' in text_of(r) or text_of(r).lstrip().startswith("{")
+    r = chat(openai_client, model_id, [{"role": "user", "content": "A short poem, as JSON."}], max_tokens=60,
+             temperature=1, seed=0, n=3, logit_bias={str(newline[0]): 8},
+             response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    finished = [c for c in r.choices if c.finish_reason == "stop"]
+    for c in finished:
+        assert violations(json.loads(c.message.content), schema) == [], c.message.content
+    assert finished, [c.message.content for c in r.choices]
 
 
 def test_langchain_with_structured_output(node, model_id):

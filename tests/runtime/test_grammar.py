@@ -86,6 +86,19 @@ def test_literals_are_escaped_json_text():
     assert enum == r'("\"a\\\\b\"" | "1" | "null" | "{\"k\":[true]}") space'
 
 
+def test_extra_members_never_repeat_a_named_key():
+    """With additionalProperties, an extra key equal to a named one would replace its value when
+    parsed (json.loads keeps the last): extra keys exclude the names (a prefix tree of them)."""
+    r = rules(schema_to_gbnf({"type": "object", "properties": {"a": {"type": "integer"}, "ab": {"type": "null"}},
+                              "additionalProperties": {"type": "string"}}))
+    key = r["root-value-extra-key"]
+    plain = r'[^"\\\x7F\x00-\x1F]'
+    assert key == (r'"\"" ([\U00000061] ([\U00000062] ([^"\\\x7F\x00-\x1F] ' + plain + '*) | '
+                   r'[^"\\\x7F\x00-\x1F\U00000062] ' + plain + '*) | '
+                   r'[^"\\\x7F\x00-\x1F\U00000061] ' + plain + r'*)? "\"" space')
+    assert r["root-value-extra-kv"] == 'root-value-extra-key ":" space string'
+
+
 def test_recursive_refs_become_recursive_rules():
     tree = {"$defs": {"node": {"type": "object", "properties": {
         "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
@@ -165,6 +178,7 @@ def problems(schema) -> list[tuple[str, str]]:
       "$ref": "#/$defs/a"}, "", "refers back to itself"),
     ({"properties": {"a": False}}, "/properties/a", "accepts no value"),
     ({"properties": {"a": 5}}, "/properties/a", "must be an object or a boolean"),
+    ({"properties": {"n" * 300: {}}}, "/properties/" + "n" * 40 + "...", "the limit is 256"),
 ])
 def test_unsupported_features_and_sizes_are_named_with_their_path(schema, path, words):
     found = problems(schema)

@@ -122,6 +122,7 @@ SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}, "c": {"type": "null"}},
      "additionalProperties": {"type": "boolean"}},
     {"type": "object", "properties": {}, "additionalProperties": False},
+    {"type": "object", "properties": {"a": {}, "ab": {}, "q\"": {}, "\u00e9\ud800": {}}, "additionalProperties": True},
     {"$defs": {"n": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
                      "required": ["kids"], "additionalProperties": False}}, "$ref": "#/$defs/n"},
     {"anyOf": [{"type": "string", "format": "time"}, {"type": "object", "properties": {"x": {"const": 1}}}]},
