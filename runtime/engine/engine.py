@@ -24,10 +24,10 @@ import asyncio
 import collections
 import itertools
 import logging
-import multiprocessing
+import os
+import subprocess
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,8 +78,9 @@ class ModelEngine:
         self._ids = itertools.count(1)
         self._crashes: collections.deque[float] = collections.deque()
         self._closing = False
-        self._conn: Connection | None = None
-        self._proc: Any = None
+        self._conn: worker.Channel | None = None
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         self._worker_steps = (0, 0.0, 0.0)
         self.skipped_variants: dict[str, str] = {}
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
@@ -95,26 +96,27 @@ class ModelEngine:
 
     def _spawn(self, variant: LibraryVariant) -> tuple[str, Any]:
         """Start a worker with ``variant`` and wait for its first word: ("ready", description),
-        ("load_failed", message) or ("died", exit description)."""
-        mp = multiprocessing.get_context("spawn")
-        parent, child = mp.Pipe(duplex=True)
+        ("load_failed", message) or ("died", exit code)."""
+        env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
+        env.update(variant.env())
+        proc = subprocess.Popen(worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=env, close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        conn = worker.Channel(proc.stdout, proc.stdin)
         spec = worker.WorkerSpec(self.id, self.path, self.cap, self.cfg,
                                  str(variant.lib_dir) if variant.lib_dir is not None else None,
                                  logging.getLogger().getEffectiveLevel())
-        proc = mp.Process(target=worker.main, args=(child, spec), name=f"closedmesh-engine[{self.id}]", daemon=True)
-        proc.start()
-        child.close()
         try:
-            kind, payload = parent.recv()
+            conn.send(spec)
+            kind, payload = conn.recv()
         except (EOFError, OSError):
-            proc.join(10)
-            parent.close()
-            return "died", proc.exitcode
+            conn.close()
+            return "died", _wait(proc, 10)
         if kind != "ready":
-            proc.join(10)
-            parent.close()
+            conn.close()
+            _wait(proc, 10)
             return kind, payload
-        self._conn, self._proc = parent, proc
+        self._conn, self._proc = conn, proc
         return "ready", payload
 
     def _start_first(self, variants: list[LibraryVariant]) -> tuple[LibraryVariant, dict]:
@@ -161,13 +163,14 @@ class ModelEngine:
         self.template = ChatTemplate.for_model(self.info.chat_template, self.info.bos_text, self.info.eos_text)
         self.state = "ready"
         self.started_at = time.monotonic()
-        assert self._conn is not None
-        threading.Thread(target=self._read, args=(self._conn, self._proc), name=f"engine-link[{self.id}]",
-                         daemon=True).start()
+        assert self._conn is not None and self._proc is not None
+        self._reader = threading.Thread(target=self._read, args=(self._conn, self._proc),
+                                        name=f"engine-link[{self.id}]", daemon=True)
+        self._reader.start()
 
     # -- the link to the worker ---------------------------------------------------------------------
 
-    def _read(self, conn: Connection, proc: Any) -> None:
+    def _read(self, conn: worker.Channel, proc: subprocess.Popen) -> None:
         while True:
             try:
                 msg = conn.recv()
@@ -191,8 +194,8 @@ class ModelEngine:
                     waiter = self._calls.pop(cid, None)
                 if waiter is not None:
                     _resolve(waiter, ok, value)
-        proc.join(10 if self._closing else 5)
-        self._worker_died(proc.exitcode)
+        conn.close()
+        self._worker_died(_wait(proc, 10 if self._closing else 5))
 
     def _send(self, msg: tuple) -> None:
         conn = self._conn
@@ -252,8 +255,9 @@ class ModelEngine:
             return
         kind, payload = self._spawn(self.variant)
         if kind == "ready" and self._closing:  # closed while the new worker started: stop it too
+            assert self._conn is not None and self._proc is not None
             self._conn.send(("stop",))
-            self._proc.join(STOP_TIMEOUT)
+            _wait(self._proc, STOP_TIMEOUT)
             self.state = "closed"
             return
         if kind == "ready":
@@ -373,19 +377,27 @@ class ModelEngine:
     def close(self) -> None:
         """Stop the worker (blocking): running requests end with an engine_stopped error."""
         self._closing = True
-        conn, proc = self._conn, self._proc
+        conn, proc, reader = self._conn, self._proc, self._reader
         if conn is not None:
             try:
                 conn.send(("stop",))
             except (OSError, ValueError):
                 pass
-        if proc is not None:
-            proc.join(STOP_TIMEOUT)
-            if proc.is_alive():
-                log.warning("the engine of %s did not stop within %.0f s; killing it", self.id, STOP_TIMEOUT)
-                proc.kill()
-                proc.join(5)
+        if proc is not None and _wait(proc, STOP_TIMEOUT) is None:
+            log.warning("the engine of %s did not stop within %.0f s; killing it", self.id, STOP_TIMEOUT)
+            proc.kill()
+            _wait(proc, 5)
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(STOP_TIMEOUT)
         self.state = "closed"
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The worker's exit code (negative: the signal that killed it), or None if it is still running."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _resolve(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future], ok: bool, value: Any) -> None:

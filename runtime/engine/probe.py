@@ -37,7 +37,7 @@ _SIGNAL_WORDS = {
 
 
 def describe_exit(exitcode: int | None) -> str:
-    """A worker's exit code in plain words (multiprocessing gives -N for death by signal N)."""
+    """A worker's exit code in plain words (-N: killed by signal N, as subprocess reports it)."""
     from .worker import EXIT_LOOP_CRASHED
 
     if exitcode is None:

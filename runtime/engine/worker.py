@@ -6,8 +6,11 @@ machines nobody foresaw. Running it here means such a crash costs the requests r
 nothing else: the node, its HTTP server, its other models and its mesh membership live on, and the
 supervisor in engine.py restarts this process.
 
-Protocol over a duplex ``multiprocessing`` pipe (pickled tuples; one message per decode step, not one per
-token):
+The worker is a plain child process (``python -m runtime.engine.worker``, or the bundle's executable with
+``--closedmesh-engine-worker``) talking over its stdin/stdout: length-prefixed pickled tuples (Channel),
+one message per decode step, not one per token. Its stderr is the node's log. The first message is the
+WorkerSpec. (Not multiprocessing: its "spawn" re-imports the parent's main module in the child and keeps a
+resource-tracker process alive for the parent's lifetime; neither is needed here.)
 
 node → worker
     ("gen", rid, prompt, SamplingParams, max_new_tokens, stop)   start a generation
@@ -29,13 +32,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import signal
+import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..hardware import Capability
 from .events import EngineConfig, EngineStopped, ErrorEvent, Event, GenRequest, QueueFull, TokenEvent
@@ -46,6 +51,56 @@ ENGINE_THREAD_STACK = 256 * 1024 * 1024
 
 # Exit code of a worker whose engine loop died of a Python exception (not a native crash).
 EXIT_LOOP_CRASHED = 70
+
+
+# The argument that makes the desktop bundle's executable run a worker (installers/pyinstaller).
+FROZEN_WORKER_FLAG = "--closedmesh-engine-worker"
+
+_HEADER = struct.Struct("<I")
+
+
+class Channel:
+    """Length-prefixed pickled messages over two binary streams (a worker's stdin and stdout). Sends are
+    serialised by a lock (several threads send); one thread receives. Both ends are our own processes."""
+
+    def __init__(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
+        self.rfile = rfile
+        self.wfile = wfile
+        self._lock = threading.Lock()
+
+    def send(self, msg: Any) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self.wfile.write(_HEADER.pack(len(data)) + data)
+            self.wfile.flush()
+
+    def _read(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self.rfile.read(n)
+            if not chunk:
+                raise EOFError("the other end closed the channel")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self) -> Any:
+        (n,) = _HEADER.unpack(self._read(_HEADER.size))
+        return pickle.loads(self._read(n))
+
+    def close(self) -> None:
+        for f in (self.rfile, self.wfile):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def worker_command() -> list[str]:
+    """How to start a worker: this Python with ``-m``, or the frozen bundle's own executable."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, FROZEN_WORKER_FLAG]
+    return [sys.executable, "-m", "runtime.engine.worker"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +116,7 @@ class WorkerSpec:
 class _Outbox:
     """Events produced during one decode step, sent together at the end of it."""
 
-    def __init__(self, conn: Connection, send_lock: threading.Lock) -> None:
+    def __init__(self, conn: Channel, send_lock: threading.Lock) -> None:
         self.conn = conn
         self.lock = send_lock
         self.items: list[tuple[int, Event]] = []
@@ -84,7 +139,7 @@ class _Outbox:
             self.conn.send(msg)
 
 
-def _serve(conn: Connection, spec: WorkerSpec) -> int:
+def _serve(conn: Channel, spec: WorkerSpec) -> int:
     from .core import EmbeddingsUnsupported, EngineCore
     from .llama_model import ModelLoadError
 
@@ -174,10 +229,19 @@ def _serve(conn: Connection, spec: WorkerSpec) -> int:
     return 0
 
 
-def main(conn: Connection, spec: WorkerSpec) -> None:
-    """Entry point of the worker process (multiprocessing, "spawn")."""
-    if spec.lib_dir is not None:
-        os.environ["LLAMA_CPP_LIB_PATH"] = spec.lib_dir
+def main() -> None:
+    """Entry point of the worker process: the spec comes first on stdin; replies go to the real stdout,
+    which is then pointed at stderr so that nothing else (a C library's printf) can corrupt the channel."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when its workers stop
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    conn = Channel(sys.stdin.buffer, out)
+    try:
+        spec: WorkerSpec = conn.recv()
+    except EOFError:
+        os._exit(0)
+    # The node sets LLAMA_CPP_LIB_PATH in this process's environment (the build to load) before it starts.
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s engine[{spec.model_id}] %(name)s: %(message)s")
     code = _serve(conn, spec)
@@ -185,3 +249,7 @@ def main(conn: Connection, spec: WorkerSpec) -> None:
     # os._exit: llama.cpp's and Python's exit handlers have nothing left to do, and skipping them means a
     # wedged native thread cannot hold the process.
     os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,12 @@ loading its model (the desktop app restarts its node that way when the user chan
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import signal
 import threading
 import time
 import urllib.request
 
+import psutil
 import pytest
 
 from runtime.config import Paths, ServeSettings
@@ -57,5 +57,5 @@ def test_stop_while_the_model_loads_leaves_no_engine_behind(tmp_path, model_path
     asyncio.run(run())
     wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("engine-")], 30,
              what="no engine thread left")
-    wait_for(lambda: not multiprocessing.active_children(), 30, what="no engine worker process left")
+    wait_for(lambda: not psutil.Process().children(recursive=True), 30, what="no engine worker process left")
     assert all(m.engine is None for m in node.manager.models.values())

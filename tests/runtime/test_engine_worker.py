@@ -21,14 +21,10 @@ from runtime.engine import engine as engine_mod
 from runtime.engine.engine import EngineLoadError, ModelEngine
 from runtime.engine.events import DoneEvent, EngineConfig, ErrorEvent, GenRequest, SamplingParams, TokenEvent
 from runtime.engine.probe import BuildRegistry, describe_exit, is_build_fault
-from runtime.engine.variants import INSTALLED, LibraryVariant, candidates, supported_variants
+from runtime.engine.variants import INSTALLED, LibraryVariant
 from runtime.hardware import RuntimeCapability, detect, installed_llama_lib_dir
 
 from ..conftest import wait_for
-
-AVX512_CPU = frozenset({"sse4_2", "popcnt", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl",
-                        "avx512dq", "avx512bw", "amx_tile", "amx_int8"})
-
 
 # -- pure parts ------------------------------------------------------------------------------------------
 
@@ -41,24 +37,6 @@ def test_exit_codes_in_plain_words():
     assert "code 3" in describe_exit(3)
     assert is_build_fault(-signal.SIGILL) and is_build_fault(-signal.SIGBUS)
     assert not is_build_fault(-signal.SIGSEGV) and not is_build_fault(0) and not is_build_fault(None)
-
-
-def test_variants_best_first_only_what_the_cpu_runs():
-    names = ["x86-64-v2", "avx2", "avx512"]
-    assert supported_variants(names, AVX512_CPU, "x86_64") == ["avx512", "avx2", "x86-64-v2"]
-    avx2_only = frozenset({"sse4_2", "popcnt", "avx2", "fma", "f16c", "bmi2"})
-    assert supported_variants(names, avx2_only, "x86_64") == ["avx2", "x86-64-v2"]
-    assert supported_variants(names, frozenset({"sse4_2", "popcnt"}), "x86_64") == ["x86-64-v2"]
-    assert supported_variants(["arm64"], frozenset(), "arm64") == ["arm64"]
-
-
-def test_candidates_without_a_bundle_is_the_installed_build(tmp_path):
-    assert candidates(root=tmp_path / "absent") == [LibraryVariant(INSTALLED, None)]
-    (tmp_path / "avx2").mkdir()
-    (tmp_path / "avx512").mkdir()
-    got = candidates(root=tmp_path, cpu_flags=AVX512_CPU, machine="x86_64")
-    assert [v.name for v in got] == ["avx512", "avx2"]
-    assert got[0].env() == {"LLAMA_CPP_LIB_PATH": str(tmp_path / "avx512")}
 
 
 def test_build_registry_remembers_a_fault_until_the_build_changes(tmp_path):
@@ -124,7 +102,7 @@ def test_generation_and_calls_through_the_worker(model_path, cap):
         assert e.stats.summary()["samples"] == 1
     finally:
         e.close()
-    assert e.state == "closed" and not e._proc.is_alive()
+    assert e.state == "closed" and e._proc.poll() is not None
 
 
 def test_a_crash_fails_the_running_requests_and_the_worker_restarts(model_path, cap, monkeypatch):
