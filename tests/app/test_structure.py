@@ -135,6 +135,9 @@ def test_no_view_imports_the_controller():
             "app.pages.settings_page", "app.pages.welcome"} <= set(views)
     bad = {v: reaches(graph, v, CONTROLLER) for v in views}
     assert not {v: p for v, p in bad.items() if p}, "views that reach the controller"
+    # nothing else below the controller reaches it either: only the entry point builds it
+    importers = {n for n, ts in graph.items() if CONTROLLER in ts}
+    assert importers == {"app.main"}
 
 
 def test_app_imports_form_no_circle():
