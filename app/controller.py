@@ -1,5 +1,8 @@
 """The app's composition root: starts the node (RuntimeHost), follows it (NodeClient → NodeStore), and
-owns the tray, the main window, the mesh toggle and the settings. Pages and the tray act through it.
+owns the tray, the main window, the mesh toggle and the settings. It hands the views what they render
+and act through (the store, the toggle, NodeActions, Links, the settings, start at login) and answers
+their requests (signals): join or leave, load a model, open the chat or the window, save the
+settings, move the node to another port, quit. No view imports this module.
 
 Lifecycle: ``start()`` binds the port and starts the node (a taken port opens the port dialog);
 ``quit()`` closes the client, stops the node (running generations end with an explicit error; the
@@ -15,7 +18,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import QObject, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
@@ -24,18 +27,19 @@ from PySide6.QtWidgets import QSystemTrayIcon
 from runtime.config import Paths, ServeSettings
 
 from . import autostart as autostart_backends
+from .actions import NodeActions
 from .client import ApiResult, NodeClient
 from .dialogs import PortDialog
+from .links import Links
 from .mesh import MeshToggle
 from .runtime_host import PortInUse, RuntimeHost, next_free_port
 from .settings import AppSettings, SettingsStore
+from .start_at_login import StartAtLogin
 from .store import NodeStore
 from .tray import Tray
 from .window import MainWindow
 
 log = logging.getLogger(__name__)
-
-LOAD_TIMEOUT_S = 900.0  # loading a large model from a slow disk
 
 
 def app_command() -> list[str]:
@@ -51,7 +55,6 @@ def app_command() -> list[str]:
 
 
 class AppController(QObject):
-    autostart_changed = Signal(bool)  # start at login turned on/off (from the tray or Settings)
     _runtime_exited = Signal(object, object)  # (host, error): from the runtime thread to the Qt thread
     _restart_ready = Signal(int)  # the old node stopped: start on this port (from a helper thread)
 
@@ -73,9 +76,6 @@ class AppController(QObject):
         self.port_override = port_override  # --port on the command line wins over the settings, once
         self.tray_available = (QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None
                                else tray_available)
-        self._open_url = open_url or QDesktopServices.openUrl
-        self.autostart = autostart or autostart_backends.for_platform()
-        self.autostart_command = autostart_command or app_command()
         self._on_quit = on_quit
         self._on_started = on_started
         self._attach = attach
@@ -86,14 +86,33 @@ class AppController(QObject):
         self._restarting: threading.Thread | None = None
 
         self.store = NodeStore(self)
-        self.toggle = MeshToggle(self.store, self.settings, self)
+        self.actions = NodeActions(self.store)
+        self.links = Links(lambda: self.port, open_url or QDesktopServices.openUrl)
+        self.start_at_login = StartAtLogin(autostart or autostart_backends.for_platform(),
+                                           autostart_command or app_command(), self)
+        self.start_at_login.failed.connect(lambda msg: self.notify(msg))
+        self.toggle = MeshToggle(self.store, self.settings, self.actions, self)
         self.toggle.failed.connect(lambda msg: self.notify(msg))
         self.toggle.needs_target.connect(self._choose_mesh)
         self.toggle.invite_spent.connect(self._forget_invite)
         self._runtime_exited.connect(self._on_runtime_exited)
         self._restart_ready.connect(self._start_after_restart)
-        self.tray = Tray(self, self.tray_available)
-        self.window = MainWindow(self)
+
+        self.tray = Tray(self.store, self.toggle, self.links, self.start_at_login, self.tray_available)
+        self.tray.join_requested.connect(self.toggle.set_wanted)
+        self.tray.model_load_requested.connect(self.set_model_loaded)
+        self.tray.open_chat_requested.connect(self.links.open_chat)
+        self.tray.show_window_requested.connect(self.show_window)
+        self.tray.quit_requested.connect(self.quit)
+
+        self.window = MainWindow(self.store, self.toggle, self.actions, self.links, self.settings,
+                                 self.start_at_login, attached=self.attached)
+        self.window.close_quits = not self.tray_visible
+        self.window.join_requested.connect(self.toggle.set_wanted)
+        self.window.open_chat_requested.connect(self.links.open_chat)
+        self.window.save_settings_requested.connect(self.save_settings)
+        self.window.restart_on_port_requested.connect(self.change_port)
+        self.window.quit_requested.connect(self.quit)
 
     # -- properties --------------------------------------------------------------------------------------
 
@@ -240,27 +259,6 @@ class AppController(QObject):
             self.window.show_tab(tab)
         self.window.bring_forward()
 
-    def open_chat(self) -> None:
-        if self.port is not None:
-            self._open_url(QUrl(f"http://localhost:{self.port}/"))
-
-    def model_action(self, action: str, model: str, on_done: Callable[[ApiResult], None] | None = None) -> None:
-        """download / cancel / delete / load / unload, through the node's control API."""
-        if self.client is None:
-            if on_done:
-                on_done(ApiResult(0, None, "the node is not running"))
-            return
-        mid = quote(model, safe="")
-        calls = {
-            "download": ("POST", "/api/models/pull", {"model": model}, 30.0),
-            "cancel": ("POST", f"/api/models/{mid}/cancel", {}, 30.0),
-            "delete": ("DELETE", f"/api/models/{mid}", None, 60.0),
-            "load": ("POST", f"/api/models/{mid}/load", {}, LOAD_TIMEOUT_S),
-            "unload": ("POST", f"/api/models/{mid}/unload", {}, 60.0),
-        }
-        method, path, body, timeout = calls[action]
-        self.client.request(method, path, body, timeout=timeout, on_done=on_done)
-
     def set_model_loaded(self, model: str, loaded: bool) -> None:
         """The tray's Models submenu."""
         def done(r: ApiResult) -> None:
@@ -269,42 +267,7 @@ class AppController(QObject):
                 self.tray.render_models(self.store.state)  # put the check mark back where it belongs
             self.store.refresh()
 
-        self.model_action("load" if loaded else "unload", model, on_done=done)
-
-    def apply_limits(self, limits: dict[str, int], on_done: Callable[[ApiResult], None] | None = None) -> None:
-        """Share limits for requests from the mesh (the node keeps them)."""
-        if self.client is None:
-            if on_done:
-                on_done(ApiResult(0, None, "the node is not running"))
-            return
-
-        def done(r: ApiResult) -> None:
-            if r.ok and isinstance(r.data, dict):
-                self.store.apply_mesh(r.data)
-            if on_done:
-                on_done(r)
-
-        self.client.request("POST", "/api/mesh/limits", limits, timeout=30, on_done=done)
-
-    def autostart_enabled(self) -> bool:
-        try:
-            return self.autostart.is_enabled()
-        except OSError:
-            return False
-
-    def set_autostart(self, on: bool) -> str | None:
-        """Turn start-at-login on or off; a plain-words error, or None."""
-        try:
-            if on:
-                self.autostart.enable(self.autostart_command)
-            else:
-                self.autostart.disable()
-        except OSError as e:
-            message = f"Could not {'turn on' if on else 'turn off'} start at login: {e}"
-            self.notify(message)
-            return message
-        self.autostart_changed.emit(self.autostart_enabled())
-        return None
+        self.actions.model("load" if loaded else "unload", model, on_done=done)
 
     # -- quit -----------------------------------------------------------------------------------------------
 
@@ -313,6 +276,7 @@ class AppController(QObject):
         if self.quitting:
             return
         self.quitting = True
+        self.window.close_quits = False  # closing the window is part of this quit now
         self.tray.hide()
         if self.port_dialog is not None:
             self.port_dialog.close()

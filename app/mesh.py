@@ -20,14 +20,14 @@ from typing import Literal
 
 from PySide6.QtCore import QObject, Signal
 
-from .client import ApiResult, NodeClient
+from .actions import NodeActions
+from .client import ApiResult
 from .settings import AppSettings, is_mesh_url
 from .state import NodeState, mesh_state, saved_mesh_urls, wants_mesh
 from .store import NodeStore
 
 Phase = Literal["off", "joining", "joined", "leaving"]
 
-JOIN_TIMEOUT_S = 90.0  # connecting to a far NATS server, and the hub's first answer, can take a while
 NO_MESH_MESSAGE = ("Joining is not available yet: this version of the ClosedMesh node has no mesh support "
                    "(it does not know the /api/mesh routes).")
 NO_TARGET_MESSAGE = ("Choose the mesh first: paste the invite you were given (or the address of an open mesh, "
@@ -77,18 +77,16 @@ class MeshToggle(QObject):
     joined = Signal()
     invite_spent = Signal(str)  # joined with this invite token: it cannot be used again
 
-    def __init__(self, store: NodeStore, settings: AppSettings, parent: QObject | None = None) -> None:
+    def __init__(self, store: NodeStore, settings: AppSettings, actions: NodeActions,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store
         self.settings = settings
+        self.actions = actions
         self.phase: Phase = "off"
         self._join_sent: dict[str, str] = {}  # the body of the join in progress
         self._last_view: ToggleView | None = None
         store.changed.connect(self._sync)
-
-    @property
-    def client(self) -> NodeClient | None:
-        return self.store.client
 
     def view(self) -> ToggleView:
         s = self.store.state
@@ -117,7 +115,7 @@ class MeshToggle(QObject):
 
     def set_wanted(self, on: bool) -> None:
         """The user clicked the toggle."""
-        if self.phase in ("joining", "leaving") or self.client is None:
+        if self.phase in ("joining", "leaving") or self.actions.client is None:
             self._redraw(force=True)  # the click is ignored while busy: put the check mark back
             return
         if on and self.phase != "joined":
@@ -129,16 +127,15 @@ class MeshToggle(QObject):
                 return
             self._set_phase("joining")
             self._join_sent = body
-            self.client.request("POST", "/api/mesh/join", body, timeout=JOIN_TIMEOUT_S, on_done=self._joined)
+            self.actions.join_mesh(body, on_done=self._joined)
         elif not on and self.phase != "off":
             self._set_phase("leaving")
-            self.client.request("POST", "/api/mesh/leave", {}, timeout=30, on_done=self._left)
+            self.actions.leave_mesh(on_done=self._left)
         else:
             self._redraw(force=True)
 
     def _joined(self, r: ApiResult) -> None:
-        if r.ok and isinstance(r.data, dict):
-            self.store.apply_mesh(r.data)
+        if r.ok and isinstance(r.data, dict):  # the mesh object is in the store already (NodeActions)
             state = str(r.data.get("state") or "joined")
             if state in ("off", "error"):  # answered 200 but not in: treat as a failure
                 self._fail(r.data.get("error") or "the node could not join the mesh")
@@ -156,8 +153,6 @@ class MeshToggle(QObject):
         self.failed.emit(f"Could not join the mesh: {message}")
 
     def _left(self, r: ApiResult) -> None:
-        if r.ok and isinstance(r.data, dict):
-            self.store.apply_mesh(r.data)
         self._set_phase("off")
         if not r.ok and not r.route_missing:
             self.failed.emit(f"Could not leave the mesh cleanly: {r.error}")

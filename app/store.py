@@ -29,7 +29,7 @@ class NodeStore(QObject):
     def attach(self, client: NodeClient) -> None:
         """Follow this client's events (a new one after the node restarted elsewhere)."""
         self.client = client
-        client.event.connect(self._on_event)
+        client.event.connect(self.feed)
         client.connected.connect(self.set_connected)
         self._poll.start()
 
@@ -42,7 +42,8 @@ class NodeStore(QObject):
             self.state = state
             self.changed.emit(state)
 
-    def _on_event(self, name: str, data: Any) -> None:
+    def feed(self, name: str, data: Any) -> None:
+        """One event of ``GET /api/events`` (from the client, or recorded ones in a test)."""
         self._set(apply_event(self.state, name, data))
         self.event.emit(name, data)
 

@@ -1,25 +1,37 @@
 """The tray icon and its menu: status line, Join the mesh, Models, Open Chat, Open ClosedMesh…, Start at
-login, Quit. The icon's look follows the node's state (app/icons.py)."""
+login, Quit. The icon's look follows the node's state (app/icons.py).
+
+It renders the store and the mesh toggle and asks its owner for everything else through its signals
+(join, load a model, open the chat or the window, quit); start at login it turns itself."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from . import icons
+from .links import Links
+from .mesh import MeshToggle
+from .start_at_login import StartAtLogin
 from .state import MODEL_STATE_WORDS, NodeState, local_models, status_line, tooltip, tray_kind
-
-if TYPE_CHECKING:
-    from .controller import AppController
+from .store import NodeStore
 
 
 class Tray(QObject):
-    def __init__(self, controller: "AppController", available: bool) -> None:
+    join_requested = Signal(bool)  # the "Join the mesh" check mark was clicked: join (True) or leave
+    model_load_requested = Signal(str, bool)  # a model of the Models submenu: load (True) or unload it
+    open_chat_requested = Signal()
+    show_window_requested = Signal(str)  # the window, on this tab ("" = as it is)
+    quit_requested = Signal()
+
+    def __init__(self, store: NodeStore, toggle: MeshToggle, links: Links, start_at_login: StartAtLogin,
+                 available: bool) -> None:
         super().__init__()
-        self.controller = controller
+        self.store = store
+        self.toggle = toggle
+        self.links = links
+        self.start_at_login = start_at_login
         self.available = available
         self.kind = "starting"
         self.menu = QMenu()
@@ -30,31 +42,31 @@ class Tray(QObject):
         self.menu.addSeparator()
         self.join_action = self.menu.addAction("Join the mesh")
         self.join_action.setCheckable(True)
-        self.join_action.triggered.connect(lambda on: controller.toggle.set_wanted(on))
+        self.join_action.triggered.connect(lambda on: self.join_requested.emit(on))
         self.models_menu = self.menu.addMenu("Models")
         self._models_shape: list[tuple[str, str]] | None = None
         self.menu.addSeparator()
         self.chat_action = self.menu.addAction("Open Chat")
-        self.chat_action.triggered.connect(controller.open_chat)
+        self.chat_action.triggered.connect(self.open_chat_requested.emit)
         self.window_action = self.menu.addAction("Open ClosedMesh…")
-        self.window_action.triggered.connect(lambda: controller.show_window())
+        self.window_action.triggered.connect(lambda: self.show_window_requested.emit(""))
         self.menu.addSeparator()
         self.autostart_action = self.menu.addAction("Start at login")
         self.autostart_action.setCheckable(True)
-        self.autostart_action.setChecked(controller.autostart_enabled())
+        self.autostart_action.setChecked(start_at_login.enabled())
         self.autostart_action.triggered.connect(self._autostart)
-        controller.autostart_changed.connect(self.autostart_action.setChecked)
+        start_at_login.changed.connect(self.autostart_action.setChecked)
         self.quit_action = self.menu.addAction("Quit ClosedMesh")
-        self.quit_action.triggered.connect(controller.quit)
+        self.quit_action.triggered.connect(self.quit_requested.emit)
 
         self.icon = QSystemTrayIcon(icons.icon("starting"))
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
         self.menu.aboutToShow.connect(self._about_to_show)
 
-        controller.store.changed.connect(self.render)
-        controller.toggle.changed.connect(self._render_toggle)
-        self.render(controller.store.state)
+        store.changed.connect(self.render)
+        toggle.changed.connect(self._render_toggle)
+        self.render(store.state)
         if available:
             self.icon.show()
 
@@ -65,17 +77,17 @@ class Tray(QObject):
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         # A left click opens the window on Windows and Linux; on macOS any click opens the menu.
         if reason in (QSystemTrayIcon.ActivationReason.Trigger, QSystemTrayIcon.ActivationReason.DoubleClick):
-            self.controller.show_window()
+            self.show_window_requested.emit("")
 
     def _about_to_show(self) -> None:
-        self.autostart_action.setChecked(self.controller.autostart_enabled())
+        self.autostart_action.setChecked(self.start_at_login.enabled())
 
     def _autostart(self, on: bool) -> None:
-        self.controller.set_autostart(on)
-        self.autostart_action.setChecked(self.controller.autostart_enabled())  # the truth, also after a failure
+        self.start_at_login.set(on)
+        self.autostart_action.setChecked(self.start_at_login.enabled())  # the truth, also after a failure
 
     def _render_toggle(self) -> None:
-        v = self.controller.toggle.view()
+        v = self.toggle.view()
         self.join_action.setChecked(v.checked)
         self.join_action.setEnabled(v.enabled)
         self.join_action.setText(v.text)
@@ -86,8 +98,9 @@ class Tray(QObject):
             self.kind = kind
             self.icon.setIcon(icons.icon(kind))
         self.status_action.setText(status_line(state))
-        self.icon.setToolTip(tooltip(state, self.controller.port))
-        self.chat_action.setEnabled(self.controller.port is not None)
+        port = self.links.port
+        self.icon.setToolTip(tooltip(state, port))
+        self.chat_action.setEnabled(port is not None)
         self._render_toggle()
         self._render_models(state)
 
@@ -114,11 +127,11 @@ class Tray(QObject):
             a.setChecked(st == "ready")
             a.setEnabled(not busy)
             a.setToolTip("Loaded: click to unload" if st == "ready" else "Click to load it now")
-            a.triggered.connect(lambda on, mid=mid: self.controller.set_model_loaded(mid, on))
+            a.triggered.connect(lambda on, mid=mid: self.model_load_requested.emit(mid, on))
             self.models_menu.addAction(a)
         self.models_menu.addSeparator()
         manage = self.models_menu.addAction("Download models…")
-        manage.triggered.connect(lambda: self.controller.show_window("models"))
+        manage.triggered.connect(lambda: self.show_window_requested.emit("models"))
 
     def notify(self, title: str, message: str, error: bool = True) -> None:
         if self.visible:
@@ -129,7 +142,7 @@ class Tray(QObject):
         self.icon.hide()
 
     def dispose(self) -> None:
-        """Delete the Qt objects without a parent (see AppController.quit)."""
+        """Delete the Qt objects without a parent, on the Qt thread (the app's quit calls this)."""
         self.icon.hide()
         self.icon.setContextMenu(None)
         self.icon.deleteLater()

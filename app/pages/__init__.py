@@ -1,1 +1,2 @@
-"""The main window's tabs. Each page renders the controller's NodeState and acts through the controller."""
+"""The main window's tabs. Each page renders the store's NodeState, acts on the node through NodeActions
+and asks the window for the rest with its own signals; none knows the controller."""

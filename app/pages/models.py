@@ -6,19 +6,18 @@ download progress comes from the ``download_progress`` events and only updates t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
+from ..actions import NodeActions
 from ..client import ApiResult
 from ..model_rows import ACTION_WORDS, ModelRow, model_rows
 from ..state import NodeState
+from ..store import NodeStore
 from ..widgets import Banner, muted, table
-
-if TYPE_CHECKING:
-    from ..controller import AppController
 
 HEADERS = ["Model", "Size", "On this computer", "Status", ""]
 FIT_COLORS = {"gpu": "#0d652d", "partial": "#b06000", "cpu": "#174ea6", "too_large": "#a50e0e"}
@@ -61,9 +60,10 @@ class StatusCell(QWidget):
 class ModelsPage(QWidget):
     rows_changed = Signal(object)  # list[ModelRow], after every render (the welcome page follows it)
 
-    def __init__(self, controller: "AppController") -> None:
+    def __init__(self, store: NodeStore, actions: NodeActions) -> None:
         super().__init__()
-        self.controller = controller
+        self.store = store
+        self.actions = actions
         self.listing: dict[str, Any] | None = None
         self.rows: list[ModelRow] = []
         self._shape: list[tuple[str, str, tuple[str, ...]]] = []
@@ -101,9 +101,9 @@ class ModelsPage(QWidget):
         self._refetch.setSingleShot(True)
         self._refetch.setInterval(250)  # several state changes in a row: one fetch
         self._refetch.timeout.connect(self.fetch)
-        controller.store.changed.connect(self.render_state)
-        controller.store.event.connect(self._on_event)
-        controller.store.changed.connect(self._first_fetch)
+        store.changed.connect(self.render_state)
+        store.event.connect(self._on_event)
+        store.changed.connect(self._first_fetch)
 
     # -- data ---------------------------------------------------------------------------------------------
 
@@ -116,15 +116,13 @@ class ModelsPage(QWidget):
             self._refetch.start()
 
     def fetch(self) -> None:
-        client = self.controller.client
-        if client is not None:
-            client.request("GET", "/api/models", timeout=30, on_done=self._fetched)
+        self.actions.list_models(on_done=self._fetched)
 
     def _fetched(self, r: ApiResult) -> None:
         if r.ok and isinstance(r.data, dict):
             self.listing = r.data
             self.empty.hide()
-            self.render_state(self.controller.store.state)
+            self.render_state(self.store.state)
         elif self.listing is None:
             self.empty.setText(f"Could not get the model list: {r.error}")
 
@@ -133,7 +131,7 @@ class ModelsPage(QWidget):
     def act(self, action: str, model_id: str) -> None:
         """Run a row's action through the node's control API; failures show in the banner."""
         self.banner.clear()
-        self.controller.model_action(action, model_id, on_done=self._acted)
+        self.actions.model(action, model_id, on_done=self._acted)
 
     def _acted(self, r: ApiResult) -> None:
         if not r.ok:
@@ -153,7 +151,7 @@ class ModelsPage(QWidget):
                 self.ref.clear()
             self._acted(r)
 
-        self.controller.model_action("download", ref, on_done=done)
+        self.actions.model("download", ref, on_done=done)
 
     # -- rendering ----------------------------------------------------------------------------------------
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
 from .. import icons
+from ..links import Links
+from ..mesh import MeshToggle
 from ..state import (MESH_STATE_WORDS, MODEL_STATE_WORDS, NodeState, backend_name, format_bytes, format_duration,
                      format_ms, format_tps, live_peer_count, mesh_state, node_errors, node_ready, status_line,
                      tray_kind)
+from ..store import NodeStore
 from ..widgets import heading, muted, table
-
-if TYPE_CHECKING:
-    from ..controller import AppController
 
 
 def _node_state_words(state: NodeState) -> str:
@@ -63,9 +61,13 @@ def _mesh_words(state: NodeState) -> str:
 
 
 class OverviewPage(QWidget):
-    def __init__(self, controller: "AppController") -> None:
+    join_requested = Signal(bool)  # the Join/Leave button: join (True) or leave
+    open_chat_requested = Signal()
+
+    def __init__(self, store: NodeStore, toggle: MeshToggle, links: Links) -> None:
         super().__init__()
-        self.controller = controller
+        self.toggle = toggle
+        self.links = links
         root = QVBoxLayout(self)
         root.setContentsMargins(16, 16, 16, 16)
         root.setSpacing(12)
@@ -81,9 +83,9 @@ class OverviewPage(QWidget):
         head.addWidget(self.api)
         self.join = QPushButton("Join the mesh")
         self.join.setMinimumWidth(170)
-        self.join.clicked.connect(lambda: controller.toggle.set_wanted(not controller.toggle.view().checked))
+        self.join.clicked.connect(lambda: self.join_requested.emit(not toggle.view().checked))
         self.chat = QPushButton("Open Chat")
-        self.chat.clicked.connect(controller.open_chat)
+        self.chat.clicked.connect(self.open_chat_requested.emit)
         top.addWidget(self.icon)
         top.addSpacing(8)
         top.addLayout(head, 1)
@@ -110,12 +112,12 @@ class OverviewPage(QWidget):
         root.addWidget(self.models)
         root.addStretch(1)
 
-        controller.store.changed.connect(self.render)
-        controller.toggle.changed.connect(self._render_toggle)
-        self.render(controller.store.state)
+        store.changed.connect(self.render)
+        toggle.changed.connect(self._render_toggle)
+        self.render(store.state)
 
     def _render_toggle(self) -> None:
-        v = self.controller.toggle.view()
+        v = self.toggle.view()
         self.join.setEnabled(v.enabled)
         # a button says what a click does (the tray's check mark says the state)
         self.join.setText("Leave the mesh" if v.checked and v.enabled else v.text)
@@ -123,8 +125,8 @@ class OverviewPage(QWidget):
     def render(self, state: NodeState) -> None:
         self.icon.setPixmap(icons.pixmap(tray_kind(state), 48))
         self.headline.setText(status_line(state))
-        port = self.controller.port
-        self.api.setText(f"OpenAI API: http://localhost:{port}/v1" if port else "The node is not running")
+        api = self.links.api_url()
+        self.api.setText(f"OpenAI API: {api}" if api else "The node is not running")
         st = state.status or {}
         cap = st.get("capability") or {}
         node = st.get("node") or {}

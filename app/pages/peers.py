@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ..state import NodeState, backend_words, format_ms, format_tps, live_peer_count, mesh_state
+from ..store import NodeStore
 from ..widgets import muted, table
-
-if TYPE_CHECKING:
-    from ..controller import AppController
 
 HEADERS = ["Name", "Models", "Tokens/s", "Free slots", "Latency", "State"]
 
@@ -50,7 +48,7 @@ def peers_summary(state: NodeState) -> str:
 
 
 class PeersPage(QWidget):
-    def __init__(self, controller: "AppController") -> None:
+    def __init__(self, store: NodeStore) -> None:
         super().__init__()
         root = QVBoxLayout(self)
         root.setContentsMargins(16, 16, 16, 16)
@@ -66,8 +64,8 @@ class PeersPage(QWidget):
         self.empty.setWordWrap(True)
         self.empty.setStyleSheet("color:#5f6368; font-size:14px; padding:40px;")
         root.addWidget(self.empty, 1)
-        controller.store.changed.connect(self.render)
-        self.render(controller.store.state)
+        store.changed.connect(self.render)
+        self.render(store.state)
 
     def render(self, state: NodeState) -> None:
         summary = peers_summary(state)

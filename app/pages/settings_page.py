@@ -3,18 +3,18 @@ requests from the mesh, and start at login."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton, QScrollArea,
                                QSpinBox, QVBoxLayout, QWidget)
 
+from ..actions import NodeActions
 from ..client import ApiResult
-from ..settings import DEFAULT_LIMITS, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
+from ..links import Links
+from ..settings import DEFAULT_LIMITS, AppSettings, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
+from ..start_at_login import StartAtLogin
 from ..state import NodeState, saved_mesh_urls, wants_mesh
+from ..store import NodeStore
 from ..widgets import Banner, muted
-
-if TYPE_CHECKING:
-    from ..controller import AppController
 
 LIMIT_FIELDS = (
     ("max_tokens", "Longest answer for a mesh request", "tokens", 1, 1_000_000),
@@ -59,9 +59,18 @@ def mesh_setting_words(state: NodeState) -> str:
 
 
 class SettingsPage(QWidget):
-    def __init__(self, controller: "AppController") -> None:
+    save_requested = Signal()  # the AppSettings were changed here: write them
+    restart_on_port_requested = Signal(int)  # the node should move to this port
+
+    def __init__(self, store: NodeStore, actions: NodeActions, links: Links, settings: AppSettings,
+                 start_at_login: StartAtLogin, *, attached: bool) -> None:
         super().__init__()
-        self.controller = controller
+        self.store = store
+        self.actions = actions
+        self.links = links
+        self.app_settings = settings  # the app's settings, edited in place and saved on request
+        self.start_at_login = start_at_login
+        self.attached = attached  # a node the app did not start: its port cannot be changed here
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(0)
@@ -76,7 +85,7 @@ class SettingsPage(QWidget):
         root.setSpacing(12)
         self.banner = Banner()
         root.addWidget(self.banner)
-        s = controller.settings
+        s = settings
 
         # Local API
         api = QGroupBox("Local API")
@@ -85,7 +94,7 @@ class SettingsPage(QWidget):
         self.port.setRange(1024, 65535)
         self.port.setValue(s.port)
         self.port.setMinimumWidth(110)
-        self.port.setEnabled(not controller.attached)  # a node the app did not start keeps its port
+        self.port.setEnabled(not attached)  # a node the app did not start keeps its port
         self._port_shown = s.port
         form.addRow("Port:", self.port)
         form.addRow(muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts the "
@@ -149,9 +158,9 @@ class SettingsPage(QWidget):
         login = QGroupBox("Start")
         ll = QVBoxLayout(login)
         self.autostart = QCheckBox("Start ClosedMesh when I log in")
-        self.autostart.setChecked(controller.autostart_enabled())
+        self.autostart.setChecked(start_at_login.enabled())
         self.autostart.toggled.connect(self._autostart)
-        controller.autostart_changed.connect(self._show_autostart)
+        start_at_login.changed.connect(self._show_autostart)
         ll.addWidget(self.autostart)
         root.addWidget(login)
 
@@ -172,8 +181,8 @@ class SettingsPage(QWidget):
 
         self._limits_from_node = False
         self._limits_shown = False
-        controller.store.changed.connect(self.render)
-        self.render(controller.store.state)
+        store.changed.connect(self.render)
+        self.render(store.state)
         self.refresh_key_status()
 
     # -- rendering -----------------------------------------------------------------------------------
@@ -186,7 +195,7 @@ class SettingsPage(QWidget):
         elif not self._limits_from_node and not self._limits_shown:
             self._show_limits(None)
         self.mesh_now.setText(mesh_setting_words(state))
-        running = self.controller.port  # the port in use (a --port given at start wins over the setting)
+        running = self.links.port  # the port in use (a --port given at start wins over the setting)
         if running and running != self._port_shown and self.port.value() == self._port_shown:
             self._port_shown = running
             self.port.setValue(running)
@@ -240,29 +249,28 @@ class SettingsPage(QWidget):
         self.refresh_key_status()
 
     def _autostart(self, on: bool) -> None:
-        error = self.controller.set_autostart(on)
+        error = self.start_at_login.set(on)
         if error:
             self.banner.show_message(error)
-            self._show_autostart(self.controller.autostart_enabled())
+            self._show_autostart(self.start_at_login.enabled())
 
     def apply(self) -> None:
         """Save the settings file, send the share limits to the node, and move the node to a new port."""
-        c = self.controller
-        s = c.settings
+        s = self.app_settings
         s.mesh_invite = self.invite.text().strip()
         s.mesh_name = self.mesh_name.text().strip()
         new_port = self.port.value()
-        port_changed = new_port != self._port_shown and not c.attached
+        port_changed = new_port != self._port_shown and not self.attached
         if port_changed:
             s.port = self._port_shown = new_port
-        c.save_settings()
+        self.save_requested.emit()
         self.banner.show_message("Settings saved.", "ok")
-        node_limits = (c.store.state.mesh or {}).get("limits") or {}
+        node_limits = (self.store.state.mesh or {}).get("limits") or {}
         chosen = {k: sb.value() for k, sb in self.limits.items()}
         if any(node_limits.get(k) != v for k, v in chosen.items()):
-            c.apply_limits(chosen, on_done=self._limits_applied)
+            self.actions.set_limits(chosen, on_done=self._limits_applied)
         if port_changed:
-            c.change_port(new_port)
+            self.restart_on_port_requested.emit(new_port)
 
     def _limits_applied(self, r: ApiResult) -> None:
         if r.ok:

@@ -3,18 +3,16 @@ computer with a Download button."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from ..actions import NodeActions
 from ..client import ApiResult
+from ..links import Links
 from ..model_rows import ModelRow, recommended_row
 from ..state import NodeState
+from ..store import NodeStore
 from ..widgets import Banner, heading, muted
-
-if TYPE_CHECKING:
-    from ..controller import AppController
 
 INTRO = ("ClosedMesh runs AI models on this computer. Apps on this computer can use them through the address "
          "below — anything that works with OpenAI's API does — and you can chat with them in your browser.")
@@ -27,10 +25,13 @@ JOINING = ("Joining the mesh is optional. When you join, your computer answers r
 
 class WelcomePage(QWidget):
     done = Signal()  # "Got it"
+    open_chat_requested = Signal()
 
-    def __init__(self, controller: "AppController") -> None:
+    def __init__(self, store: NodeStore, actions: NodeActions, links: Links) -> None:
         super().__init__()
-        self.controller = controller
+        self.store = store
+        self.actions = actions
+        self.links = links
         self.recommended: ModelRow | None = None
         root = QVBoxLayout(self)
         root.setContentsMargins(28, 24, 28, 24)
@@ -89,7 +90,7 @@ class WelcomePage(QWidget):
         buttons = QHBoxLayout()
         buttons.addStretch(1)
         chat = QPushButton("Open Chat")
-        chat.clicked.connect(controller.open_chat)
+        chat.clicked.connect(self.open_chat_requested.emit)
         self.got_it = QPushButton("Got it")
         self.got_it.setDefault(True)
         self.got_it.clicked.connect(self.done.emit)
@@ -97,17 +98,16 @@ class WelcomePage(QWidget):
         buttons.addWidget(self.got_it)
         root.addLayout(buttons)
 
-        controller.store.changed.connect(self.render)
-        self.render(controller.store.state)
+        store.changed.connect(self.render)
+        self.render(store.state)
 
     def show_recommendation(self, rows: list[ModelRow]) -> None:
         """Called by the window with the Models tab's rows whenever they change."""
         self.recommended = recommended_row(rows)
-        self.render(self.controller.store.state, rows)
+        self.render(self.store.state, rows)
 
     def render(self, state: NodeState, rows: list[ModelRow] | None = None) -> None:
-        port = self.controller.port
-        self.api.setText(f"http://localhost:{port}/v1" if port else "starting…")
+        self.api.setText(self.links.api_url() or "starting…")
         if rows is not None:
             self.recommended = recommended_row(rows)
         r = self.recommended
@@ -144,4 +144,4 @@ class WelcomePage(QWidget):
             if not res.ok:
                 self.banner.show_message(res.error or "the download could not start")
 
-        self.controller.model_action("download", self.recommended.id, on_done=done)
+        self.actions.model("download", self.recommended.id, on_done=done)
