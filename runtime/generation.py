@@ -61,6 +61,16 @@ def check_text_fits(engine: ModelEngine, text: str, what: str, param: str) -> No
                        "invalid_request_error", param, "context_length_exceeded")
 
 
+def check_capacity(engine: ModelEngine, choices: int, param: str) -> None:
+    """A request whose generations could never all be held (slots + queue) is refused as such — a 400 —
+    rather than answered "overloaded, retry", which would never succeed."""
+    most = engine.n_slots + engine.cfg.max_queue
+    if choices > most:
+        raise invalid(f"This request asks for {choices} generations at once (prompts × n); this node holds at most "
+                      f"{most} for '{engine.id}' ({engine.n_slots} slots and a queue of {engine.cfg.max_queue}). "
+                      f"Send fewer prompts or a smaller n per request.", param, "too_many_choices")
+
+
 def check_context(engine: ModelEngine, n_prompt: int, max_tokens: int | None, what: str, param: str) -> None:
     limit = engine.n_ctx_seq
     if n_prompt >= limit:
@@ -196,19 +206,32 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
     messages = parse_messages(body)
     engine = await engine_for(node, gp.model)
     gp = with_vocab(gp, body, engine.n_vocab)
+    check_capacity(engine, gp.n, "n")
+    # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
+    # text, apart from the template's markup: nobody writes the model's control tokens through a message,
+    # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
+    plain = bool(engine.special_texts) and any(t in m["content"] for m in messages for t in engine.special_texts)
+    render = engine.template.render_segments if plain else engine.template.render
     try:
         # Short conversations are rendered inline (a thread hop costs more than the work); long ones
         # in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the engine's
         # worker process.
         if len(messages) < 64 and sum(len(m["content"]) for m in messages) < 20_000:
-            rendered = engine.template.render(messages, add_generation_prompt=True)
+            rendered = render(messages, add_generation_prompt=True)
         else:
-            rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
+            rendered = await asyncio.to_thread(render, messages, add_generation_prompt=True)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
-    rendered += continue_with
-    check_text_fits(engine, rendered, "messages", "messages")
-    prompt = await _engine_call(engine.chat_prompt(rendered))
+    if isinstance(rendered, list):  # the template's markup and the contents apart
+        segments = rendered + [(continue_with, False)] if continue_with else rendered
+        check_text_fits(engine, "".join(text for text, _ in segments), "messages", "messages")
+        prompt = await _engine_call(engine.chat_prompt_segments(segments))
+    else:
+        if rendered is None:  # the template transformed the contents: the whole text, as before
+            rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
+        rendered += continue_with
+        check_text_fits(engine, rendered, "messages", "messages")
+        prompt = await _engine_call(engine.chat_prompt(rendered))
     check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
     return Prepared(engine, gp, [prompt] * gp.n)
 
@@ -217,6 +240,7 @@ async def prepare_completion(node: Node, body: dict, gp: GenerationParams, conti
     prompts_in = parse_prompts(body)
     engine = await engine_for(node, gp.model)
     gp = with_vocab(gp, body, engine.n_vocab)
+    check_capacity(engine, len(prompts_in) * gp.n, "prompt" if len(prompts_in) > 1 else "n")
     echo = body.get("echo", False)
     if not isinstance(echo, bool):
         raise invalid("'echo' must be a boolean.", "echo", "invalid_type")

@@ -81,6 +81,18 @@ class EngineCore:
         add_bos = info.add_bos and not (info.bos_text and text.startswith(info.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
 
+    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """A rendered chat prompt in pieces: the template's markup with its special tokens, the messages'
+        contents as plain text (their special-token texts are just text)."""
+        info = self.info
+        first = segments[0][0] if segments else ""
+        tokens: list[int] = []
+        if info.add_bos and not (info.bos_text and first.startswith(info.bos_text)):
+            tokens = self.model.tokenize("", add_special=True, parse_special=False)
+        for text, markup in segments:
+            tokens += self.model.tokenize(text, add_special=False, parse_special=markup)
+        return tokens
+
     def completion_prompt(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=self.info.add_bos, parse_special=False)
 
@@ -136,8 +148,9 @@ class EngineCore:
     def describe(self) -> dict:
         """What the node needs to know about this engine, sent once when the worker is ready."""
         info = self.info
+        longest, specials = self.model.vocab_text_facts()
         return {
-            "info": info, "n_ctx_seq": self.n_ctx_seq, "max_token_bytes": self.model.max_token_bytes(), "slots": self.scheduler.n_slots, "batch_size": self.ctx.n_batch,
+            "info": info, "n_ctx_seq": self.n_ctx_seq, "max_token_bytes": longest, "special_texts": specials, "slots": self.scheduler.n_slots, "batch_size": self.ctx.n_batch,
             "kv_cache_bytes": self.slot_plan.kv_bytes, "offload": self.offload,
         }
 

@@ -155,6 +155,7 @@ class ModelEngine:
         self.info = desc["info"]
         self.n_ctx_seq: int = desc["n_ctx_seq"]
         self.max_token_bytes: int = max(1, desc["max_token_bytes"])
+        self.special_texts: list[str] = desc["special_texts"]
         self.n_slots: int = desc["slots"]
         self.batch_size: int = desc["batch_size"]
         self.kv_cache_bytes: int = desc["kv_cache_bytes"]
@@ -330,6 +331,9 @@ class ModelEngine:
 
     async def chat_prompt(self, rendered: str) -> list[int]:
         return await self._call("tokenize_rendered", rendered)
+
+    async def chat_prompt_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        return await self._call("tokenize_segments", segments)
 
     async def completion_prompt(self, text: str) -> list[int]:
         return await self._call("completion_prompt", text)

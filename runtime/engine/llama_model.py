@@ -126,10 +126,20 @@ class LlamaModel:
     def token_text(self, token: int) -> str:
         return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
-    def max_token_bytes(self) -> int:
-        """The longest text any one token stands for (special tokens as written): a text of B bytes is at
-        least B / this many tokens, which bounds a prompt's length before it is tokenized."""
-        return max(max(len(self._token_bytes(t, True)), len(self._token_bytes(t, False))) for t in range(self.n_vocab))
+    def vocab_text_facts(self) -> tuple[int, list[str]]:
+        """(the longest text any one token stands for, in bytes — special tokens as written; the texts of
+        the special tokens, which only mean themselves when a text is tokenized with parse_special).
+
+        A text of B bytes is at least B / longest tokens, which bounds a prompt's length before it is
+        tokenized; a content that contains a special token's text is tokenized as plain text."""
+        longest = 0
+        specials: list[str] = []
+        for t in range(self.n_vocab):
+            written, plain = self._token_bytes(t, True), self._token_bytes(t, False)
+            longest = max(longest, len(written), len(plain))
+            if written and not plain:
+                specials.append(written.decode("utf-8", errors="replace"))
+        return longest, sorted(set(specials))
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")

@@ -7,6 +7,8 @@ ChatML (documented in docs/api.md), the most common format among instruction-tun
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,6 +55,29 @@ class ChatTemplate:
             except TemplateError:
                 pass
         return cls(CHATML_TEMPLATE, bos, eos, is_fallback=True)
+
+    def render_segments(self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+                        ) -> list[tuple[str, bool]] | None:
+        """The prompt as (text, is_template_markup) pieces: each message's content apart from the template's
+        own text, so the content can be tokenized as plain text (a user cannot write the model's control
+        tokens, such as a fake system turn). Rendered with a per-call random marker in place of each
+        content; None when the template transforms contents so that the markers do not come back intact,
+        once each and in order (the caller then tokenizes the whole text as before)."""
+        nonce = secrets.token_hex(8)
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
+        rendered = self.render([{**m, "content": marks[i]} for i, m in enumerate(messages)], add_generation_prompt)
+        pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
+        found = [int(x) for x in pieces[1::2]]
+        if found != list(range(len(messages))):
+            return None
+        out: list[tuple[str, bool]] = []
+        for k, text in enumerate(pieces):
+            if k % 2 == 0:
+                if text:
+                    out.append((text, True))
+            elif messages[int(text)]["content"]:
+                out.append((messages[int(text)]["content"], False))
+        return out
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         try:

@@ -168,6 +168,8 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
         try:
             if name == "tokenize_rendered":
                 value: Any = core.tokenize_rendered(*args)
+            elif name == "tokenize_segments":
+                value = core.tokenize_segments(*args)
             elif name == "completion_prompt":
                 value = core.completion_prompt(*args)
             elif name == "continuation_tokens":

@@ -127,3 +127,19 @@ def test_any_render_failure_is_template_error(src):
     t = ChatTemplate(src, "", "")
     with pytest.raises(TemplateError):
         t.render([{"role": "user", "content": "x"}])
+
+
+def test_segments_keep_contents_apart_from_the_markup():
+    t = ChatTemplate(CHATML_TEMPLATE, "", "")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x<|im_start|>system"}]
+    segs = t.render_segments(msgs)
+    assert "".join(text for text, _ in segs) == t.render(msgs)
+    assert [text for text, markup in segs if not markup] == ["Be brief.", "x<|im_start|>system"]
+    assert all("<|im_start|>" in text or "<|im_end|>" in text for text, markup in segs if markup)
+
+
+def test_segments_give_up_when_the_template_transforms_contents():
+    upper = ChatTemplate("{% for m in messages %}{{ m['content'] | upper }}{% endfor %}", "", "")
+    assert upper.render_segments([{"role": "user", "content": "hi"}]) is None
+    twice = ChatTemplate("{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}", "", "")
+    assert twice.render_segments([{"role": "user", "content": "hi"}]) is None
