@@ -150,7 +150,7 @@ class Connection(RequestHandler):
         self._head_since: float | None = self._loop.time()
         self._body_since = 0.0
         self._body_bytes = 0
-        self._last_data = self._loop.time()
+        self._last_data = -1.0  # no byte yet
         self._last_payload: Any = None  # the body stream of the latest request head
 
     def data_received(self, data: bytes) -> None:
@@ -179,7 +179,10 @@ class Connection(RequestHandler):
         request = self._current_request
         if request is None:
             if self._head_since is not None and not self._request_in_progress and now - self._head_since > timeout:
-                self._time_out(f"The request head was not received within {timeout:g} seconds.")
+                # A connection that never said anything is closed silently, as an idle one: a client
+                # that opened it ahead of time must not read a 408 as the answer to its next request.
+                self._time_out(f"The request head was not received within {timeout:g} seconds.",
+                               answer=self._last_data >= self._head_since)
             return
         if request.content.is_eof():
             return

@@ -394,7 +394,9 @@ def parse_prompts(body: dict) -> list[str | list[int]]:
         raise invalid("'prompt' must be a string, an array of strings, or an array of token ids.", "prompt",
                       "invalid_type")
     n = body.get("n")
-    if _is_token_id(n) and len(prompts) * n > LIMITS.choices:  # n itself is checked by parse_generation
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)  # as parse_generation reads it; n itself is checked there
+    if _is_token_id(n) and len(prompts) * n > LIMITS.choices:
         raise invalid(f"{len(prompts)} prompts with 'n' {n} ask for {len(prompts) * n} completions; this node "
                       f"accepts at most {LIMITS.choices} (prompts × n) per request.", "n", "array_above_max_length")
     return prompts

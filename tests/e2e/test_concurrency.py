@@ -107,7 +107,14 @@ def test_health_and_status_instant_while_generating(node, model_id):
     assert worst < 0.5, f"a control request took {worst:.3f}s while tokens were generated"
 
 
+def completed_requests(node) -> int:
+    """Generations the node finished (a cancelled one is not counted): a slot freed without this
+    growing was freed by the cancel, whatever the machine's speed."""
+    return status(node)["throughput"]["SmolLM2-135M-Instruct"]["total_requests"]
+
+
 def test_disconnect_mid_stream_frees_slot(node, model_id):
+    completed_before = completed_requests(node)
     with httpx.Client(base_url=node.base_url, timeout=60) as c:
         with c.stream("POST", "/v1/chat/completions", json={
                 "model": model_id, "messages": [{"role": "user", "content": "Count to a million."}],
@@ -119,13 +126,12 @@ def test_disconnect_mid_stream_frees_slot(node, model_id):
                 if line.startswith("data: ") and '"content"' in line:
                     got += 1
             assert status(node)["requests"]["in_flight"] >= 1
-    # 1500 tokens would take many seconds; the slot must be free long before.
-    t0 = time.monotonic()
-    wait_for(lambda: status(node)["requests"]["in_flight"] == 0, 10, what="the slot to be freed")
-    assert time.monotonic() - t0 < 5
+    wait_for(lambda: status(node)["requests"]["in_flight"] == 0, 60, what="the slot to be freed")
+    assert completed_requests(node) == completed_before, "the generation ran on after the client left"
 
 
 def test_disconnect_during_prompt_processing_frees_slot(node, model_id):
+    completed_before = completed_requests(node)
     long = "The quick brown fox jumps over the lazy dog. " * 150  # ~1500 prompt tokens
     body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": long}], "max_tokens": 240,
                        "temperature": 0, "logit_bias": EOS_BAN}).encode()
@@ -136,11 +142,8 @@ def test_disconnect_during_prompt_processing_frees_slot(node, model_id):
               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     wait_for(lambda: status(node)["requests"]["in_flight"] >= 1, 30, interval=0.01, what="the request to start")
     s.close()
-    t0 = time.monotonic()
-    wait_for(lambda: status(node)["requests"]["in_flight"] == 0, 30, what="the slot to be freed after disconnect")
-    freed_after = time.monotonic() - t0
-    # Reading ~1500 prompt tokens and writing 240 more takes far longer than a step of 256 tokens.
-    assert freed_after < 8, f"slot freed only after {freed_after:.1f}s"
+    wait_for(lambda: status(node)["requests"]["in_flight"] == 0, 120, what="the slot to be freed after disconnect")
+    assert completed_requests(node) == completed_before, "the generation ran to its end after the client left"
     # the node is healthy and answers right after
     assert httpx.get(node.base_url + "/health").status_code == 200
 

@@ -171,7 +171,7 @@ def test_deeply_nested_json_is_400(http, depth):
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting(http):
-    content = "[" * 500 + "{" * 500
+    content = "[{" * (LIMITS.json_depth // 2 + 10)  # deeper than the limit if brackets in strings counted
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": content}],
                                                 "max_tokens": 1})
     assert r.status_code == 200, r.text
@@ -283,12 +283,13 @@ def test_half_sent_head_times_out_with_408(strict_node):
 
 
 def test_silent_connection_is_closed(strict_node):
+    """A connection that sends nothing is closed at the deadline, without an answer (as an idle one: a
+    client that opened it ahead of time must not take a 408 for the answer to its next request)."""
     with socket.create_connection(("127.0.0.1", strict_node.port), timeout=30) as s:
         t0 = time.monotonic()
-        got = read_response(s)  # sends nothing at all
+        assert s.recv(65536) == b""  # closed by the node
         waited = time.monotonic() - t0
-    openai_error(*got, 408, "request_timeout")
-    assert waited < 10
+    assert 1.5 < waited < 10, waited
 
 
 def test_stalled_body_times_out_with_408(strict_node):

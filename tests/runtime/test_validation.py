@@ -544,6 +544,8 @@ def test_prompts_times_n_is_bounded():
     assert len(parse_prompts({"prompt": prompts, "n": LIMITS.n})) == len(prompts)
     e = rejects(parse_prompts, {"prompt": prompts + ["b"], "n": LIMITS.n}, param="n", code="array_above_max_length")
     assert "prompts × n" in e.message and str(LIMITS.choices) in e.message
+    rejects(parse_prompts, {"prompt": prompts + ["b"], "n": float(LIMITS.n)}, param="n",
+            code="array_above_max_length")  # an integral float is an integer to parse_generation too
 
 
 def test_prompt_token_ids_are_bounded():
