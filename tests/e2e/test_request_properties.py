@@ -30,7 +30,7 @@ N_VOCAB = 49152
 # Every SmolLM2 token whose text starts with '{'.
 BRACE_TOKENS = [107, 6150, 26754, 34026, 38894, 39428, 39876, 40343]
 ASK_JSON = [{"role": "user", "content": "Describe a cat as JSON."}]
-REQUEST_TIMEOUT = 120  # seconds; a hang fails the test instead of blocking it
+REQUEST_TIMEOUT = 300  # seconds; a hang fails the test instead of blocking it (CI machines can be crowded)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def assert_openai_error(r: httpx.Response, status: int, param: str | None = None
 def test_json_object_with_every_brace_token_banned(own_node, http, temperature):
     """Break 1 (a). The grammar's constraint outranks the ban: the answer still starts with '{' and,
     when finished, parses."""
-    body = {"model": MODEL, "messages": ASK_JSON, "max_tokens": 60, "temperature": temperature, "seed": 1,
+    body = {"model": MODEL, "messages": ASK_JSON, "max_tokens": 30, "temperature": temperature, "seed": 1,
             "response_format": {"type": "json_object"}, "logit_bias": {str(t): -100 for t in BRACE_TOKENS}}
     r = http.post("/chat/completions", json=body)
     assert r.status_code == 200, r.text
@@ -180,7 +180,7 @@ VALID = {
     "max_tokens": st.integers(1, 8),
     "max_completion_tokens": st.integers(1, 8),
     "stop": st.one_of(st.text(_any_char, max_size=3), st.lists(st.text(_any_char, max_size=3), max_size=4)),
-    "n": st.integers(1, 3),
+    "n": st.integers(1, 2),
     "stream": st.booleans(),
     "logit_bias": st.one_of(st.dictionaries(_token_ids.map(str), st.floats(-100, 100), max_size=6),
                             st.just(_brace_ban)),
@@ -247,7 +247,7 @@ def _send(http, path: str, body: dict) -> None:
                 assert violations(value, rf["json_schema"]["schema"]) == [], (text, rf)
 
 
-@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(params=_params, completions=st.booleans())
 def test_generated_requests_never_break_the_node(own_node, http, params, completions):

@@ -132,14 +132,15 @@ ASK_CITY = [{"role": "user", "content": "Tell me about New York as JSON."}]
 
 def test_strict_json_schema_at_temperature_one(openai_client, model_id):
     """Issue 13: strict json_schema with additionalProperties false (what LangChain and the Agents SDK
-    send). Whatever temperature 1 samples (n=6 choices of one seeded request, each its own seed),
+    send). Whatever temperature 1 samples (n=4 choices of one seeded request, each its own seed),
     every finished answer parses and matches the schema; only one cut by max_tokens may be incomplete."""
-    r = chat(openai_client, model_id, ASK_CITY, max_tokens=120, temperature=1, seed=0, n=6, response_format=CITY_RF)
+    slow = openai_client.with_options(timeout=900)  # hundreds of tokens; CI machines can be crowded
+    r = chat(slow, model_id, ASK_CITY, max_tokens=110, temperature=1, seed=0, n=4, response_format=CITY_RF)
     finished = [c for c in r.choices if c.finish_reason != "length"]
     for c in finished:
         assert c.finish_reason == "stop"
         assert violations(json.loads(c.message.content), CITY) == [], c.message.content
-    assert len(finished) >= 3, [c.message.content for c in r.choices]
+    assert len(finished) >= 2, [c.message.content for c in r.choices]
 
 
 def test_strings_stay_json_even_when_the_model_wants_raw_newlines(openai_client, model_id, tokens):
@@ -149,7 +150,8 @@ def test_strings_stay_json_even_when_the_model_wants_raw_newlines(openai_client,
     assert len(newline) == 1
     schema = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 60}},
               "required": ["poem"], "additionalProperties": False}
-    r = chat(openai_client, model_id, [{"role": "user", "content": "A short poem, as JSON."}], max_tokens=60,
+    r = chat(openai_client.with_options(timeout=900), model_id, [{"role": "user", "content": "A short poem, as JSON."}],
+             max_tokens=60,
              temperature=1, seed=0, n=3, logit_bias={str(newline[0]): 8},
              response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
     finished = [c for c in r.choices if c.finish_reason == "stop"]
