@@ -14,7 +14,8 @@ Steps (each prints one line, PASS or FAIL, and the run ends with 'N passed, N fa
  2. cold start of a headless node (`closedmesh serve`, fresh home: the bundled model is copied first) to
     /health, then a streamed chat completion;
  3. the node's processes map no file of the venv or the source tree, and their llama.cpp libraries come
-    from one folder of the bundle;
+    from one folder of the bundle; with CPU variants in the bundle, each one answers with its own
+    libraries only;
  4. a hub (`closedmesh hub`) and a second node from the bundle; both join with invites made by the CLI,
     and the first node answers for a model only the second one serves, through the mesh;
  5. the tray app (`closedmesh-app`) under Xvfb: its node answers, and a screenshot of its window is saved;
@@ -210,6 +211,45 @@ def xwd_to_png(xwd: bytes) -> tuple[bytes, int, int, int]:
     return png, width, height, len(colours)
 
 
+def check_variants(root: Path, cli: str, env: dict[str, str], tmp: Path, seeded: Path) -> None:
+    """Step 3b, when the bundle ships CPU variants of llama.cpp (package.sh --variants): a node made to use
+    each one (its folder as the only candidate, runtime/engine/variants.py) answers, with llama.cpp
+    loaded from that folder alone. A variant that dies of SIGILL needs instructions this CPU lacks:
+    reported, not failed (that is what the engine's probe falls back from)."""
+    folder = root / "_internal" / "llama_variants"
+    if not folder.is_dir():
+        print("SKIP CPU variants (the bundle has none: built without --variants)", flush=True)
+        return
+    for variant in sorted(p for p in folder.iterdir() if p.is_dir()):
+        only = tmp / f"only-{variant.name}"
+        only.mkdir()
+        (only / variant.name).symlink_to(variant)
+        home = tmp / f"variant-{variant.name}"
+        (home / "data" / "models").mkdir(parents=True)
+        for f in (seeded / "data" / "models").iterdir():  # the verified model (and its checksum mark)
+            os.link(f, home / "data" / "models" / f.name)
+        node = Program(f"variant {variant.name}", [cli, "serve", "--port", "0", "--slots", "1", "--ctx-per-slot", "512"],
+                       {**env, "CLOSEDMESH_HOME": str(home), "CLOSEDMESH_LLAMA_VARIANTS": str(only),
+                        "LLAMA_CPP_LIB_PATH": str(variant)}, tmp / f"variant-{variant.name}.log")
+        try:
+            base = node.api_base()
+            wait_for(lambda: health(base) == 200 or node.proc.poll() is not None, 300, f"the {variant.name} node")
+            text, usage = stream_chat(base, "SmolLM2-135M-Instruct", "Say hello.")
+            pids = [node.proc.pid, *children(node.proc.pid)]
+            dirs = {str(Path(f).parent) for p in pids for f in mapped_files(p) if re.search(r"/lib(llama|ggml)[^/]*\.so", f)}
+            check(f"CPU variant {variant.name}: answers, llama.cpp from its folder only",
+                  bool(text.strip()) and dirs == {str(variant.resolve())}, f"{sorted(dirs)} {text[:40]!r}")
+        except Exception as e:
+            if node.proc.poll() == -signal.SIGILL:
+                print(f"SKIP CPU variant {variant.name}: this CPU cannot run it (SIGILL)", flush=True)
+            else:
+                check(f"CPU variant {variant.name}", False, f"{type(e).__name__}: {e}")
+        finally:
+            if node.proc.poll() is None:
+                os.killpg(node.proc.pid, signal.SIGTERM)
+                node.proc.wait(30)
+
+
 # -- the steps -------------------------------------------------------------------------------------------
 
 
@@ -272,6 +312,8 @@ def main() -> int:
                 d.startswith(str(Path(a.root).resolve())) for d in llama_dirs), ", ".join(sorted(llama_dirs)))
         else:
             print("SKIP mapped-file checks (they read /proc: Linux only)", flush=True)
+        if linux:
+            check_variants(Path(a.root), cli, env, tmp, home_a)
 
         # 4 ----------------------------------------------------------------------------------------------
         hub_port = free_port()

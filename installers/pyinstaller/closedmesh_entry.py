@@ -49,7 +49,8 @@ def main() -> int:
         return 0
     bundle = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent))
     os.environ["PATH"] = str(bundle / "bin") + os.pathsep + os.environ.get("PATH", "")
-    restore_library_path(os.environ)
+    if sys.platform.startswith("linux"):  # the only bootloader that sets LD_LIBRARY_PATH
+        restore_library_path(os.environ)
     args = sys.argv[1:]
     if program_name(sys.executable) == "closedmesh-app":
         import platform

@@ -116,3 +116,26 @@ def test_the_uninstaller_stops_processes_and_removes_only_our_autostart_entries(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is Debian's")
+def test_deb_layout_from_a_small_onedir(tmp_path):
+    """installers/linux/deb.py for real on a stand-in onedir: dpkg-deb accepts it, and the package holds
+    the bundle in /opt/closedmesh, both programs on PATH, the desktop entry, the icons and the scripts."""
+    onedir = tmp_path / "closedmesh"
+    (onedir / "_internal").mkdir(parents=True)
+    for prog in ("closedmesh", "closedmesh-app"):
+        shutil.copy2("/bin/true", onedir / prog)  # an ELF file: the libc dependency is computed from it
+    (onedir / "_internal" / "data.txt").write_text("x")
+    (onedir / "_internal" / "data.txt").chmod(0o600)  # a build machine's umask must not leak
+    out = deb.build(onedir, REPO / "assets" / "generated", tmp_path / "out" / "c.deb", "0.1.0", "amd64")
+    info = subprocess.run(["dpkg-deb", "-f", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "Version: 0.1.0" in info and re.search(r"Depends: libc6 \(>= 2\.\d+\), .*libxcb-cursor0", info)
+    listing = subprocess.run(["dpkg-deb", "-c", str(out)], capture_output=True, text=True, check=True).stdout
+    for path in ("./opt/closedmesh/closedmesh-app", "./usr/share/applications/closedmesh.desktop",
+                 "./usr/share/icons/hicolor/256x256/apps/closedmesh.png", "./usr/bin/closedmesh -> /opt/closedmesh/closedmesh"):
+        assert path in listing, path
+    data_line = next(ln for ln in listing.splitlines() if ln.endswith("/_internal/data.txt"))
+    assert data_line.startswith("-rw-r--r-- root/root")
+    scripts = subprocess.run(["dpkg-deb", "-I", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "prerm" in scripts and "postinst" in scripts
