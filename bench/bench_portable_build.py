@@ -7,8 +7,9 @@ llama.cpp (vendored in the pinned llama-cpp-python sdist), through the same CMak
 llama library and its ggml, one compile job (``-j1``: the machine is shared), in build/bench-native.
 
 Each round loads the default model in a fresh process whose LLAMA_CPP_LIB_PATH names one build, and
-decodes --tokens tokens greedily on 2 threads (the prompt's evaluation not counted). Rounds alternate
-between the builds; the medians are compared. Target: portable >= 0.95x native.
+decodes --tokens tokens greedily on 2 threads (the prompt's evaluation not counted). After one uncounted
+warm-up round each, rounds alternate between the builds; the medians are compared. Target: portable >=
+0.95x native.
 
     .venv/bin/python bench/bench_portable_build.py [--rounds 5] [--tokens 128]
 """
@@ -93,6 +94,8 @@ def main() -> int:
     flags = (ROOT / ".venv" / ".closedmesh-llama-cmake-args")
     print(f"portable: {portable} ({flags.read_text().strip() if flags.exists() else 'flags unknown'})")
     print(f"native:   {native} ({NO_AMX})")
+    for lib in (portable, native):  # warm-up, not counted: the first load of each build reads it from disk
+        one_round(lib, model, 16)
     results: dict[str, list[float]] = {"portable": [], "native": []}
     for i in range(a.rounds):
         for name, lib in (("portable", portable), ("native", native)) if i % 2 == 0 else \
