@@ -252,6 +252,8 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
     presence = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
     frequency = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
     repeat = _number(body, "repeat_penalty", 1.0, 0.0, 10.0)
+    if repeat == 0.0:  # llama.cpp divides logits by it
+        raise invalid("'repeat_penalty' must be above 0 (1 means no penalty); got 0.", "repeat_penalty")
     max_tokens = _integer(body, "max_tokens", default_max_tokens, 1)
     mct = _integer(body, "max_completion_tokens", None, 1)
     if mct is not None:

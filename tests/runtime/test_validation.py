@@ -219,6 +219,7 @@ def test_numbers_reject_wrong_types(key, value):
     ("presence_penalty", -2.5),
     ("frequency_penalty", 3),
     ("repeat_penalty", 11),
+    ("repeat_penalty", 0),
 ])
 def test_numbers_reject_out_of_range(key, value):
     rejects(parse_generation, {"model": "m", key: value}, N_VOCAB, None, param=key, code="invalid_value")
