@@ -9,9 +9,10 @@ as Hub.start does); a signed announcement (protocol.sign_announcement) refreshed
 announcements sent through the hub's directory writer (runtime.mesh.hub.DirectoryRelay, on the admin
 connection, as Hub.start runs it); the directory watch of the real nodes (runtime.mesh.watch.DirectoryWatch:
 a subscription to the directory's subjects plus the hub's snapshot, no JetStream rights) feeding its own
-runtime.mesh.directory.Directory, expired every second (Mesh._watcher / _expirer); requests answered on
-cm.n.<id>.req like Mesh._serve (check_request, then sealed "ack", "start", K tokens and "done"), and
-signed requests sent like Mesh._call to the peer that rank_peers puts first. No
+runtime.mesh.directory.Directory, expired every second (watch.keep_watching / expire_peers, as a node
+runs them); requests answered on cm.n.<id>.req like mesh.serving.Serving (check_request, then sealed
+"ack", "start", K tokens and "done"), and signed requests sent like mesh.link.NatsLink to the peer that
+rank_peers puts first. No
 llama.cpp: the fake engine answers as fast as it can (--token-ms adds a delay per token).
 
 Measured in one run: join convergence (the first wave of N, then a wave of --wave newcomers), leave
@@ -58,7 +59,7 @@ from runtime.mesh.protocol import (  # noqa: E402
     sign_announcement, unseal,
 )
 from runtime.mesh.router import rank_peers  # noqa: E402
-from runtime.mesh.watch import DirectoryWatch  # noqa: E402
+from runtime.mesh.watch import DirectoryWatch, expire_peers, keep_watching  # noqa: E402
 
 MODEL_POOL = [f"fake/model-{i:02d}" for i in range(20)]
 MAX_CONCURRENT = 4  # MeshLimits.max_concurrent
@@ -190,7 +191,7 @@ class LightNode:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # The options of Mesh._connect, with this node's own key (hub mode).
+        # The options of membership.Membership._connect, with this node's own key (hub mode).
         self.nc = await nats.connect(
             servers=[self.sim.url], name=f"closedmesh {self.name}", inbox_prefix=inbox_prefix(self.pub),
             nkeys_seed_str=self.ident.seed, allow_reconnect=True, max_reconnect_attempts=-1,
@@ -204,7 +205,7 @@ class LightNode:
                       loop.create_task(self._expirer())]
 
     async def leave(self) -> None:
-        """Mesh._disconnect(delete_entry=True): delete the entry, drain, close."""
+        """membership.Membership._disconnect(delete_entry=True): delete the entry, drain, close."""
         self._stop_tasks()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.publish(announce_subject(self.pub), b""), 2)  # through the hub
@@ -237,11 +238,12 @@ class LightNode:
                 "models": self.models, "free_slots": free, "queued": 0, "limits": LIMITS}
 
     async def announce(self) -> None:
-        # Mesh._write_entry on a private hub: the hub checks it and writes it into the bucket
+        # announcer.Announcer.write_entry on a private hub (without its flush): the hub checks it and
+        # writes it into the bucket
         await self.nc.publish(announce_subject(self.pub), sign_announcement(self.ident, self.announcement()))
 
     async def _announcer(self) -> None:
-        # First announcement at once on joining, then every REFRESH_INTERVAL (Mesh._announcer). The
+        # First announcement at once on joining, then every REFRESH_INTERVAL (announcer.Announcer.run). The
         # nodes of a wave join in the same second; the first refresh comes at a random point of the
         # interval so that the refreshes spread as they do for nodes that joined at different times.
         first = True
@@ -260,7 +262,8 @@ class LightNode:
     # -- the directory --------------------------------------------------------------------------------
 
     async def _watcher(self) -> None:
-        """Mesh._watcher (the real DirectoryWatch), plus the convergence bookkeeping."""
+        """The real watch (watch.DirectoryWatch, kept running by watch.keep_watching as a node does), plus
+        the convergence bookkeeping."""
         sim = self.sim
         node = self
 
@@ -278,25 +281,22 @@ class LightNode:
             if sim.phase:
                 sim.phase.update(node, list(keys))
 
-        watch = Watch(self.nc, self.directory, changed, hub=True)
-        while True:
-            try:
-                await watch.start()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                sim.watch_restarts += 1
-                print(f"  ! {self.name}: directory watch interrupted ({type(e).__name__} {e})", file=sys.stderr)
-                await asyncio.sleep(1)
+        def interrupted(e: Exception) -> None:
+            sim.watch_restarts += 1
+            print(f"  ! {self.name}: directory watch interrupted ({type(e).__name__} {e})", file=sys.stderr)
+
+        await keep_watching(Watch(self.nc, self.directory, changed, hub=True), interrupted)
 
     async def _expirer(self) -> None:
-        await asyncio.sleep(self.rng.random())  # nodes start at different times
-        while True:
-            await asyncio.sleep(1)
-            gone = self.directory.expire()
-            if gone and self.sim.phase:
-                self.sim.phase.update(self, gone)
+        """The real expiry (watch.expire_peers), started at a random point of the second: nodes start at
+        different times."""
+        await asyncio.sleep(self.rng.random())
+
+        def gone(keys: list[str]) -> None:
+            if self.sim.phase:
+                self.sim.phase.update(self, keys)
+
+        await expire_peers(self.directory, gone)
 
     # -- serving (the fake engine) --------------------------------------------------------------------
 
@@ -356,8 +356,8 @@ class LightNode:
     # -- requesting -----------------------------------------------------------------------------------
 
     async def request(self, model: str) -> dict:
-        """Mesh.generate/_call in short: rank, send the sealed request to the best peer, read its sealed
-        stream; on a refusal try the next peer. Times in seconds from the start (ranking included)."""
+        """requester.Requester.generate over link.NatsLink in short: rank, send the sealed request to the
+        best peer, read its sealed stream; on a refusal try the next peer. Times in seconds from the start (ranking included)."""
         t0 = time.perf_counter()
         ranked = rank_peers(list(self.directory.peers.values()), model, self.in_flight)
         t_rank = time.perf_counter() - t0

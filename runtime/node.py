@@ -51,8 +51,11 @@ class Node:
                                     memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial",
                                     builds=BuildRegistry(self.paths.data / "llama-builds.json"))
         self.manager.subscribe(self._broadcast)
-        from .mesh.mesh import Mesh  # the mesh is part of every node; joining is a setting
-        self.mesh = Mesh(self, self.paths.config)
+        from .mesh.mesh import Mesh, NodeServices  # the mesh is part of every node; joining is a setting
+        from .mesh.serving import prepare_on
+        self.mesh = Mesh(self.paths.config, self.id, NodeServices(
+            models=self.manager, prepare=prepare_on(self), publish=self._broadcast,
+            capability=lambda: self.runtime_cap.cap if self.runtime_cap else None, hub=lambda: self.hub))
         self.pinned: list[str] = []
         for s in self.settings.models or [DEFAULT_MODEL_ID]:
             mid, path, embedded = self._resolve_served(s)
@@ -117,13 +120,13 @@ class Node:
         if not self.settings.hub:
             return
         from .mesh.hub import Hub, HubError, add_member
-        from .mesh.mesh import MeshError
+        from .mesh.membership import MeshError
         hub = Hub(self.paths.data / "hub", self.id, host=self.settings.hub_host, port=self.settings.hub_port)
         try:
             await hub.start()
         except HubError as e:
             log.error("the private hub did not start: %s", e)
-            self.mesh._set_state("error", f"the private hub did not start: {e}")
+            self.mesh.set_error(f"the private hub did not start: {e}")
             await hub.stop()
             return
         self.hub = hub

@@ -11,7 +11,8 @@ import uuid
 
 from aiohttp import web
 
-from ..mesh.mesh import FINAL_CODES, MeshError, MeshUnavailable, RemoteError
+from ..mesh.membership import MeshError
+from ..mesh.requester import FINAL_CODES, MeshUnavailable, RemoteError
 from .errors import APIError, invalid
 from .openai_routes import NODE_KEY
 from .security import check_admin

@@ -1,6 +1,6 @@
 """The directory as this node sees it: peers from verified announcements, expired locally when their
 owner stops refreshing them (a crashed node), removed at once when their owner deletes them (a node
-that leaves). Plain data advanced by plain methods; the NATS watcher feeds it (mesh.py)."""
+that leaves). Plain data advanced by plain methods; the NATS watcher feeds it (watch.py)."""
 
 from __future__ import annotations
 

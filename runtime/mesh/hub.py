@@ -118,7 +118,7 @@ def node_permissions(node: str) -> dict:
     answer into another node's directory entry; and a consumer's deliver subject is in the request
     body, where nats-server's permissions cannot see it (issue 10). Subscribe: its own request subjects
     and inboxes, and the directory's subjects (read-only). ``allow_responses`` lets it answer requests
-    it received; mesh.py answers only signed requests, on the signer's own inbox."""
+    it received; serving.py answers only signed requests, on the signer's own inbox."""
     return {
         "publish": {"allow": [announce_subject(node), "cm.n.*.req", "cm.n.*.ctl", DIRECTORY_SUBJECT]},
         "subscribe": {"allow": [f"cm.n.{node}.>", f"{inbox_prefix(node)}.>", KV_SUBJECTS]},
@@ -279,7 +279,7 @@ class DirectoryRelay:
     leaves). Members ask for the whole directory on ``cm.hub.dir`` and get it on their own inbox.
     This keeps every JetStream right away from members (see ``node_permissions``)."""
 
-    BURST, PER_SECOND = 8, 4.0  # announcements per member: a node writes at most 4/s (mesh._announcer)
+    BURST, PER_SECOND = 8, 4.0  # announcements per member: a node writes at most 4/s (announcer.Announcer.run)
 
     def __init__(self, nc, kv) -> None:
         self.nc, self.kv = nc, kv

@@ -106,3 +106,30 @@ class DirectoryWatch:
             changed = self.directory.apply(key, msg.data or b"")
         if changed:
             self.on_change((key,))
+
+
+async def keep_watching(watch: DirectoryWatch, on_error: Callable[[Exception], None] | None = None) -> None:
+    """Start ``watch`` (again after a reconnect: the snapshot catches up on what was missed while
+    disconnected); retried every second until it works. ``on_error`` hears of each interruption."""
+    while True:
+        try:
+            await watch.start()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if on_error is not None:
+                on_error(e)
+            else:
+                log.debug("directory watch interrupted (%s); watching again", e)
+            await asyncio.sleep(1)
+
+
+async def expire_peers(directory: Directory, on_change: Callable[[list[str]], None]) -> None:
+    """Every second, drop the peers whose announcement is older than its TTL (a crashed node never
+    deletes its entry); ``on_change`` with their keys."""
+    while True:
+        await asyncio.sleep(1)
+        gone = directory.expire()
+        if gone:
+            on_change(gone)

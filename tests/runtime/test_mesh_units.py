@@ -18,7 +18,7 @@ from runtime.mesh.directory import Directory, Peer
 from runtime.mesh.drops import Drops
 from runtime.mesh.hub import create_invite, find_member, init_state, load_state, node_permissions, render_config
 from runtime.mesh.identity import Identity, InvalidKey, load_or_create, verify, verify_key
-from runtime.mesh.mesh import MeshConfig, MeshLimits
+from runtime.mesh.config import MeshConfig, MeshLimits
 from runtime.mesh.router import local_has_room, rank_peers
 from runtime.mesh.tls import client_context
 

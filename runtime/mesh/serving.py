@@ -1,0 +1,230 @@
+"""Answering peers' requests: checked, limited by the owner's share settings, run on a local engine,
+and streamed back sealed for the requester (tokens coalesced into fewer messages, heartbeats while
+the engine is silent, cancellable by the requester)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+import nats
+
+from ..api.errors import APIError
+from ..api.validation import GenerationParams, parse_generation
+from ..engine.events import DoneEvent, ErrorEvent, TokenEvent
+from ..generation import Generation, LoopPump, Prepared, prepare_chat, prepare_completion
+from .config import MeshLimits
+from .drops import Drops
+from .identity import Identity
+from .protocol import HEARTBEAT_INTERVAL, JunkRequest, check_request, ctl_subject, req_subject, seal, unseal
+
+log = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 0.04  # a serving peer batches the tokens of this long into one message
+
+# Checks and tokenizes a peer's request against a local engine: (kind, body, params, prefix).
+Prepare = Callable[[str, dict, GenerationParams, str], Awaitable[Prepared]]
+
+
+class LocalModels(Protocol):
+    """The node's models, as the mesh sees them: what it announces and whose slots it guards."""
+
+    def routable(self) -> list: ...
+
+    def get(self, model_id: str) -> Any: ...
+
+
+def prepare_on(node: Any) -> Prepare:
+    """The generation pipeline's preparation for ``node``'s models (loading one on first use)."""
+
+    async def prepare(kind: str, body: dict, gp: GenerationParams, prefix: str) -> Prepared:
+        return await (prepare_chat if kind == "chat" else prepare_completion)(node, body, gp, prefix)
+
+    return prepare
+
+
+@dataclass
+class Served:
+    """A request from a peer running here."""
+
+    rid: str
+    key: bytes
+    reply: str  # the signer's own inbox (checked by protocol.check_request)
+    gen: Any = None
+    cancelled: bool = False
+    last_sent: float = field(default_factory=time.monotonic)
+
+
+class Serving:
+    """The serving side of one node. ``changed`` is called when the number of requests running here
+    changes (the announcement shows the room left)."""
+
+    def __init__(self, ident: Identity, limits: Callable[[], MeshLimits], models: LocalModels, prepare: Prepare,
+                 connection: Callable[[], nats.NATS | None], changed: Callable[[], None]) -> None:
+        self.ident = ident
+        self._limits = limits
+        self.models = models
+        self.prepare = prepare
+        self._connection = connection
+        self._changed = changed
+        self.served: dict[str, Served] = {}
+        self.served_total = 0  # mesh requests this node answered to the end
+        self.dropped_requests = Drops("requests on this node's request subject")
+        self._pump: LoopPump | None = None
+
+    async def subscribe(self, nc: nats.NATS) -> None:
+        """Listen on this node's request and control subjects (on every new connection)."""
+        await nc.subscribe(req_subject(self.ident.public), cb=self.on_request)
+        await nc.subscribe(ctl_subject(self.ident.public), cb=self.on_ctl)
+
+    async def close(self) -> None:
+        """Node shutdown: tell requesters to go elsewhere and stop the work."""
+        for s in list(self.served.values()):
+            await self._send(s, {"t": "err", "status": 503, "error": {
+                "message": "the serving node is shutting down", "type": "server_error", "code": "node_shutting_down"}})
+            if s.gen is not None:
+                s.gen.cancel()
+
+    async def _send(self, s: Served, m: dict) -> None:
+        nc = self._connection()
+        if nc is None:
+            return
+        s.last_sent = time.monotonic()
+        with contextlib.suppress(Exception):
+            await nc.publish(s.reply, seal(s.key, m))
+
+    async def on_ctl(self, msg) -> None:
+        rid = (msg.headers or {}).get("CM-Rid")
+        s = self.served.get(rid or "")
+        if s is None:
+            return
+        try:
+            m = unseal(s.key, msg.data)
+        except ValueError:
+            return  # not from the requester
+        if m.get("t") == "cancel" and m.get("rid") == rid:
+            s.cancelled = True
+            if s.gen is not None:
+                s.gen.cancel()
+
+    async def on_request(self, msg) -> None:
+        """A request from a peer. Answered only when it is signed and its reply subject is the signer's
+        own inbox: otherwise a member could make this node write wherever it can write (its own
+        directory entry, JetStream API subjects) by naming that as the reply subject (issue 10).
+        Junk is dropped before any work, counted, and logged at most once a minute."""
+        if not msg.data:
+            return  # a requester's liveness probe: being subscribed is the answer
+        try:
+            signer, req, key = check_request(self.ident, msg.reply, msg.headers, msg.data)
+        except JunkRequest as e:
+            self.dropped_requests.drop(e.reason, str(e))
+            return
+        if req["rid"] in self.served:
+            self.dropped_requests.drop("replayed", f"a second request {req['rid']} from {signer}")
+            return
+        s = Served(req["rid"], key, msg.reply)
+        asyncio.get_running_loop().create_task(self._serve(s, req))
+
+    async def _serve(self, s: Served, req: dict) -> None:
+        def refuse(status: int, message: str, code: str, kind: str = "server_error") -> dict:
+            return {"t": "err", "status": status, "error": {"message": message, "type": kind, "code": code}}
+
+        lim = self._limits()
+        if len(self.served) >= lim.max_concurrent:
+            await self._send(s, refuse(503, "this peer is serving as many mesh requests as its owner allows",
+                                       "peer_busy"))
+            return
+        self.served[s.rid] = s
+        self._changed()
+        await self._send(s, {"t": "ack"})
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(s))
+        try:
+            kind, body, prefix = req.get("kind"), dict(req.get("body") or {}), str(req.get("prefix") or "")
+            body["n"] = 1
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+            try:
+                gp = parse_generation(body, None, 16 if kind == "completion" else None)
+                if gp.max_tokens is not None and gp.max_tokens > lim.max_tokens:
+                    await self._send(s, refuse(403, f"this peer serves at most {lim.max_tokens} tokens per mesh "
+                                                    f"request", "mesh_limit"))
+                    return
+                if gp.max_tokens is None:
+                    body["max_tokens"] = lim.max_tokens
+                    gp = parse_generation(body, None, None)
+                m = self.models.get(gp.model)
+                e = m.engine if m is not None else None
+                if e is not None:
+                    c = e.counts()
+                    if c["slots"] - c["slots_busy"] <= lim.reserved_local_slots and c["slots"] > lim.reserved_local_slots:
+                        await self._send(s, refuse(503, "this peer's free slots are kept for its own use", "peer_busy"))
+                        return
+                prep = await self.prepare(str(kind), body, gp, prefix)
+            except APIError as err:
+                await self._send(s, {"t": "err", "status": err.status, "error": err.body()["error"]})
+                return
+            if s.cancelled:
+                return
+            if self._pump is None:
+                self._pump = LoopPump(asyncio.get_running_loop())
+            gen = Generation(prep.engine, prep.prompts[:1], prep.gp, self._pump)
+            try:
+                gen.submit()
+            except APIError as err:
+                await self._send(s, {"t": "err", "status": err.status, "error": err.body()["error"]})
+                return
+            s.gen = gen
+            await self._send(s, {"t": "start", "p": len(prep.prompts[0]), "m": prep.engine.id})
+            n = 0
+            pieces: list[str] = []
+            flush_at = 0.0  # the first token goes out at once; later ones in batches (fewer messages)
+            while not gen.finished and not s.cancelled:
+                timeout = None if not pieces else max(0.0, flush_at - time.monotonic())
+                try:
+                    _, ev = await gen.next(timeout)
+                except asyncio.TimeoutError:
+                    ev = None
+                if isinstance(ev, TokenEvent):
+                    n += 1
+                    pieces.append(ev.text)
+                    if n > 1 and len(pieces) == 1:
+                        flush_at = time.monotonic() + COALESCE_SECONDS
+                    if n > 1 and time.monotonic() < flush_at:
+                        continue
+                if pieces:
+                    await self._send(s, {"t": "d", "x": pieces, "n": n})
+                    pieces = []
+                if isinstance(ev, DoneEvent):
+                    gen.jobs[0].done = ev
+                    self.served_total += 1
+                    await self._send(s, {"t": "done", "f": ev.finish_reason,
+                                         "u": {"prompt_tokens": len(prep.prompts[0]),
+                                               "completion_tokens": ev.completion_tokens,
+                                               "cached_tokens": ev.cached_tokens}})
+                elif isinstance(ev, ErrorEvent):
+                    # engine_crashed: this request may be what crashed the engine; 500, and the
+                    # requester will not try it on another peer (requester.FINAL_CODES)
+                    status = 500 if ev.code == "engine_crashed" else 503
+                    await self._send(s, refuse(status, ev.message, ev.code or "engine_error"))
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("mesh request failed")
+            await self._send(s, refuse(500, f"the peer failed: {e}", "internal_error"))
+        finally:
+            beat.cancel()
+            if s.gen is not None:
+                s.gen.cancel()
+            self.served.pop(s.rid, None)
+            self._changed()
+
+    async def _heartbeat(self, s: Served) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL / 2)
+            if time.monotonic() - s.last_sent >= HEARTBEAT_INTERVAL:
+                await self._send(s, {"t": "hb"})
