@@ -169,9 +169,12 @@ class Generation:
                            retry_after=e.retry_after) from None
 
     def cancel(self) -> None:
+        """Stop the unfinished choices. The engine sends nothing more for them, so a waiter in next() is
+        woken with (-1, None) instead of waiting forever."""
         for j in self.jobs:
             if j.done is None:
                 self.engine.cancel(j.req)
+        self.queue.put_nowait((-1, None))
 
     @property
     def finished(self) -> bool:

@@ -145,8 +145,10 @@ def test_client_disconnect_cancels_work_on_the_peer(mesh3):
                 if line.startswith("data: ") and '"content"' in line:
                     seen += 1
                 if seen >= 5:
+                    # checked before leaving the loop: breaking out of iter_lines closes the stream, which
+                    # is the disconnect under test
+                    assert mesh_status(n["b"])["serving_mesh_requests"] == 1
                     break
-            assert mesh_status(n["b"])["serving_mesh_requests"] == 1
     # The client went away: the peer stops generating (not 900 tokens later).
     wait_for(lambda: mesh_status(n["b"])["serving_mesh_requests"] == 0, 10, what="the peer to stop")
     st = api(n["b"], "GET", "/api/status", admin=False)[1]
