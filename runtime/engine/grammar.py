@@ -47,11 +47,13 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 # Keywords the converter enforces.
 SUPPORTED = ("type", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions", "properties",
              "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-             "minLength", "maxLength", "format")
+             "minLength", "maxLength", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 _OBJECT_KEYS = ("properties", "required", "additionalProperties")
 _ARRAY_KEYS = ("items", "prefixItems", "minItems", "maxItems")
 _STRING_KEYS = ("minLength", "maxLength", "format")
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+MAX_BOUND = 10**15  # integer bounds beyond this many are refused (the grammar writes them digit by digit)
 
 
 class SchemaError(ValueError):
@@ -150,6 +152,20 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
         if not isinstance(node, dict):
             problems.append(SchemaProblem(path, "a schema must be an object or a boolean"))
             return
+        bounds = [k for k in _BOUND_KEYS if k in node]
+        if bounds:
+            if node.get("type") != "integer":
+                problems.append(SchemaProblem(_ptr(path, bounds[0]), f"'{bounds[0]}' is supported on integers only "
+                                                                     "(type: integer)"))
+            else:
+                bad = [k for k in bounds if isinstance(node[k], bool) or not isinstance(node[k], (int, float))
+                       or node[k] != node[k] or abs(node[k]) > MAX_BOUND]
+                for k in bad:
+                    problems.append(SchemaProblem(_ptr(path, k), f"'{k}' must be a number within ±{MAX_BOUND}"))
+                if not bad:
+                    lo, hi = integer_bounds(node)
+                    if lo is not None and hi is not None and lo > hi:
+                        problems.append(SchemaProblem(path, "no integer lies within these bounds"))
         for key in node:
             if key not in ANNOTATIONS and key not in SUPPORTED:
                 problems.append(SchemaProblem(_ptr(path, key), f"the keyword '{key}' is not supported (supported: "
@@ -363,6 +379,88 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
                     r'[0-9a-fA-F]{12} "\"" space', ("space",)),
 }
 
+def integer_bounds(schema: dict) -> tuple[int | None, int | None]:
+    """The inclusive integer range a schema's minimum/maximum/exclusive* keywords allow (None: open)."""
+    import math
+
+    lo = hi = None
+    if "minimum" in schema:
+        lo = math.ceil(schema["minimum"])
+    if "exclusiveMinimum" in schema:
+        v = math.floor(schema["exclusiveMinimum"]) + 1
+        lo = v if lo is None else max(lo, v)
+    if "maximum" in schema:
+        hi = math.floor(schema["maximum"])
+    if "exclusiveMaximum" in schema:
+        v = math.ceil(schema["exclusiveMaximum"]) - 1
+        hi = v if hi is None else min(hi, v)
+    return lo, hi
+
+
+def _digit_ranges(lo: int, hi: int) -> list[tuple[str, str]]:
+    """[lo, hi] (0 <= lo <= hi) as ranges whose ends have the same number of digits and differ only in a
+    run of trailing positions, each ending in 0..9 where they differ after the first: the classic split
+    behind numeric-range regular expressions."""
+    stops = {hi}
+    k = 1
+    while True:
+        s = str(lo)
+        stop = int(s[:-k] + "9" * k) if k <= len(s) else int("9" * k)
+        if not lo <= stop < hi:
+            break
+        stops.add(stop)
+        k += 1
+    k = 1
+    while True:
+        stop = (hi + 1) - (hi + 1) % 10**k - 1
+        if not lo < stop <= hi:
+            break
+        stops.add(stop)
+        k += 1
+    out, start = [], lo
+    for stop in sorted(stops):
+        out.append((str(start), str(stop)))
+        start = stop + 1
+    return out
+
+
+def _range_pattern(start: str, stop: str) -> str:
+    parts: list[str] = []
+    free = 0
+    for a, b in zip(start, stop):
+        if a == b:
+            parts.append(f'"{a}"')
+        elif a == "0" and b == "9":
+            free += 1
+        else:
+            parts.append(f"[{a}-{b}]")
+    if free:
+        parts.append(f"[0-9]{{{free}}}")
+    return " ".join(parts)
+
+
+def _non_negative(lo: int, hi: int | None) -> list[str]:
+    """GBNF alternatives for the JSON integers in [lo, hi] (lo >= 0; hi None: no upper bound)."""
+    if hi is not None:
+        return [_range_pattern(a, b) for a, b in _digit_ranges(lo, hi)]
+    width = len(str(lo))
+    alts = [_range_pattern(a, b) for a, b in _digit_ranges(lo, 10**width - 1)]
+    return alts + [f"[1-9] [0-9]{{{width},15}}"]  # every number with more digits than lo
+
+
+def integer_range_gbnf(lo: int | None, hi: int | None) -> str:
+    """A GBNF alternation matching exactly the JSON integers in [lo, hi] (None: open on that side)."""
+    alts: list[str] = []
+    if lo is None or lo < 0:  # negatives: "-" and the absolute values in [max(1, -hi), -lo]
+        neg_hi = None if lo is None else -lo
+        neg_lo = 1 if hi is None or hi >= 0 else -hi
+        if neg_hi is None or neg_lo <= neg_hi:
+            alts += [f'"-" {p}' for p in _non_negative(neg_lo, neg_hi)]
+    if hi is None or hi >= 0:
+        alts += _non_negative(max(lo or 0, 0), hi)
+    return " | ".join(f"({a})" for a in alts)
+
+
 _GBNF_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -440,6 +538,9 @@ class GrammarBuilder:
             return self._object(schema, name, root)
         if t == "array":
             return self._array(schema, name, root)
+        if t == "integer" and any(k in schema for k in _BOUND_KEYS):
+            lo, hi = integer_bounds(schema)
+            return self.add_rule(name, f"({integer_range_gbnf(lo, hi)}) {self.primitive('space')}")
         if t == "string":
             fmt = schema.get("format")
             if fmt is not None:

@@ -48,6 +48,7 @@ def test_stop_while_the_model_loads_leaves_no_engine_behind(tmp_path, model_path
     settings = ServeSettings(port=0, models=[str(tmp_path / "data" / "models" / FILENAME)])
     node = Node(settings, Paths.resolve())
     sock = bind_socket("127.0.0.1", 0)
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. the session's node
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -57,5 +58,6 @@ def test_stop_while_the_model_loads_leaves_no_engine_behind(tmp_path, model_path
     asyncio.run(run())
     wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("engine-")], 30,
              what="no engine thread left")
-    wait_for(lambda: not psutil.Process().children(recursive=True), 30, what="no engine worker process left")
+    wait_for(lambda: not {p.pid for p in psutil.Process().children(recursive=True)} - children_before, 30,
+             what="no engine worker process left")
     assert all(m.engine is None for m in node.manager.models.values())

@@ -151,7 +151,7 @@ def problems(schema) -> list[tuple[str, str]]:
     ({"type": "string", "pattern": "^a+$"}, "/pattern", "'pattern' is not supported"),
     ({"type": "string", "format": "email"}, "/format", "'email' is not supported"),
     ({"type": "string", "format": "date", "maxLength": 3}, "", "beside 'format'"),
-    ({"type": "number", "minimum": 0}, "/minimum", "'minimum' is not supported"),
+    ({"type": "number", "minimum": 0}, "/minimum", "'minimum' is supported on integers only"),
     ({"type": "integer", "multipleOf": 2}, "/multipleOf", "not supported"),
     ({"type": "array", "items": {}, "maxItems": MAX_ARRAY_ITEMS + 1}, "/maxItems", "limit"),
     ({"type": "array", "items": {}, "minItems": 3, "maxItems": 1}, "/minItems", "greater than"),
@@ -238,3 +238,28 @@ def test_unknown_type(kind):
 
 def test_schema_error_is_a_value_error():
     assert issubclass(SchemaError, ValueError)
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 30), (5, 123), (-17, 42), (None, -3), (7, None), (-100, -5), (0, 0),
+                                    (999, 1001), (-5, None)])
+def test_integer_bounds_match_exactly_the_integers_in_range(lo, hi):
+    """The range alternation, read as a regular expression, accepts exactly the integers in [lo, hi] in
+    JSON's spelling (no leading zeros), checked over every integer from -1200 to 1200."""
+    import re
+
+    from runtime.engine.grammar import integer_range_gbnf
+
+    g = re.sub(r'"(-|\d)"', r"\1", integer_range_gbnf(lo, hi)).replace(" ", "")
+    rx = re.compile(f"^({g})$")
+    for v in range(-1200, 1200):
+        assert bool(rx.match(str(v))) == ((lo is None or v >= lo) and (hi is None or v <= hi)), v
+    assert not any(rx.match(x) for x in ("01", "-0", "00", "-01"))
+
+
+def test_integer_bounds_are_checked():
+    from runtime.engine.grammar import schema_problems
+
+    assert schema_problems({"type": "integer", "minimum": 0, "maximum": 30, "exclusiveMaximum": 31}) == []
+    assert "integers only" in str(schema_problems({"type": "number", "minimum": 0})[0])
+    assert "no integer" in str(schema_problems({"type": "integer", "minimum": 5, "maximum": 3})[0])
+    assert "within" in str(schema_problems({"type": "integer", "maximum": 10**20})[0])

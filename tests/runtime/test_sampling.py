@@ -119,6 +119,8 @@ SCHEMAS = [
     {"type": ["integer", "null", "boolean"]},
     {"enum": ["a\\b", "\"q\"", 1, None, [1, {"k": "\n"}]]},
     {"type": "string", "format": "date-time"},
+    {"type": "integer", "minimum": -17, "maximum": 42},
+    {"type": "integer", "exclusiveMinimum": 999},
     {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}, "c": {"type": "null"}},
      "additionalProperties": {"type": "boolean"}},
     {"type": "object", "properties": {}, "additionalProperties": False},
