@@ -238,6 +238,13 @@ class GuardedServer(web.Server):
 
     def over_capacity(self) -> bool:
         budget = self.connection_budget()
+        if budget is not None and len(self._connections) + 32 >= budget:
+            # Near the limit the decision uses a fresh count (the watchdog's is up to a second old, and
+            # descriptors come and go with model loads and engine workers).
+            in_use = open_fd_count()
+            if in_use is not None:
+                self.fds_besides_connections = max(0, in_use - len(self._connections))
+                budget = self.connection_budget()
         return budget is not None and len(self._connections) >= budget
 
     def shed(self, transport: asyncio.Transport) -> None:
