@@ -131,7 +131,7 @@ def main() -> None:
     threads = default_threads(cap)
     cap = RuntimeCapability(cap, threads).cap
     cfg = EngineConfig(threads=threads, slots=8, ctx_per_slot=1024)
-    worker = ModelEngine("bench", path, cap, cfg, loop=LOOP)  # the worker's pipe read on the loop, as in the node
+    worker = ModelEngine("bench", path, cap, cfg)
     inproc = InProcess(path, cap, cfg)
     engines = {"worker": worker, "in-process": inproc}
     print(f"model {path.name}, {threads} threads, {args.rounds} rounds alternating, {args.tokens} tokens/stream")

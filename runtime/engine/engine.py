@@ -25,7 +25,6 @@ import collections
 import itertools
 import logging
 import os
-import pickle
 import subprocess
 import threading
 import time
@@ -62,8 +61,7 @@ class ModelEngine:
 
     def __init__(self, model_id: str, path: Path, cap: Capability, cfg: EngineConfig,
                  on_state: Callable[[str, str | None], None] | None = None,
-                 builds: BuildRegistry | None = None, variants: list[LibraryVariant] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 builds: BuildRegistry | None = None, variants: list[LibraryVariant] | None = None) -> None:
         self.id = model_id
         self.path = path
         self.cap = cap
@@ -71,9 +69,6 @@ class ModelEngine:
         self.stats = RollingStats()
         self.on_state = on_state or (lambda state, reason: None)
         self.builds = builds
-        # The node's event loop: the worker's messages are read there (no thread of the link's own, so the
-        # node wakes once per decode step, as it did with the engine in-process). None: a reader thread.
-        self.loop = loop
         self.state = "starting"  # ready | restarting | failed | closed
         self.last_error: str | None = None
         self.restarts = 0
@@ -170,10 +165,6 @@ class ModelEngine:
         self.state = "ready"
         self.started_at = time.monotonic()
         assert self._conn is not None and self._proc is not None
-        if self.loop is not None:
-            reader = _LoopReader(self, self._conn, self._proc, self.loop)
-            self.loop.call_soon_threadsafe(reader.attach)
-            return
         self._reader = threading.Thread(target=self._read, args=(self._conn, self._proc),
                                         name=f"engine-link[{self.id}]", daemon=True)
         self._reader.start()
@@ -186,31 +177,24 @@ class ModelEngine:
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            self._handle(msg)
-        self._link_lost(conn, proc)
-
-    def _handle(self, msg: tuple) -> None:
-        op = msg[0]
-        if op == "ev":
-            _, items, steps, dsec, ssec = msg
-            self._worker_steps = (steps, dsec, ssec)
-            for rid, ev in items:
+            op = msg[0]
+            if op == "ev":
+                _, items, steps, dsec, ssec = msg
+                self._worker_steps = (steps, dsec, ssec)
+                for rid, ev in items:
+                    with self._lock:
+                        req = self._reqs.get(rid) if isinstance(ev, TokenEvent) else self._reqs.pop(rid, None)
+                    if req is None:
+                        continue  # cancelled here already
+                    if isinstance(ev, DoneEvent):
+                        self.stats.add(RequestSample(ev.tokens_per_second, ev.ttft_ms))
+                    req.emit(ev)
+            elif op == "ret":
+                _, cid, ok, value = msg
                 with self._lock:
-                    req = self._reqs.get(rid) if isinstance(ev, TokenEvent) else self._reqs.pop(rid, None)
-                if req is None:
-                    continue  # cancelled here already
-                if isinstance(ev, DoneEvent):
-                    self.stats.add(RequestSample(ev.tokens_per_second, ev.ttft_ms))
-                req.emit(ev)
-        elif op == "ret":
-            _, cid, ok, value = msg
-            with self._lock:
-                waiter = self._calls.pop(cid, None)
-            if waiter is not None:
-                _resolve(waiter, ok, value)
-
-    def _link_lost(self, conn: worker.Channel, proc: subprocess.Popen) -> None:
-        """The worker's end of the pipe closed (blocking: it waits for the process and may restart it)."""
+                    waiter = self._calls.pop(cid, None)
+                if waiter is not None:
+                    _resolve(waiter, ok, value)
         conn.close()
         self._worker_died(_wait(proc, 10 if self._closing else 5))
 
@@ -407,55 +391,9 @@ class ModelEngine:
             log.warning("the engine of %s did not stop within %.0f s; killing it", self.id, STOP_TIMEOUT)
             proc.kill()
             _wait(proc, 5)
-        if self.loop is not None and proc is not None:
-            # The loop sees the pipe close and hands the rest to a thread of its own: wait for it.
-            deadline = time.monotonic() + 5
-            while self._reader is reader and time.monotonic() < deadline and self.loop.is_running():
-                time.sleep(0.01)
-            reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(STOP_TIMEOUT)
         self.state = "closed"
-
-
-class _LoopReader:
-    """Reads a worker's messages on the node's event loop: the pipe's descriptor is watched by the loop
-    (``add_reader``), so a decode step's events wake the node once, not a reader thread and then the loop.
-    When the pipe closes, the (blocking) crash handling runs in a thread of its own."""
-
-    def __init__(self, engine: ModelEngine, conn: worker.Channel, proc: subprocess.Popen,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.engine, self.conn, self.proc, self.loop = engine, conn, proc, loop
-        self.fd = conn.rfile.fileno()
-        self.buf = bytearray()
-
-    def attach(self) -> None:
-        os.set_blocking(self.fd, False)
-        self.loop.add_reader(self.fd, self.on_readable)
-
-    def on_readable(self) -> None:
-        try:
-            data = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.remove_reader(self.fd)
-            lost = threading.Thread(target=self.engine._link_lost, args=(self.conn, self.proc),
-                                    name=f"engine-link[{self.engine.id}]", daemon=True)
-            self.engine._reader = lost
-            lost.start()
-            return
-        self.buf += data
-        header = worker.HEADER_SIZE
-        while len(self.buf) >= header:
-            n = int.from_bytes(self.buf[:header], "little")
-            if len(self.buf) < header + n:
-                break
-            msg = pickle.loads(bytes(self.buf[header:header + n]))
-            del self.buf[:header + n]
-            self.engine._handle(msg)
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int | None:

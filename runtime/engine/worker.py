@@ -57,7 +57,6 @@ EXIT_LOOP_CRASHED = 70
 FROZEN_WORKER_FLAG = "--closedmesh-engine-worker"
 
 _HEADER = struct.Struct("<I")
-HEADER_SIZE = _HEADER.size  # a message: its length (4 bytes, little-endian), then the pickled tuple
 
 
 class Channel:
@@ -138,17 +137,6 @@ class _Outbox:
                sched.step_seconds if sched else 0.0)
         with self.lock:
             self.conn.send(msg)
-
-
-def _small(args: tuple) -> bool:
-    """Whether a call's text is short enough to tokenize on the receiving thread (under ~1 ms)."""
-    size = 0
-    for a in args:
-        if isinstance(a, str):
-            size += len(a)
-        elif isinstance(a, list):
-            size += sum(len(x[0]) if isinstance(x, tuple) else 1 for x in a)
-    return size < 20_000
 
 
 def _serve(conn: Channel, spec: WorkerSpec) -> int:
@@ -235,10 +223,7 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 req.cancel()
                 core.scheduler.wake()
         elif op == "call":
-            if msg[2] != "embed" and _small(msg[3]):
-                do_call(msg[1], msg[2], msg[3])  # a short tokenizing call: at once, no thread to wake
-            else:
-                calls.submit(do_call, msg[1], msg[2], msg[3])
+            calls.submit(do_call, msg[1], msg[2], msg[3])
         elif op == "stop":
             break
     calls.shutdown(wait=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -245,11 +244,9 @@ class ModelManager:
                 cap, cfg = self._cfg_provider()
                 await self._make_room(m, cap)
                 self._set(m, LOADING)
-                loop = asyncio.get_running_loop()
-                on_state = self._engine_state_callback(m, loop)
-                start = functools.partial(ModelEngine, m.id, m.path, cap, cfg, on_state=on_state, builds=self.builds,
-                                          loop=loop)
-                building = asyncio.ensure_future(asyncio.to_thread(start))
+                on_state = self._engine_state_callback(m, asyncio.get_running_loop())
+                building = asyncio.ensure_future(asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state,
+                                                                   self.builds))
                 try:
                     engine = await asyncio.shield(building)
                 except asyncio.CancelledError:
