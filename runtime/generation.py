@@ -213,16 +213,20 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
     # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
     # text, apart from the template's markup: nobody writes the model's control tokens through a message,
     # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
-    plain = bool(engine.special_texts) and any(t in m["content"] for m in messages for t in engine.special_texts)
-    render = engine.template.render_segments if plain else engine.template.render
+    def render() -> list[tuple[str, bool]] | str | None:
+        specials = engine.special_texts
+        if specials and any(t in m["content"] for m in messages for t in specials):
+            return engine.template.render_segments(messages, add_generation_prompt=True)
+        return engine.template.render(messages, add_generation_prompt=True)
+
     try:
-        # Short conversations are rendered inline (a thread hop costs more than the work); long ones
-        # in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the engine's
-        # worker process.
+        # Short conversations are scanned and rendered inline (a thread hop costs more than the work);
+        # long ones in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the
+        # engine's worker process.
         if len(messages) < 64 and sum(len(m["content"]) for m in messages) < 20_000:
-            rendered = render(messages, add_generation_prompt=True)
+            rendered = render()
         else:
-            rendered = await asyncio.to_thread(render, messages, add_generation_prompt=True)
+            rendered = await asyncio.to_thread(render)
     except ValueError as e:  # TemplateError: the template rejected these messages
         raise invalid(str(e), "messages", "invalid_messages") from None
     if isinstance(rendered, list):  # the template's markup and the contents apart
