@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 # Descriptors kept free for everything besides client connections (model files, the mesh's sockets, a
 # hub's nats-server, downloads, logs): past this, new connections are answered 503 at once.
 FD_HEADROOM = 64
+# Shed connections kept open (for 2 s, so the client reads its 503) at most at once; in a flood past this,
+# further ones are closed as soon as their answer is written, so shedding never spends the headroom.
+SHED_LINGER_MAX = 16
+# The kernel's queue of connections waiting to be accepted.
+LISTEN_BACKLOG = 512
+# Connections accepted per event-loop turn. asyncio accepts up to its "backlog" in one go, each with its own
+# descriptor, before any of them reaches Connection.connection_made (where shedding is decided): a burst of
+# 128 would run the process out of descriptors below the budget. A few per turn keep the accepted-but-
+# undecided ones well inside FD_HEADROOM; the loop turns often enough that throughput does not suffer.
+ACCEPT_PER_TURN = 8
 # A request body slower than this on average (after its first read_timeout seconds) is cut off.
 MIN_BODY_BYTES_PER_SECOND = 1024
 # Idle keep-alive connections are closed after this long (aiohttp's default is an hour).
@@ -70,7 +80,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
                 f"closedmesh serve --port {port + 1}"
             ) from None
         raise
-    sock.listen(512)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -144,7 +154,7 @@ class Connection(RequestHandler):
         server: GuardedServer = self._manager  # type: ignore[assignment]
         if server.over_capacity():
             self._force_close = True  # data_received ignores whatever the client sends
-            server.shed(transport)  # type: ignore[arg-type]
+            server.shed(self, transport)  # type: ignore[arg-type]
             return
         super().connection_made(transport)
         self._head_since: float | None = self._loop.time()
@@ -152,6 +162,11 @@ class Connection(RequestHandler):
         self._body_bytes = 0
         self._last_data = -1.0  # no byte yet
         self._last_payload: Any = None  # the body stream of the latest request head
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if isinstance(self._manager, GuardedServer):
+            self._manager.shed_open.discard(self)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._force_close or self._close:
@@ -222,6 +237,7 @@ class GuardedServer(web.Server):
         self.read_timeout = read_timeout
         self.fds_besides_connections = open_fd_count() or 0  # refreshed every second by check_deadlines
         self.shed_total = 0
+        self.shed_open: set[Connection] = set()  # shed connections still open for their answer to be read
 
     def __call__(self) -> Connection:
         return Connection(self, loop=self._loop, **self._kwargs)
@@ -243,23 +259,42 @@ class GuardedServer(web.Server):
             # descriptors come and go with model loads and engine workers).
             in_use = open_fd_count()
             if in_use is not None:
-                self.fds_besides_connections = max(0, in_use - len(self._connections))
+                self._count_besides(in_use)
                 budget = self.connection_budget()
         return budget is not None and len(self._connections) >= budget
 
-    def shed(self, transport: asyncio.Transport) -> None:
+    def _count_besides(self, in_use: int) -> None:
+        # Shed connections are neither client connections nor the node's own: at most SHED_LINGER_MAX of
+        # them, inside the headroom.
+        self.fds_besides_connections = max(0, in_use - len(self._connections) - len(self.shed_open))
+
+    def shed(self, conn: Connection, transport: asyncio.Transport) -> None:
         """Answer a connection over the budget with 503 and close it: written at once, then the write
         side is shut so the client reads the answer before it sees the end (closing with its request
-        unread could reset the connection before the answer is read); closed for good after 2 s."""
+        unread could reset the connection before the answer is read); closed for good after 2 s. In a
+        flood (SHED_LINGER_MAX already lingering) it is closed as soon as the answer is written: lingering
+        ones hold descriptors, and running out of them would cost the connections within the budget."""
         self.shed_total += 1
         FD_PRESSURE.record(f"{len(self._connections)} connections are open, the most the descriptor limit "
                            f"leaves room for; a new one was answered 503")
         transport.write(_raw_response(APIError(
             503, "The node has too many open connections right now; retry shortly.", "server_error", None,
             "overloaded", retry_after=1)))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._loop.call_later(2.0, transport.close)
+        if len(self.shed_open) >= SHED_LINGER_MAX:
+            transport.close()  # after the answer is flushed
+            return
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # the client is gone already (reset while it waited to be accepted)
+            transport.close()
+            return
+        self.shed_open.add(conn)
+        self._loop.call_later(2.0, self._close_shed, conn, transport)
+
+    def _close_shed(self, conn: Connection, transport: asyncio.Transport) -> None:
+        self.shed_open.discard(conn)
+        transport.close()
 
     def close_idle(self) -> int:
         """Close connections that hold a descriptor without a request in progress (idle keep-alive,
@@ -274,7 +309,7 @@ class GuardedServer(web.Server):
         now = self._loop.time()
         in_use = open_fd_count()
         if in_use is not None:  # None: no descriptor left even to count them; keep the last count
-            self.fds_besides_connections = max(0, in_use - len(self._connections))
+            self._count_besides(in_use)
         for c in list(self._connections):
             if isinstance(c, Connection):
                 c.check_deadline(now, self.read_timeout)
@@ -358,8 +393,9 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(_loop_exception_handler([server]))
     watchdog = asyncio.create_task(_watch_deadlines(server))
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, backlog=ACCEPT_PER_TURN)
     await site.start()
+    sock.listen(LISTEN_BACKLOG)  # asyncio re-listened with ACCEPT_PER_TURN; the kernel's queue stays long
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     host, port = sock.getsockname()[:2]
