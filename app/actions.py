@@ -12,7 +12,8 @@ Contract (the node's): ``GET /api/models`` (the catalog with fit labels), ``POST
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 from urllib.parse import quote
 
 from .client import ApiResult, NodeClient

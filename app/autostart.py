@@ -114,6 +114,7 @@ class XdgAutostart:
 
     def enable(self, command: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+
         # Desktop Entry Exec quoting: arguments with spaces or specials in double quotes, with
         # backslash escapes for ", `, $ and \\ inside them; a literal % is written as %%.
         def quote(arg: str) -> str:
@@ -146,5 +147,3 @@ def for_platform(system: str | None = None) -> Autostart:
     if system == "Windows":
         return WindowsRunKey()
     return XdgAutostart()
-
-

@@ -14,8 +14,9 @@ import concurrent.futures as cf
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 from PySide6.QtCore import QObject, Signal, Slot
@@ -98,8 +99,15 @@ class NodeClient(QObject):
 
     # -- API calls --------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0,
-                on_done: Callable[[ApiResult], None] | None = None) -> cf.Future:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float = 30.0,
+        on_done: Callable[[ApiResult], None] | None = None,
+    ) -> cf.Future:
         """Run one call on the client thread; ``on_done`` gets the result on the Qt thread. The returned
         future is for tests and shutdown code (never wait on it from the Qt thread)."""
         if self._closed:
@@ -135,8 +143,13 @@ class NodeClient(QObject):
     async def _request(self, method: str, path: str, body: Any, timeout: float) -> ApiResult:
         session = self._ensure_session()
         try:
-            async with session.request(method, self.base_url + path, json=body, headers=self._headers(),
-                                       timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as r:
                 try:
                     data = await r.json(content_type=None)
                 except (ValueError, aiohttp.ContentTypeError):
@@ -145,7 +158,7 @@ class NodeClient(QObject):
                     return ApiResult(r.status, data)
                 message, code = error_message(r.status, data)
                 return ApiResult(r.status, data, message, code)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ApiResult(0, None, f"the node did not answer within {timeout:.0f} s")
         except aiohttp.ClientError as e:
             return ApiResult(0, None, f"could not reach the node at {self.base_url} ({e})")
@@ -177,6 +190,7 @@ class NodeClient(QObject):
     def set_base_url(self, base_url: str, admin_token: str) -> None:
         """Talk to the node at another address (it restarted on another port); the events stream
         reconnects there."""
+
         def switch() -> None:
             self.base_url, self.admin_token = base_url.rstrip("/"), admin_token
             if self._events_wanted:
@@ -197,8 +211,7 @@ class NodeClient(QObject):
             try:
                 # no total timeout: the stream is long-lived; the node sends keep-alive comments
                 timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
-                async with session.get(self.base_url + "/api/events", headers=self._headers(),
-                                       timeout=timeout) as r:
+                async with session.get(self.base_url + "/api/events", headers=self._headers(), timeout=timeout) as r:
                     if r.status != 200:
                         raise aiohttp.ClientResponseError(r.request_info, r.history, status=r.status)
                     parser = SSEParser()
@@ -224,7 +237,7 @@ class NodeClient(QObject):
             except asyncio.CancelledError:
                 self._set_stream_up(False)
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
                 log.debug("events stream: %s", e)
             self._set_stream_up(False)
             await asyncio.sleep(backoff)

@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from PySide6.QtCore import QObject, QUrl, Signal
@@ -58,15 +59,20 @@ class AppController(QObject):
     _runtime_exited = Signal(object, object)  # (host, error): from the runtime thread to the Qt thread
     _restart_ready = Signal(int)  # the old node stopped: start on this port (from a helper thread)
 
-    def __init__(self, paths: Paths, serve_settings: ServeSettings | None = None, *,
-                 tray_available: bool | None = None,
-                 open_url: Callable[[QUrl], Any] | None = None,
-                 autostart: autostart_backends.Autostart | None = None,
-                 autostart_command: list[str] | None = None,
-                 on_quit: Callable[[], None] | None = None,
-                 on_started: Callable[[int], None] | None = None,
-                 attach: tuple[str, str] | None = None,
-                 port_override: int | None = None) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        serve_settings: ServeSettings | None = None,
+        *,
+        tray_available: bool | None = None,
+        open_url: Callable[[QUrl], Any] | None = None,
+        autostart: autostart_backends.Autostart | None = None,
+        autostart_command: list[str] | None = None,
+        on_quit: Callable[[], None] | None = None,
+        on_started: Callable[[int], None] | None = None,
+        attach: tuple[str, str] | None = None,
+        port_override: int | None = None,
+    ) -> None:
         super().__init__()
         self.paths = paths
         paths.ensure()
@@ -74,8 +80,7 @@ class AppController(QObject):
         self.settings_store = SettingsStore(paths.config)
         self.settings: AppSettings = self.settings_store.load()
         self.port_override = port_override  # --port on the command line wins over the settings, once
-        self.tray_available = (QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None
-                               else tray_available)
+        self.tray_available = QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
         self._on_quit = on_quit
         self._on_started = on_started
         self._attach = attach
@@ -88,8 +93,9 @@ class AppController(QObject):
         self.store = NodeStore(self)
         self.actions = NodeActions(self.store)
         self.links = Links(lambda: self.port, open_url or QDesktopServices.openUrl)
-        self.start_at_login = StartAtLogin(autostart or autostart_backends.for_platform(),
-                                           autostart_command or app_command(), self)
+        self.start_at_login = StartAtLogin(
+            autostart or autostart_backends.for_platform(), autostart_command or app_command(), self
+        )
         self.start_at_login.failed.connect(lambda msg: self.notify(msg))
         self.toggle = MeshToggle(self.store, self.settings, self.actions, self)
         self.toggle.failed.connect(lambda msg: self.notify(msg))
@@ -105,8 +111,15 @@ class AppController(QObject):
         self.tray.show_window_requested.connect(self.show_window)
         self.tray.quit_requested.connect(self.quit)
 
-        self.window = MainWindow(self.store, self.toggle, self.actions, self.links, self.settings,
-                                 self.start_at_login, attached=self.attached)
+        self.window = MainWindow(
+            self.store,
+            self.toggle,
+            self.actions,
+            self.links,
+            self.settings,
+            self.start_at_login,
+            attached=self.attached,
+        )
         self.window.close_quits = not self.tray_visible
         self.window.join_requested.connect(self.toggle.set_wanted)
         self.window.open_chat_requested.connect(self.links.open_chat)
@@ -261,6 +274,7 @@ class AppController(QObject):
 
     def set_model_loaded(self, model: str, loaded: bool) -> None:
         """The tray's Models submenu."""
+
         def done(r: ApiResult) -> None:
             if not r.ok:
                 self.notify(f"Could not {'load' if loaded else 'unload'} {model}: {r.error}")

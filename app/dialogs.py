@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from . import icons
 
@@ -17,9 +16,11 @@ class PortDialog(QDialog):
         # the runtime's message ends with advice for the command line: keep only what happened
         what = message.split(". Stop it")[0].rstrip(".")
         what = what[:1].upper() + what[1:]
-        text = QLabel(f"<b>ClosedMesh cannot start on its port.</b><br><br>{what}.<br><br>"
-                      "Stop that program, or start ClosedMesh on another port. Apps that use ClosedMesh then need "
-                      "the new address.")
+        text = QLabel(
+            f"<b>ClosedMesh cannot start on its port.</b><br><br>{what}.<br><br>"
+            "Stop that program, or start ClosedMesh on another port. Apps that use ClosedMesh then need "
+            "the new address."
+        )
         text.setWordWrap(True)
         text.setMinimumWidth(440)
         lay.addWidget(text)

@@ -95,8 +95,7 @@ def app_icon() -> QIcon:
 
 def legend(size: int = 48) -> QPixmap:
     """Every state's icon at ``size`` and at a tray's 22 px, with its name (the screenshot tests save it)."""
-    labels = {"starting": "starting", "solo": "solo", "joined": "joined", "serving": "serving peers",
-              "error": "error"}
+    labels = {"starting": "starting", "solo": "solo", "joined": "joined", "serving": "serving peers", "error": "error"}
     cell = max(size + 40, 120)
     pm = QPixmap(cell * len(TRAY_KINDS), size + 44)
     pm.fill(QColor("white"))

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 # The system libraries Qt's xcb platform plugin (PySide6 6.12: libqxcb.so and libQt6XcbQpa.so.6) needs
-# that PySide6 does not ship (all but the C/C++ runtime), with the Debian/Ubuntu package of each (Fedora: xcb-util-cursor,
-# xcb-util-wm, xcb-util-keysyms, xcb-util-image, xcb-util-renderutil, libxkbcommon-x11).
+# that PySide6 does not ship (all but the C/C++ runtime), with the Debian/Ubuntu package of each
+# (Fedora: xcb-util-cursor, xcb-util-wm, xcb-util-keysyms, xcb-util-image, xcb-util-renderutil, libxkbcommon-x11).
 # tests/packaging/test_xcb_check.py checks this table against the installed plugin's ELF dependencies.
 XCB_LIBRARIES: dict[str, str] = {
     "libxcb-cursor.so.0": "libxcb-cursor0",
@@ -86,12 +86,14 @@ def missing_xcb_libraries(can_load: Callable[[str], bool]) -> list[str]:
 def xcb_message(missing: list[str]) -> str:
     """What to tell the user: what is missing, what to install, and what happens instead."""
     packages = sorted({XCB_LIBRARIES[soname] for soname in missing})
-    return (f"The ClosedMesh desktop app needs system libraries this computer lacks ({', '.join(missing)}).\n"
-            f"Install them with:\n\n    sudo apt-get install {' '.join(packages)}\n\n"
-            "(Debian/Ubuntu names; on Fedora: sudo dnf install xcb-util-cursor xcb-util-wm xcb-util-keysyms "
-            "xcb-util-image xcb-util-renderutil libxkbcommon-x11), then start it again.\n"
-            "Starting the headless node meanwhile: the OpenAI API works the same (its address follows), "
-            "without the tray icon.")
+    return (
+        f"The ClosedMesh desktop app needs system libraries this computer lacks ({', '.join(missing)}).\n"
+        f"Install them with:\n\n    sudo apt-get install {' '.join(packages)}\n\n"
+        "(Debian/Ubuntu names; on Fedora: sudo dnf install xcb-util-cursor xcb-util-wm xcb-util-keysyms "
+        "xcb-util-image xcb-util-renderutil libxkbcommon-x11), then start it again.\n"
+        "Starting the headless node meanwhile: the OpenAI API works the same (its address follows), "
+        "without the tray icon."
+    )
 
 
 def can_load_library(soname: str) -> bool:
@@ -105,8 +107,9 @@ def can_load_library(soname: str) -> bool:
     return True
 
 
-def gui_or_headless(system: str, env: Mapping[str, str], args: list[str],
-                    can_load: Callable[[str], bool] = can_load_library) -> tuple[bool, str | None]:
+def gui_or_headless(
+    system: str, env: Mapping[str, str], args: list[str], can_load: Callable[[str], bool] = can_load_library
+) -> tuple[bool, str | None]:
     """(start the tray app?, a message for the user or None)."""
     if not display_available(system, env):
         return False, None

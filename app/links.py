@@ -6,7 +6,8 @@ a recorder in tests)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QUrl
 

@@ -12,13 +12,13 @@ import logging
 import logging.handlers
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any
 
 from runtime import __version__
 from runtime.cli import build_parser as build_cli_parser
 from runtime.config import Paths, ServeSettings
-
 
 # ServeSettings fields whose `closedmesh serve` option has another name or form; every other field is
 # taken from the option of the same name (so new options reach the node without a change here).
@@ -50,11 +50,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ServeSettings, int 
     app.add_argument("-h", "--help", action="store_true")
     own, rest = app.parse_known_args(argv)
     if own.help:
-        print("usage: closedmesh-app [--minimized] [options of `closedmesh serve`]\n\n"
-              "The ClosedMesh tray app: runs the node and shows what it does.\n"
-              "  --minimized   start in the tray without opening the window\n"
-              "  --port PORT   the API port (default: the one in Settings, 9337)\n\n"
-              "The other options are those of `closedmesh serve`:\n")
+        print(
+            "usage: closedmesh-app [--minimized] [options of `closedmesh serve`]\n\n"
+            "The ClosedMesh tray app: runs the node and shows what it does.\n"
+            "  --minimized   start in the tray without opening the window\n"
+            "  --port PORT   the API port (default: the one in Settings, 9337)\n\n"
+            "The other options are those of `closedmesh serve`:\n"
+        )
         build_cli_parser().parse_args(["serve", "--help"])  # prints and exits
     # The node's options, parsed by the CLI's own parser, so both accept exactly the same ones.
     args = build_cli_parser().parse_args(["serve", *rest])
@@ -68,8 +70,9 @@ def _logging(paths: Paths, verbose: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    f = logging.handlers.RotatingFileHandler(paths.logs / "app.log", maxBytes=5_000_000, backupCount=3,
-                                             encoding="utf-8")
+    f = logging.handlers.RotatingFileHandler(
+        paths.logs / "app.log", maxBytes=5_000_000, backupCount=3, encoding="utf-8"
+    )
     f.setFormatter(fmt)
     root.addHandler(f)
     s = logging.StreamHandler()
@@ -99,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if single.notify_first():
             print("ClosedMesh is already running: its window was brought forward.", flush=True)
             return 0
-        print("ClosedMesh seems to be running already, but it does not answer. If it is stuck, end it and "
-              "start again.", file=sys.stderr)
+        print(
+            "ClosedMesh seems to be running already, but it does not answer. If it is stuck, end it and start again.",
+            file=sys.stderr,
+        )
         return 1
 
     _logging(paths, own.verbose)

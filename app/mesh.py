@@ -28,10 +28,14 @@ from .store import NodeStore
 
 Phase = Literal["off", "joining", "joined", "leaving"]
 
-NO_MESH_MESSAGE = ("Joining is not available yet: this version of the ClosedMesh node has no mesh support "
-                   "(it does not know the /api/mesh routes).")
-NO_TARGET_MESSAGE = ("Choose the mesh first: paste the invite you were given (or the address of an open mesh, "
-                     "nats://…) in Settings → Mesh, then join again.")
+NO_MESH_MESSAGE = (
+    "Joining is not available yet: this version of the ClosedMesh node has no mesh support "
+    "(it does not know the /api/mesh routes)."
+)
+NO_TARGET_MESSAGE = (
+    "Choose the mesh first: paste the invite you were given (or the address of an open mesh, "
+    "nats://…) in Settings → Mesh, then join again."
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,9 @@ class MeshToggle(QObject):
     joined = Signal()
     invite_spent = Signal(str)  # joined with this invite token: it cannot be used again
 
-    def __init__(self, store: NodeStore, settings: AppSettings, actions: NodeActions,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self, store: NodeStore, settings: AppSettings, actions: NodeActions, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.store = store
         self.settings = settings

@@ -19,8 +19,7 @@ ACTIONS_BY_STATE: dict[str, tuple[str, ...]] = {
     "restarting": (),
 }
 
-ACTION_WORDS = {"download": "Download", "cancel": "Cancel", "load": "Load", "unload": "Unload",
-                "delete": "Delete"}
+ACTION_WORDS = {"download": "Download", "cancel": "Cancel", "load": "Load", "unload": "Unload", "delete": "Delete"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,18 @@ def _has_file(state: NodeState, mid: str) -> bool:
     return False
 
 
-def _row(mid: str, title: str, detail: str, size: str, fit: dict | None, listed_state: str,
-         listed_error: str | None, recommended: bool, pinned: bool, state: NodeState) -> ModelRow:
+def _row(
+    mid: str,
+    title: str,
+    detail: str,
+    size: str,
+    fit: dict | None,
+    listed_state: str,
+    listed_error: str | None,
+    recommended: bool,
+    pinned: bool,
+    state: NodeState,
+) -> ModelRow:
     live = _live_state(state, mid)
     st, err = live if live is not None else (listed_state, listed_error)
     progress = state.downloads.get(mid.lower())
@@ -82,13 +91,21 @@ def _row(mid: str, title: str, detail: str, size: str, fit: dict | None, listed_
     if pinned:
         actions = tuple(a for a in actions if a != "delete")  # served since the node's start: kept
     return ModelRow(
-        id=mid, title=title, detail=detail, size=size,
-        fit=(fit or {}).get("label") or "", fit_kind=(fit or {}).get("kind"),
-        state=st, state_text=MODEL_STATE_WORDS.get(st, st.replace("_", " ").capitalize()),
-        recommended=recommended, pinned=pinned, on_machine=st in ("on_disk", "loading", "ready", "unloading"),
+        id=mid,
+        title=title,
+        detail=detail,
+        size=size,
+        fit=(fit or {}).get("label") or "",
+        fit_kind=(fit or {}).get("kind"),
+        state=st,
+        state_text=MODEL_STATE_WORDS.get(st, st.replace("_", " ").capitalize()),
+        recommended=recommended,
+        pinned=pinned,
+        on_machine=st in ("on_disk", "loading", "ready", "unloading"),
         progress=download_fraction(progress) if st == "downloading" else None,
         progress_text=download_text(progress) if st == "downloading" else "",
-        actions=actions, error=err if st == "error" else None,
+        actions=actions,
+        error=err if st == "error" else None,
     )
 
 
@@ -106,22 +123,54 @@ def model_rows(listing: dict[str, Any] | None, state: NodeState) -> list[ModelRo
         family = e.get("family")
         if family and str(e["id"]).startswith(str(family)):
             family = None  # the title says it already
-        detail = " · ".join(x for x in (family, _params(e.get("parameters")), e.get("quant"),
-                                         _ctx(e.get("context_length")), e.get("license")) if x)
-        rows.append(_row(mid, e["id"], detail, size, e.get("fit"), str(e.get("state") or "available"),
-                         (local or {}).get("error"), bool(e.get("recommended")), bool((local or {}).get("pinned")),
-                         state))
+        detail = " · ".join(
+            x
+            for x in (
+                family,
+                _params(e.get("parameters")),
+                e.get("quant"),
+                _ctx(e.get("context_length")),
+                e.get("license"),
+            )
+            if x
+        )
+        rows.append(
+            _row(
+                mid,
+                e["id"],
+                detail,
+                size,
+                e.get("fit"),
+                str(e.get("state") or "available"),
+                (local or {}).get("error"),
+                bool(e.get("recommended")),
+                bool((local or {}).get("pinned")),
+                state,
+            )
+        )
     for m in listing.get("local", []):
         detail = "Your file" + (f" · from {m['source']}" if m.get("source") and m.get("source") != "embedded" else "")
-        rows.append(_row(m["id"], m["id"], detail, format_bytes(m.get("size_bytes")) if m.get("size_bytes") else "—",
-                         None, str(m.get("state") or "on_disk"), m.get("error"), False, bool(m.get("pinned")), state))
+        rows.append(
+            _row(
+                m["id"],
+                m["id"],
+                detail,
+                format_bytes(m.get("size_bytes")) if m.get("size_bytes") else "—",
+                None,
+                str(m.get("state") or "on_disk"),
+                m.get("error"),
+                False,
+                bool(m.get("pinned")),
+                state,
+            )
+        )
     listed = {r.id.lower() for r in rows}
     # pulls started since the listing was fetched (e.g. a URL typed in the tab): shown at once
     for m in (state.status or {}).get("models", []):
         if str(m.get("id", "")).lower() not in listed and m.get("state") == "downloading":
             rows.append(_row(m["id"], m["id"], "Your download", "—", None, "downloading", None, False, False, state))
     order = {"ready": 0, "loading": 0, "unloading": 0, "on_disk": 1, "downloading": 2, "error": 2}
-    return sorted(rows, key=lambda r: (order.get(r.state, 3 if not r.recommended else 2.5)))
+    return sorted(rows, key=lambda r: order.get(r.state, 3 if not r.recommended else 2.5))
 
 
 def recommended_row(rows: list[ModelRow]) -> ModelRow | None:

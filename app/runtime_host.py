@@ -16,8 +16,8 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from runtime.config import Paths, ServeSettings
 from runtime.node import Node
@@ -45,8 +45,9 @@ def next_free_port(host: str, after: int, tries: int = 50) -> int:
 class RuntimeHost:
     """One run of the node on a background thread. Not restartable: make a new one for another port."""
 
-    def __init__(self, settings: ServeSettings, paths: Paths,
-                 on_exit: Callable[[BaseException | None], None] | None = None) -> None:
+    def __init__(
+        self, settings: ServeSettings, paths: Paths, on_exit: Callable[[BaseException | None], None] | None = None
+    ) -> None:
         self.settings = replace(settings)  # our copy: the port is rewritten once bound
         self.paths = paths
         self.on_exit = on_exit  # called on the runtime thread when serve() returns (None) or fails

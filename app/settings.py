@@ -61,7 +61,7 @@ class AppSettings:
         return True
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AppSettings":
+    def from_json(cls, data: dict[str, Any]) -> AppSettings:
         """Known fields with the right types; anything else is ignored (a newer app's settings, a typo)."""
         s = cls()
         for f in fields(cls):
@@ -127,11 +127,15 @@ def _plain(e: SecretStoreUnavailable) -> KeyringError:
     # runtime.secrets' message also tells how to do without a keyring for the Hugging Face token,
     # which does not apply here: say it for this key.
     if isinstance(e.__cause__, keyring.errors.KeyringLocked):
-        return KeyringError("The system keyring is locked. Unlock it (log in to the desktop session, or open "
-                            "your keyring app) and try again.")
-    return KeyringError("There is no system keyring on this computer, so the API key cannot be stored safely. "
-                        "On Linux, install and start a Secret Service provider (GNOME Keyring or KeePassXC) "
-                        "in an unlocked desktop session, then try again.")
+        return KeyringError(
+            "The system keyring is locked. Unlock it (log in to the desktop session, or open "
+            "your keyring app) and try again."
+        )
+    return KeyringError(
+        "There is no system keyring on this computer, so the API key cannot be stored safely. "
+        "On Linux, install and start a Secret Service provider (GNOME Keyring or KeePassXC) "
+        "in an unlocked desktop session, then try again."
+    )
 
 
 def hosted_key_stored() -> bool:

@@ -45,8 +45,9 @@ class SingleInstance(QObject):
         server = QLocalServer()  # deleted in release(), on this thread
         server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
         if not server.listen(self.name):
-            log.warning("cannot listen for later launches (%s); they will not bring this window forward",
-                        server.errorString())
+            log.warning(
+                "cannot listen for later launches (%s); they will not bring this window forward", server.errorString()
+            )
         server.newConnection.connect(self._on_connection)
         self._server = server
         return True

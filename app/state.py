@@ -151,8 +151,11 @@ def node_errors(state: NodeState) -> list[str]:
         return [state.start_error]
     if not state.status:
         return []
-    return [f"{m.get('id')}: {m.get('error') or 'failed to load'}" for m in state.status.get("models", [])
-            if m.get("state") == "error" and m.get("pinned")]
+    return [
+        f"{m.get('id')}: {m.get('error') or 'failed to load'}"
+        for m in state.status.get("models", [])
+        if m.get("state") == "error" and m.get("pinned")
+    ]
 
 
 def mesh_state(state: NodeState) -> str:

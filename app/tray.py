@@ -25,8 +25,9 @@ class Tray(QObject):
     show_window_requested = Signal(str)  # the window, on this tab ("" = as it is)
     quit_requested = Signal()
 
-    def __init__(self, store: NodeStore, toggle: MeshToggle, links: Links, start_at_login: StartAtLogin,
-                 available: bool) -> None:
+    def __init__(
+        self, store: NodeStore, toggle: MeshToggle, links: Links, start_at_login: StartAtLogin, available: bool
+    ) -> None:
         super().__init__()
         self.store = store
         self.toggle = toggle
@@ -135,8 +136,12 @@ class Tray(QObject):
 
     def notify(self, title: str, message: str, error: bool = True) -> None:
         if self.visible:
-            self.icon.showMessage(title, message, QSystemTrayIcon.MessageIcon.Warning if error
-                                  else QSystemTrayIcon.MessageIcon.Information, 8000)
+            self.icon.showMessage(
+                title,
+                message,
+                QSystemTrayIcon.MessageIcon.Warning if error else QSystemTrayIcon.MessageIcon.Information,
+                8000,
+            )
 
     def hide(self) -> None:
         self.icon.hide()

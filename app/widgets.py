@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy, QTableWidget,
-                               QWidget)
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy, QTableWidget, QWidget
 
 BANNER_COLORS = {  # background, text, border
     "error": ("#fce8e6", "#a50e0e", "#f5c2bd"),
@@ -40,8 +39,10 @@ class Banner(QFrame):
     def show_message(self, text: str, kind: str = "error") -> None:
         self.kind = kind
         bg, fg, border = BANNER_COLORS[kind]
-        self.setStyleSheet(f"#banner {{background:{bg}; border:1px solid {border}; border-radius:4px;}}"
-                           f"#banner QLabel {{color:{fg}; background:transparent; border:none;}}")
+        self.setStyleSheet(
+            f"#banner {{background:{bg}; border:1px solid {border}; border-radius:4px;}}"
+            f"#banner QLabel {{color:{fg}; background:transparent; border:none;}}"
+        )
         self.label.setText(text)
         self.show()
 
@@ -82,6 +83,7 @@ def table(headers: list[str], stretch: int = 0) -> QTableWidget:
     h = t.horizontalHeader()
     h.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     for i in range(len(headers)):
-        h.setSectionResizeMode(i, QHeaderView.ResizeMode.Stretch if i == stretch
-                               else QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(
+            i, QHeaderView.ResizeMode.Stretch if i == stretch else QHeaderView.ResizeMode.ResizeToContents
+        )
     return t

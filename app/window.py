@@ -34,8 +34,17 @@ class MainWindow(QMainWindow):
     restart_on_port_requested = Signal(int)  # Settings chose another port for the node
     quit_requested = Signal()  # closed while it is the app (no tray icon)
 
-    def __init__(self, store: NodeStore, toggle: MeshToggle, actions: NodeActions, links: Links,
-                 settings: AppSettings, start_at_login: StartAtLogin, *, attached: bool) -> None:
+    def __init__(
+        self,
+        store: NodeStore,
+        toggle: MeshToggle,
+        actions: NodeActions,
+        links: Links,
+        settings: AppSettings,
+        start_at_login: StartAtLogin,
+        *,
+        attached: bool,
+    ) -> None:
         super().__init__()
         self.store = store
         self.actions = actions
@@ -98,8 +107,13 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(self.overview)
 
     def show_tab(self, name: str) -> None:
-        page = {"overview": self.overview, "peers": self.peers, "models": self.models, "settings": self.settings,
-                "welcome": self.welcome}.get(name)
+        page = {
+            "overview": self.overview,
+            "peers": self.peers,
+            "models": self.models,
+            "settings": self.settings,
+            "welcome": self.welcome,
+        }.get(name)
         if page is not None:
             self.tabs.setCurrentWidget(page)
 

@@ -21,13 +21,24 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import PortInUse, bind_socket, serve
 
     settings = ServeSettings(
-        host=args.host, port=args.port, models=args.model or [], slots=args.slots, ctx_per_slot=args.ctx_per_slot,
-        threads=args.threads, gpu_layers=args.gpu_layers, max_queue=args.max_queue,
-        keepalive_seconds=args.keepalive, read_timeout=args.read_timeout, model_ttl=args.model_ttl,
+        host=args.host,
+        port=args.port,
+        models=args.model or [],
+        slots=args.slots,
+        ctx_per_slot=args.ctx_per_slot,
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+        max_queue=args.max_queue,
+        keepalive_seconds=args.keepalive,
+        read_timeout=args.read_timeout,
+        model_ttl=args.model_ttl,
         kv_type=args.kv_type,
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
-        allowed_hosts=tuple(args.allow_host or ()), allowed_origins=tuple(args.allow_origin or ()),
-        hub=args.hub, hub_host=args.hub_host, hub_port=args.hub_port,
+        allowed_hosts=tuple(args.allow_host or ()),
+        allowed_origins=tuple(args.allow_origin or ()),
+        hub=args.hub,
+        hub_host=args.hub_host,
+        hub_port=args.hub_port,
     )
     paths = Paths.resolve()
     try:
@@ -59,8 +70,10 @@ def _status(args: argparse.Namespace) -> int:
     try:
         st = _get(url)
     except (urllib.error.URLError, OSError) as e:
-        print(f"closedmesh: no node answers at {url} ({getattr(e, 'reason', e)}). Start one with: closedmesh serve",
-              file=sys.stderr)
+        print(
+            f"closedmesh: no node answers at {url} ({getattr(e, 'reason', e)}). Start one with: closedmesh serve",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(st, indent=2))
@@ -68,14 +81,18 @@ def _status(args: argparse.Namespace) -> int:
     n, c = st["node"], st.get("capability") or {}
     print(f"node {n['id']}  version {n['version']}  up {n['uptime_seconds']:.0f}s  ready={n['ready']}")
     if c:
-        print(f"backend {c['backend']}  threads {c['threads']}  RAM free {c['ram_free_bytes'] / 2**30:.1f}/"
-              f"{c['ram_total_bytes'] / 2**30:.1f} GiB  devices {[d['name'] for d in c['devices']] or 'none'}")
+        print(
+            f"backend {c['backend']}  threads {c['threads']}  RAM free {c['ram_free_bytes'] / 2**30:.1f}/"
+            f"{c['ram_total_bytes'] / 2**30:.1f} GiB  devices {[d['name'] for d in c['devices']] or 'none'}"
+        )
     print(f"requests in flight {st['requests']['in_flight']}, queued {st['requests']['queued']}")
     for m in st["models"]:
         tp = st["throughput"].get(m["id"], {})
-        print(f"  {m['id']:<32} {m['state']:<8} ctx {m.get('context_length')}  slots {m.get('slots')}  "
-              f"tok/s p50 {tp.get('tokens_per_second_p50')}  TTFT p50 {tp.get('ttft_ms_p50')} ms"
-              + (f"  error: {m['error']}" if m.get("error") else ""))
+        print(
+            f"  {m['id']:<32} {m['state']:<8} ctx {m.get('context_length')}  slots {m.get('slots')}  "
+            f"tok/s p50 {tp.get('tokens_per_second_p50')}  TTFT p50 {tp.get('ttft_ms_p50')} ms"
+            + (f"  error: {m['error']}" if m.get("error") else "")
+        )
     mesh = st.get("mesh")
     if mesh:
         peers = st.get("peers", [])
@@ -105,8 +122,12 @@ def _admin_call(base: str, method: str, path: str, body: dict | None = None, tim
 
     token = admin_token(Paths.resolve())
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
@@ -181,8 +202,9 @@ def _models_pull(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         mgr = _local_manager()
-        mgr.subscribe(lambda ev: ev["type"] == "download_progress" and print(_bar(ev), end="", file=sys.stderr,
-                                                                               flush=True))
+        mgr.subscribe(
+            lambda ev: ev["type"] == "download_progress" and print(_bar(ev), end="", file=sys.stderr, flush=True)
+        )
         try:
             m = mgr.start_pull(args.ref)
             m = await mgr.wait_pull(m.id)
@@ -223,8 +245,10 @@ def _models_rm(args: argparse.Namespace) -> int:
 def _models_load_unload(args: argparse.Namespace) -> int:
     base = _node_base(args)
     if not base:
-        print(f"closedmesh: no node answers at http://{args.host}:{args.port}; start one with: closedmesh serve",
-              file=sys.stderr)
+        print(
+            f"closedmesh: no node answers at http://{args.host}:{args.port}; start one with: closedmesh serve",
+            file=sys.stderr,
+        )
         return 1
     m = _admin_call(base, "POST", f"/api/models/{args.id}/{args.models_command}")
     print(f"{m['id']}: {m['state']}")
@@ -269,8 +293,10 @@ def _models_list(args: argparse.Namespace) -> int:
     for row in data["catalog"]:
         fit = (row.get("fit") or {}).get("label", "")
         star = "  ← recommended" if row.get("recommended") else ""
-        print(f"{row['id']:<36} {_fmt_size(row['size_bytes'], row['size_is_estimate']):>8}  {row['state']:<11} "
-              f"{fit}{star}")
+        print(
+            f"{row['id']:<36} {_fmt_size(row['size_bytes'], row['size_is_estimate']):>8}  {row['state']:<11} "
+            f"{fit}{star}"
+        )
     for m in data["local"]:
         print(f"{m['id']:<36} {_fmt_size(m.get('size_bytes')):>8}  {m['state']:<11} {m.get('file') or ''}")
     return 0
@@ -283,13 +309,18 @@ def _models_search(args: argparse.Namespace) -> int:
 
     hits = search(args.query, load_catalog())
     if not hits:
-        print(f"no catalog model matches '{args.query}'; a Hugging Face 'owner/repo/file.gguf' or a URL also works "
-              f"with `closedmesh models pull`", file=sys.stderr)
+        print(
+            f"no catalog model matches '{args.query}'; a Hugging Face 'owner/repo/file.gguf' or a URL also works "
+            f"with `closedmesh models pull`",
+            file=sys.stderr,
+        )
         return 1
     cap = detect()
     for e in hits:
-        print(f"{e.id:<36} {_fmt_size(e.estimated_size_bytes(), e.size_is_estimate):>8}  {e.repo}  "
-              f"{assess_fit(e, cap).label}")
+        print(
+            f"{e.id:<36} {_fmt_size(e.estimated_size_bytes(), e.size_is_estimate):>8}  {e.repo}  "
+            f"{assess_fit(e, cap).label}"
+        )
     return 0
 
 
@@ -299,8 +330,10 @@ def _models_search(args: argparse.Namespace) -> int:
 def _require_node(args: argparse.Namespace) -> str:
     base = _node_base(args)
     if base is None:
-        raise SystemExit(f"closedmesh: no node is running at http://{args.host}:{args.port}; start it first "
-                         f"(closedmesh serve), then run this again")
+        raise SystemExit(
+            f"closedmesh: no node is running at http://{args.host}:{args.port}; start it first "
+            f"(closedmesh serve), then run this again"
+        )
     return base
 
 
@@ -360,6 +393,7 @@ def _hub_dir():
 
 def _mesh_invite(args: argparse.Namespace) -> int:
     from .mesh.hub import HubError, create_invite
+
     ttl = _parse_duration(args.ttl)
     base = _node_base(args)
     if base is not None and _get(base + "/api/mesh").get("hub"):
@@ -372,8 +406,11 @@ def _mesh_invite(args: argparse.Namespace) -> int:
             raise SystemExit(f"closedmesh: {e}") from None
         token, urls = i.encode(), list(i.urls)
     print(token)
-    print(f"(single use, valid for {args.ttl}; hub at {', '.join(urls)}. On the other machine: "
-          f"closedmesh mesh join <invite>)", file=sys.stderr)
+    print(
+        f"(single use, valid for {args.ttl}; hub at {', '.join(urls)}. On the other machine: "
+        f"closedmesh mesh join <invite>)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -391,10 +428,17 @@ def _mesh_revoke(args: argparse.Namespace) -> int:
         import nats
 
         from .mesh.protocol import BUCKET
+
         admin = admin_identity(_hub_dir(), node_id(Paths.resolve()))
         from .mesh.tls import client_context
-        nc = await nats.connect(f"nats://127.0.0.1:{state['port']}", nkeys_seed_str=admin.seed, allow_reconnect=False,
-                                connect_timeout=3, tls=client_context(state["tls"]) if state.get("tls") else None)
+
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{state['port']}",
+            nkeys_seed_str=admin.seed,
+            allow_reconnect=False,
+            connect_timeout=3,
+            tls=client_context(state["tls"]) if state.get("tls") else None,
+        )
         try:
             kv = await nc.jetstream().key_value(BUCKET)
             await kv.purge(pub)
@@ -404,8 +448,10 @@ def _mesh_revoke(args: argparse.Namespace) -> int:
     try:
         asyncio.run(purge())
     except Exception as e:
-        print(f"closedmesh: revoked, but could not clear its directory entry now ({e}); it expires by itself",
-              file=sys.stderr)
+        print(
+            f"closedmesh: revoked, but could not clear its directory entry now ({e}); it expires by itself",
+            file=sys.stderr,
+        )
     print(f"revoked {pub}: it is disconnected and cannot rejoin")
     return 0
 
@@ -425,8 +471,9 @@ def _hub(args: argparse.Namespace) -> int:
         except HubError:
             await hub.stop()
             raise
-        print(f"ClosedMesh hub listening on {', '.join(hub.urls)}; invite nodes with: "
-              f"closedmesh mesh invite", flush=True)
+        print(
+            f"ClosedMesh hub listening on {', '.join(hub.urls)}; invite nodes with: closedmesh mesh invite", flush=True
+        )
         stop = asyncio.Event()
         stop_on_signals(stop)
         try:
@@ -445,8 +492,9 @@ def _hub(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="closedmesh", description="ClosedMesh node: OpenAI-compatible LLM server "
-                                                               "on llama.cpp.")
+    p = argparse.ArgumentParser(
+        prog="closedmesh", description="ClosedMesh node: OpenAI-compatible LLM server on llama.cpp."
+    )
     p.add_argument("--version", action="version", version=f"closedmesh {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -454,26 +502,54 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the OpenAI API (default http://127.0.0.1:9337/v1)")
     s.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 9337; 0 picks a free one)")
-    s.add_argument("--model", action="append", metavar="PATH|ID",
-                   help=f"a GGUF file or a model id (repeatable; default {DEFAULT_MODEL_ID})")
+    s.add_argument(
+        "--model",
+        action="append",
+        metavar="PATH|ID",
+        help=f"a GGUF file or a model id (repeatable; default {DEFAULT_MODEL_ID})",
+    )
     s.add_argument("--slots", type=int, help="parallel sequences per model (default: from the hardware)")
-    s.add_argument("--ctx-per-slot", type=int,
-                   help="context length of each slot (default: the trained context, at most 2048 on CPU, 4096 on GPU)")
+    s.add_argument(
+        "--ctx-per-slot",
+        type=int,
+        help="context length of each slot (default: the trained context, at most 2048 on CPU, 4096 on GPU)",
+    )
     s.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     s.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (default: as many as fit)")
-    s.add_argument("--kv-type", choices=["f16", "q8_0"], default="f16",
-                   help="KV cache element type (default f16; q8_0 halves the cache but, needing flash "
-                        "attention, reads prompts ~3x slower on CPU)")
+    s.add_argument(
+        "--kv-type",
+        choices=["f16", "q8_0"],
+        default="f16",
+        help="KV cache element type (default f16; q8_0 halves the cache but, needing flash "
+        "attention, reads prompts ~3x slower on CPU)",
+    )
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503 (default 64)")
-    s.add_argument("--model-ttl", type=float, default=900.0,
-                   help="seconds an idle on-demand model stays loaded (default 900; models given with --model stay)")
-    s.add_argument("--memory-budget", type=float, metavar="GIB",
-                   help="GiB that loaded models may use together (default: 80%% of RAM); the least recently used "
-                        "idle model is unloaded to make room")
-    s.add_argument("--keepalive", type=float, default=5.0,
-                   help="seconds between SSE keep-alive comments while a stream waits (default 5)")
-    s.add_argument("--read-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="a request's head must arrive within this, and its body may not stall this long (default 30)")
+    s.add_argument(
+        "--model-ttl",
+        type=float,
+        default=900.0,
+        help="seconds an idle on-demand model stays loaded (default 900; models given with --model stay)",
+    )
+    s.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="GIB",
+        help="GiB that loaded models may use together (default: 80%% of RAM); the least recently used "
+        "idle model is unloaded to make room",
+    )
+    s.add_argument(
+        "--keepalive",
+        type=float,
+        default=5.0,
+        help="seconds between SSE keep-alive comments while a stream waits (default 5)",
+    )
+    s.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request's head must arrive within this, and its body may not stall this long (default 30)",
+    )
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")
     s.add_argument("--allow-origin", action="append", help="browser origin allowed to call the API (repeatable)")
     s.add_argument("--hub", action="store_true", help="also run a private mesh hub (embedded nats-server)")
@@ -507,8 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     mr = node_opts(msub.add_parser("rm", help="delete a downloaded model"))
     mr.add_argument("id")
     mr.set_defaults(func=_models_rm)
-    mt = msub.add_parser("token", help="store (read from stdin or a prompt) or delete the Hugging Face token "
-                                       "used for gated repos, in the OS keyring")
+    mt = msub.add_parser(
+        "token",
+        help="store (read from stdin or a prompt) or delete the Hugging Face token "
+        "used for gated repos, in the OS keyring",
+    )
     mt.add_argument("action", choices=["set", "delete"])
     mt.set_defaults(func=_models_token)
     for verb in ("load", "unload"):
@@ -542,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.verbose:
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG)
     return args.func(args)

@@ -34,7 +34,7 @@ class Paths:
         return self.data / "models"
 
     @classmethod
-    def resolve(cls) -> "Paths":
+    def resolve(cls) -> Paths:
         home = os.environ.get("CLOSEDMESH_HOME")
         if home:
             root = Path(home).expanduser().resolve()
@@ -61,13 +61,16 @@ def read_secret_file(path: Path) -> str | None:
         return None
     if os.name == "posix" and mode & 0o077:
         os.chmod(path, 0o600)
-        log.warning("%s was readable or writable by other users (mode %03o); its mode is now 0600. If other "
-                    "people use this computer, replace the secret: delete the file and restart the node.",
-                    path, mode)
+        log.warning(
+            "%s was readable or writable by other users (mode %03o); its mode is now 0600. If other "
+            "people use this computer, replace the secret: delete the file and restart the node.",
+            path,
+            mode,
+        )
     return path.read_text().strip()
 
 
-def _read_or_create_secret_file(path: Path, make: "callable[[], str]") -> str:
+def _read_or_create_secret_file(path: Path, make: callable[[], str]) -> str:
     """A small per-user secret/identifier file, readable by its owner only."""
     value = read_secret_file(path)
     if value:

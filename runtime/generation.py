@@ -29,12 +29,19 @@ async def engine_for(node: Node, model: str) -> ModelEngine:
     """The engine serving ``model``, loading it on first use."""
     m = node.find(model)
     if m is not None and m.state == RESTARTING:
-        raise APIError(503, f"The model '{m.id}' is restarting after its engine crashed; retry in a few seconds.",
-                       "server_error", "model", "model_restarting", retry_after=2)
+        raise APIError(
+            503,
+            f"The model '{m.id}' is restarting after its engine crashed; retry in a few seconds.",
+            "server_error",
+            "model",
+            "model_restarting",
+            retry_after=2,
+        )
     if m is None or m not in node.manager.routable() and m.state != "downloading":
         if m is not None and m.state == "error":
-            raise APIError(503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model",
-                           "model_load_failed")
+            raise APIError(
+                503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model", "model_load_failed"
+            )
         raise model_not_found(model, available_models(node))
     if node.cap is None:
         raise overloaded("The node is still starting; retry in a few seconds.", retry_after=2)
@@ -42,8 +49,9 @@ async def engine_for(node: Node, model: str) -> ModelEngine:
         return await node.manager.ensure_loaded(model)
     except ModelError as e:
         if e.status == 404:
-            raise APIError(404, f"{str(e)[:1].upper()}{str(e)[1:]}.", "invalid_request_error", "model",
-                           "model_not_found") from None
+            raise APIError(
+                404, f"{str(e)[:1].upper()}{str(e)[1:]}.", "invalid_request_error", "model", "model_not_found"
+            ) from None
         if e.status == 503:
             raise APIError(503, str(e), "server_error", "model", e.code, retry_after=5) from None
         raise APIError(e.status, str(e), "invalid_request_error", "model", e.code) from None
@@ -56,9 +64,14 @@ def check_text_fits(engine: ModelEngine, text: str, what: str, param: str) -> No
     n_bytes = len(text.encode("utf-8", "surrogatepass"))
     at_least = -(-n_bytes // engine.max_token_bytes)
     if at_least >= engine.n_ctx_seq:
-        raise APIError(400, f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, your {what} "
-                            f"resulted in at least {at_least} tokens. Please reduce the length of the {what}.",
-                       "invalid_request_error", param, "context_length_exceeded")
+        raise APIError(
+            400,
+            f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, your {what} "
+            f"resulted in at least {at_least} tokens. Please reduce the length of the {what}.",
+            "invalid_request_error",
+            param,
+            "context_length_exceeded",
+        )
 
 
 def check_capacity(engine: ModelEngine, choices: int, param: str) -> None:
@@ -66,22 +79,36 @@ def check_capacity(engine: ModelEngine, choices: int, param: str) -> None:
     rather than answered "overloaded, retry", which would never succeed."""
     most = engine.n_slots + engine.cfg.max_queue
     if choices > most:
-        raise invalid(f"This request asks for {choices} generations at once (prompts × n); this node holds at most "
-                      f"{most} for '{engine.id}' ({engine.n_slots} slots and a queue of {engine.cfg.max_queue}). "
-                      f"Send fewer prompts or a smaller n per request.", param, "too_many_choices")
+        raise invalid(
+            f"This request asks for {choices} generations at once (prompts × n); this node holds at most "
+            f"{most} for '{engine.id}' ({engine.n_slots} slots and a queue of {engine.cfg.max_queue}). "
+            f"Send fewer prompts or a smaller n per request.",
+            param,
+            "too_many_choices",
+        )
 
 
 def check_context(engine: ModelEngine, n_prompt: int, max_tokens: int | None, what: str, param: str) -> None:
     limit = engine.n_ctx_seq
     if n_prompt >= limit:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your {what} "
-                            f"resulted in {n_prompt} tokens. Please reduce the length of the {what}.",
-                       "invalid_request_error", param, "context_length_exceeded")
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, your {what} "
+            f"resulted in {n_prompt} tokens. Please reduce the length of the {what}.",
+            "invalid_request_error",
+            param,
+            "context_length_exceeded",
+        )
     if max_tokens is not None and n_prompt + max_tokens > limit:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested "
-                            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {what}, {max_tokens} in the "
-                            f"completion). Please reduce the length of the {what} or the max_tokens.",
-                       "invalid_request_error", "max_tokens", "context_length_exceeded")
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the {what}, {max_tokens} in the "
+            f"completion). Please reduce the length of the {what} or the max_tokens.",
+            "invalid_request_error",
+            "max_tokens",
+            "context_length_exceeded",
+        )
 
 
 @dataclass
@@ -136,8 +163,9 @@ class Generation:
             if i and params.seed is not None:
                 # Several choices from one seeded request differ from each other, reproducibly.
                 params = replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
-            req = GenRequest(prompt=prompt, params=params, max_new_tokens=gp.max_tokens, stop=gp.stop,
-                             emit=self._emitter(pump, i))
+            req = GenRequest(
+                prompt=prompt, params=params, max_new_tokens=gp.max_tokens, stop=gp.stop, emit=self._emitter(pump, i)
+            )
             self.jobs.append(Job(i, req, len(prompt)))
 
     def _emitter(self, pump: LoopPump, index: int):
@@ -157,16 +185,18 @@ class Generation:
         except QueueFull:
             for j in submitted:
                 self.engine.cancel(j.req)
-            raise overloaded("The node is at capacity: every slot is busy and the queue is full. "
-                             "Retry after the indicated delay.", retry_after=1) from None
+            raise overloaded(
+                "The node is at capacity: every slot is busy and the queue is full. Retry after the indicated delay.",
+                retry_after=1,
+            ) from None
         except EngineStopped:
-            raise APIError(503, "The model is shutting down; retry against a running node.", "server_error",
-                           None, "engine_stopped") from None
+            raise APIError(
+                503, "The model is shutting down; retry against a running node.", "server_error", None, "engine_stopped"
+            ) from None
         except EngineUnavailable as e:
             for j in submitted:
                 self.engine.cancel(j.req)
-            raise APIError(503, str(e), "server_error", None, "model_restarting",
-                           retry_after=e.retry_after) from None
+            raise APIError(503, str(e), "server_error", None, "model_restarting", retry_after=e.retry_after) from None
 
     def cancel(self) -> None:
         """Stop the unfinished choices. The engine sends nothing more for them, so a waiter in next() is
@@ -210,6 +240,7 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
     engine = await engine_for(node, gp.model)
     gp = with_vocab(gp, body, engine.n_vocab)
     check_capacity(engine, gp.n, "n")
+
     # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
     # text, apart from the template's markup: nobody writes the model's control tokens through a message,
     # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
@@ -261,8 +292,9 @@ async def prepare_completion(node: Node, body: dict, gp: GenerationParams, conti
             texts.append(p)
         else:
             if any(not (0 <= t < engine.n_vocab) for t in p):
-                raise invalid(f"'prompt' contains a token id outside this model's vocabulary "
-                              f"(0..{engine.n_vocab - 1}).", "prompt")
+                raise invalid(
+                    f"'prompt' contains a token id outside this model's vocabulary (0..{engine.n_vocab - 1}).", "prompt"
+                )
             toks = p
             texts.append(await _engine_call(engine.detokenize(p)))
         if not toks:

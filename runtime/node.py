@@ -47,15 +47,29 @@ class Node:
         budget = self.settings.memory_budget_bytes
         if budget is None:
             budget = int(psutil.virtual_memory().total * 0.8)
-        self.manager = ModelManager(self.paths.models, self._engine_config, ttl_seconds=self.settings.model_ttl,
-                                    memory_budget_bytes=budget, partial_dir=self.paths.cache / "partial",
-                                    builds=BuildRegistry(self.paths.data / "llama-builds.json"))
+        self.manager = ModelManager(
+            self.paths.models,
+            self._engine_config,
+            ttl_seconds=self.settings.model_ttl,
+            memory_budget_bytes=budget,
+            partial_dir=self.paths.cache / "partial",
+            builds=BuildRegistry(self.paths.data / "llama-builds.json"),
+        )
         self.manager.subscribe(self._broadcast)
         from .mesh.mesh import Mesh, NodeServices  # the mesh is part of every node; joining is a setting
         from .mesh.serving import prepare_on
-        self.mesh = Mesh(self.paths.config, self.id, NodeServices(
-            models=self.manager, prepare=prepare_on(self), publish=self._broadcast,
-            capability=lambda: self.runtime_cap.cap if self.runtime_cap else None, hub=lambda: self.hub))
+
+        self.mesh = Mesh(
+            self.paths.config,
+            self.id,
+            NodeServices(
+                models=self.manager,
+                prepare=prepare_on(self),
+                publish=self._broadcast,
+                capability=lambda: self.runtime_cap.cap if self.runtime_cap else None,
+                hub=lambda: self.hub,
+            ),
+        )
         self.pinned: list[str] = []
         for s in self.settings.models or [DEFAULT_MODEL_ID]:
             mid, path, embedded = self._resolve_served(s)
@@ -80,15 +94,21 @@ class Node:
             m = self.manager.get(mref.id)
             if m is not None and m.path is not None and m.path.exists():
                 return m.id, m.path, m.embedded_default
-            raise ModelSpecError(f"the model '{mref.id}' is not on this machine yet; download it first: "
-                                 f"closedmesh models pull {ref}") from None
+            raise ModelSpecError(
+                f"the model '{mref.id}' is not on this machine yet; download it first: closedmesh models pull {ref}"
+            ) from None
 
     def _engine_config(self) -> tuple[Capability, EngineConfig]:
         assert self.cap is not None and self.runtime_cap is not None, "capability is detected before any load"
         s = self.settings
-        return self.cap, EngineConfig(threads=self.runtime_cap.threads, slots=s.slots, ctx_per_slot=s.ctx_per_slot,
-                                      gpu_layers=s.gpu_layers, max_queue=s.max_queue,
-                                      kv_type=s.kv_type)
+        return self.cap, EngineConfig(
+            threads=self.runtime_cap.threads,
+            slots=s.slots,
+            ctx_per_slot=s.ctx_per_slot,
+            gpu_layers=s.gpu_layers,
+            max_queue=s.max_queue,
+            kv_type=s.kv_type,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -103,9 +123,15 @@ class Node:
         self.cap = await asyncio.to_thread(detect)
         threads = self.settings.threads or default_threads(self.cap)
         self.runtime_cap = RuntimeCapability(self.cap, threads)
-        log.info("hardware: backend=%s devices=%s RAM %.1f GiB free of %.1f GiB, %d physical cores → %d threads",
-                 self.cap.backend, [d.name for d in self.cap.devices] or "none",
-                 self.cap.ram_free_bytes / 2**30, self.cap.ram_total_bytes / 2**30, self.cap.physical_cores, threads)
+        log.info(
+            "hardware: backend=%s devices=%s RAM %.1f GiB free of %.1f GiB, %d physical cores → %d threads",
+            self.cap.backend,
+            [d.name for d in self.cap.devices] or "none",
+            self.cap.ram_free_bytes / 2**30,
+            self.cap.ram_total_bytes / 2**30,
+            self.cap.physical_cores,
+            threads,
+        )
         self.manager.start()
         await self._start_hub()
         await self.mesh.start()
@@ -121,6 +147,7 @@ class Node:
             return
         from .mesh.hub import Hub, HubError, add_member
         from .mesh.membership import MeshError
+
         hub = Hub(self.paths.data / "hub", self.id, host=self.settings.hub_host, port=self.settings.hub_port)
         try:
             await hub.start()
@@ -182,15 +209,15 @@ class Node:
     def ready(self) -> bool:
         """Ready once the models it was started with were loaded and none of them failed. (One that
         was later unloaded to make room loads again on the next request: still ready.)"""
-        return self._started and all((m := self.manager.get(p)) is not None and m.state != ERROR
-                                     for p in self.pinned)
+        return self._started and all((m := self.manager.get(p)) is not None and m.state != ERROR for p in self.pinned)
 
     def health(self) -> tuple[int, dict]:
         """What /health answers: 200 "ok"; 200 "degraded" with the reasons while at least one model serves
         and another is down (crashed, restarting or failed to load); 503 while starting or when no model can
         serve. The models considered are the ones this node was started with plus any it loaded since."""
-        considered = [m for m in self.manager.models.values()
-                      if m.id in self.pinned or m.engine is not None or m.has_served]
+        considered = [
+            m for m in self.manager.models.values() if m.id in self.pinned or m.engine is not None or m.has_served
+        ]
         models = {m.id: m.state for m in considered}
         down = {m.id: m.error or m.state for m in considered if m.state in (ERROR, RESTARTING)}
         if not self._started:
@@ -201,8 +228,12 @@ class Node:
         if not down:
             return 200, {"status": "ok", "models": models}
         serving = [m for m in considered if m.state not in (ERROR, RESTARTING)]
-        body = {"status": "degraded" if serving else "error", "models": models, "errors": down,
-                "reason": "; ".join(f"{mid}: {why}" for mid, why in down.items())}
+        body = {
+            "status": "degraded" if serving else "error",
+            "models": models,
+            "errors": down,
+            "reason": "; ".join(f"{mid}: {why}" for mid, why in down.items()),
+        }
         return (200 if serving else 503), body
 
     def subscribe(self) -> asyncio.Queue:
@@ -230,8 +261,14 @@ class Node:
                 st.update({"context_length": None, "slots": None})
             models.append(st)
         return {
-            "node": {"id": self.id, "version": __version__, "uptime_seconds": round(time.time() - self.started_at, 3),
-                     "ready": self.ready, "host": self.settings.host, "port": self.settings.port},
+            "node": {
+                "id": self.id,
+                "version": __version__,
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "ready": self.ready,
+                "host": self.settings.host,
+                "port": self.settings.port,
+            },
             "capability": self.runtime_cap.to_json() if self.runtime_cap else None,
             "models": models,
             "throughput": catalog,

@@ -93,7 +93,9 @@ def this_machine_args() -> list[str]:
             check=False,
         ).stdout
         # sysctl spells them AVX2, AVX512F, SSE4.2, FMA, F16C, BMI2 ...; map to cpuinfo's spelling.
-        flags = frozenset(f.lower().replace("sse4.2", "sse4_2").replace("avx512vnni", "avx512_vnni") for f in out.split())
+        flags = frozenset(
+            f.lower().replace("sse4.2", "sse4_2").replace("avx512vnni", "avx512_vnni") for f in out.split()
+        )
     return cmake_args_for(system, machine, flags)
 
 

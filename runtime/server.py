@@ -101,8 +101,10 @@ def _raw_response(err: APIError) -> bytes:
     request cycle (a shed connection, a read timeout)."""
     body = json.dumps(err.body()).encode()
     reason = {408: "Request Timeout", 503: "Service Unavailable"}.get(err.status, "Error")
-    head = (f"HTTP/1.1 {err.status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    head = (
+        f"HTTP/1.1 {err.status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    )
     if err.retry_after is not None:
         head += f"Retry-After: {err.retry_after}\r\n"
     return (head + "\r\n").encode() + body
@@ -112,30 +114,52 @@ def parser_error(status: int, exc: BaseException | None, max_field_size: int) ->
     """aiohttp's own errors (the HTTP parser's, a handler that timed out or crashed past the middleware)
     as OpenAI errors with the right status."""
     if isinstance(exc, LineTooLong):
-        return APIError(431, f"A header line (or the request line) is longer than this node accepts "
-                             f"({max_field_size} bytes).", "invalid_request_error", None, "header_too_large")
+        return APIError(
+            431,
+            f"A header line (or the request line) is longer than this node accepts ({max_field_size} bytes).",
+            "invalid_request_error",
+            None,
+            "header_too_large",
+        )
     if isinstance(exc, BadHttpMethod):
-        return APIError(400, f"This is not an HTTP request this node understands ({exc.message}). Use "
-                             f"http:// (not https://) and a standard method.", "invalid_request_error", None,
-                        "bad_http_request")
+        return APIError(
+            400,
+            f"This is not an HTTP request this node understands ({exc.message}). Use "
+            f"http:// (not https://) and a standard method.",
+            "invalid_request_error",
+            None,
+            "bad_http_request",
+        )
     if isinstance(exc, HttpProcessingError):
         msg = exc.message or "malformed request"
         if "Too many headers" in msg:
-            return APIError(431, f"The request has more headers than this node accepts ({msg}).",
-                            "invalid_request_error", None, "too_many_headers")
+            return APIError(
+                431,
+                f"The request has more headers than this node accepts ({msg}).",
+                "invalid_request_error",
+                None,
+                "too_many_headers",
+            )
         if "Missing 'Host'" in msg:
-            return APIError(400, "An HTTP/1.1 request must carry a Host header.", "invalid_request_error", None,
-                            "missing_host")
+            return APIError(
+                400, "An HTTP/1.1 request must carry a Host header.", "invalid_request_error", None, "missing_host"
+            )
         code = exc.code if 400 <= (exc.code or 0) < 600 else 400
-        return APIError(code, f"The HTTP request could not be parsed: {msg}", "invalid_request_error", None,
-                        "bad_http_request")
+        return APIError(
+            code, f"The HTTP request could not be parsed: {msg}", "invalid_request_error", None, "bad_http_request"
+        )
     if status == 504:
         return APIError(504, "The request took too long to handle.", "server_error", None, "timeout")
     if status >= 500:
-        return APIError(status, "The node hit an internal error while handling this request; it has been logged "
-                                "and the node keeps serving.", "server_error", None, "internal_error")
-    return APIError(status, "The HTTP request could not be handled.", "invalid_request_error", None,
-                    "bad_http_request")
+        return APIError(
+            status,
+            "The node hit an internal error while handling this request; it has been logged "
+            "and the node keeps serving.",
+            "server_error",
+            None,
+            "internal_error",
+        )
+    return APIError(status, "The HTTP request could not be handled.", "invalid_request_error", None, "bad_http_request")
 
 
 class Connection(RequestHandler):
@@ -173,8 +197,11 @@ class Connection(RequestHandler):
             return
         now = self._loop.time()
         self._last_data = now
-        between_requests = self._current_request is None and not self._messages and (
-            self._last_payload is None or self._last_payload.is_eof())  # not the rest of an unread body
+        between_requests = (
+            self._current_request is None
+            and not self._messages
+            and (self._last_payload is None or self._last_payload.is_eof())
+        )  # not the rest of an unread body
         if self._head_since is None and between_requests:
             self._head_since = now  # the next request begins on a kept-alive connection
         count = self._request_count
@@ -196,30 +223,37 @@ class Connection(RequestHandler):
             if self._head_since is not None and not self._request_in_progress and now - self._head_since > timeout:
                 # A connection that never said anything is closed silently, as an idle one: a client
                 # that opened it ahead of time must not read a 408 as the answer to its next request.
-                self._time_out(f"The request head was not received within {timeout:g} seconds.",
-                               answer=self._last_data >= self._head_since)
+                self._time_out(
+                    f"The request head was not received within {timeout:g} seconds.",
+                    answer=self._last_data >= self._head_since,
+                )
             return
         if request.content.is_eof():
             return
         stalled = now - self._last_data > timeout
         too_slow = now > self._body_since + timeout + self._body_bytes / MIN_BODY_BYTES_PER_SECOND
         if stalled or too_slow:
-            self._time_out(f"The request body was not received in time: it must not pause for {timeout:g} "
-                           f"seconds nor arrive slower than {MIN_BODY_BYTES_PER_SECOND} bytes a second.",
-                           answer=request.writer.output_size == 0)
+            self._time_out(
+                f"The request body was not received in time: it must not pause for {timeout:g} "
+                f"seconds nor arrive slower than {MIN_BODY_BYTES_PER_SECOND} bytes a second.",
+                answer=request.writer.output_size == 0,
+            )
 
     def _time_out(self, message: str, answer: bool = True) -> None:
         log.debug("closing a slow connection from %s: %s", self.peername, message)
         if answer and self.transport is not None:
-            self.transport.write(_raw_response(APIError(408, message, "invalid_request_error", None,
-                                                        "request_timeout")))
+            self.transport.write(
+                _raw_response(APIError(408, message, "invalid_request_error", None, "request_timeout"))
+            )
         self.force_close()
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if status >= 500 and not isinstance(exc, ConnectionError):
-            log.error("error handling %s %s", getattr(request, "method", "?"), getattr(request, "path", "?"),
-                      exc_info=exc)
+            log.error(
+                "error handling %s %s", getattr(request, "method", "?"), getattr(request, "path", "?"), exc_info=exc
+            )
         else:  # the client's fault (or its disconnect): not worth more than a debug line
             log.debug("bad request from %s: %s", request.remote, exc)
         if request.writer.output_size > 0:
@@ -275,11 +309,22 @@ class GuardedServer(web.Server):
         flood (SHED_LINGER_MAX already lingering) it is closed as soon as the answer is written: lingering
         ones hold descriptors, and running out of them would cost the connections within the budget."""
         self.shed_total += 1
-        FD_PRESSURE.record(f"{len(self._connections)} connections are open, the most the descriptor limit "
-                           f"leaves room for; a new one was answered 503")
-        transport.write(_raw_response(APIError(
-            503, "The node has too many open connections right now; retry shortly.", "server_error", None,
-            "overloaded", retry_after=1)))
+        FD_PRESSURE.record(
+            f"{len(self._connections)} connections are open, the most the descriptor limit "
+            f"leaves room for; a new one was answered 503"
+        )
+        transport.write(
+            _raw_response(
+                APIError(
+                    503,
+                    "The node has too many open connections right now; retry shortly.",
+                    "server_error",
+                    None,
+                    "overloaded",
+                    retry_after=1,
+                )
+            )
+        )
         if len(self.shed_open) >= SHED_LINGER_MAX:
             transport.close()  # after the answer is flushed
             return
@@ -299,8 +344,11 @@ class GuardedServer(web.Server):
     def close_idle(self) -> int:
         """Close connections that hold a descriptor without a request in progress (idle keep-alive,
         half-open); clients reopen them when they need them. Returns how many were closed."""
-        idle = [c for c in self._connections
-                if isinstance(c, Connection) and c._current_request is None and not c._request_in_progress]
+        idle = [
+            c
+            for c in self._connections
+            if isinstance(c, Connection) and c._current_request is None and not c._request_in_progress
+        ]
         for c in idle:
             c.force_close()
         return len(idle)
@@ -325,10 +373,14 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> GuardedServer:
         base = await super()._make_server()
-        return GuardedServer(base.request_handler, request_factory=base.request_factory,
-                             handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),
-                             read_timeout=self.read_timeout,
-                             **base._kwargs)  # aiohttp is pinned: its handler settings (debug, access log)
+        return GuardedServer(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            read_timeout=self.read_timeout,
+            **base._kwargs,
+        )  # aiohttp is pinned: its handler settings (debug, access log)
 
 
 def open_fd_count() -> int | None:
@@ -385,8 +437,14 @@ async def serve(node: Node, sock: socket.socket, stop: asyncio.Event | None = No
     raise_fd_limit()
     app = build_app(node)
     # handler_cancellation: a client that disconnects cancels its handler, which cancels its generation.
-    runner = GuardedRunner(app, handler_cancellation=True, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT,
-                           shutdown_timeout=5, read_timeout=node.settings.read_timeout)
+    runner = GuardedRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        shutdown_timeout=5,
+        read_timeout=node.settings.read_timeout,
+    )
     await runner.setup()
     server: GuardedServer = runner.server  # type: ignore[assignment]
     loop = asyncio.get_running_loop()

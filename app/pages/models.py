@@ -9,8 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..actions import NodeActions
 from ..client import ApiResult
@@ -73,8 +82,12 @@ class ModelsPage(QWidget):
         root = QVBoxLayout(self)
         root.setContentsMargins(16, 16, 16, 16)
         root.setSpacing(8)
-        root.addWidget(muted("Models from the catalog, with how each would run on this computer. ★ marks the best "
-                             "fit. Downloads resume if they are interrupted and are checked before use."))
+        root.addWidget(
+            muted(
+                "Models from the catalog, with how each would run on this computer. ★ marks the best "
+                "fit. Downloads resume if they are interrupted and are checked before use."
+            )
+        )
         other = QHBoxLayout()
         self.ref = QLineEdit()
         self.ref.setPlaceholderText("Another model: Hugging Face owner/repo/file.gguf, or a link to a .gguf file")
@@ -141,8 +154,9 @@ class ModelsPage(QWidget):
     def _pull_typed(self) -> None:
         ref = self.ref.text().strip()
         if not ref:
-            self.banner.show_message("Type a Hugging Face owner/repo/file.gguf or paste a link to a .gguf file first.",
-                                     "info")
+            self.banner.show_message(
+                "Type a Hugging Face owner/repo/file.gguf or paste a link to a .gguf file first.", "info"
+            )
             return
         self.banner.clear()
 
@@ -175,9 +189,11 @@ class ModelsPage(QWidget):
         self._status_cells.clear()
         self.buttons.clear()
         for i, r in enumerate(rows):
-            title = QLabel(f"<b>{'★ ' if r.recommended else ''}{r.title}</b>"
-                           + (" <span style='color:#1e8e3e'>(recommended)</span>" if r.recommended else "")
-                           + f"<br><span style='color:#5f6368'>{r.detail}</span>")
+            title = QLabel(
+                f"<b>{'★ ' if r.recommended else ''}{r.title}</b>"
+                + (" <span style='color:#1e8e3e'>(recommended)</span>" if r.recommended else "")
+                + f"<br><span style='color:#5f6368'>{r.detail}</span>"
+            )
             title.setContentsMargins(6, 0, 6, 0)
             t.setCellWidget(i, 0, title)
             size = QTableWidgetItem(r.size)

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .. import icons
 from ..links import Links
 from ..mesh import MeshToggle
-from ..state import (MESH_STATE_WORDS, MODEL_STATE_WORDS, NodeState, backend_name, format_bytes, format_duration,
-                     format_ms, format_tps, live_peer_count, mesh_state, node_errors, node_ready, status_line,
-                     tray_kind)
+from ..state import (
+    MESH_STATE_WORDS,
+    MODEL_STATE_WORDS,
+    NodeState,
+    backend_name,
+    format_bytes,
+    format_duration,
+    format_ms,
+    format_tps,
+    live_peer_count,
+    mesh_state,
+    node_errors,
+    node_ready,
+    status_line,
+    tray_kind,
+)
 from ..store import NodeStore
 from ..widgets import heading, muted, table
 
@@ -30,8 +51,10 @@ def _memory_words(cap: dict) -> str:
         return "—"
     ram = f"{format_bytes(cap.get('ram_free_bytes'))} free of {format_bytes(cap.get('ram_total_bytes'))} RAM"
     if cap.get("vram_total_bytes"):
-        ram += (f" · {format_bytes(cap.get('vram_free_bytes'))} free of {format_bytes(cap.get('vram_total_bytes'))}"
-                f" GPU memory")
+        ram += (
+            f" · {format_bytes(cap.get('vram_free_bytes'))} free of {format_bytes(cap.get('vram_total_bytes'))}"
+            f" GPU memory"
+        )
     return ram
 
 
@@ -98,8 +121,15 @@ class OverviewPage(QWidget):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         form.setHorizontalSpacing(16)
         self.fields: dict[str, QLabel] = {}
-        for key, label in (("state", "State"), ("backend", "Backend"), ("devices", "GPU"), ("memory", "Memory"),
-                           ("requests", "Requests"), ("mesh", "Mesh"), ("node", "Node")):
+        for key, label in (
+            ("state", "State"),
+            ("backend", "Backend"),
+            ("devices", "GPU"),
+            ("memory", "Memory"),
+            ("requests", "Requests"),
+            ("mesh", "Mesh"),
+            ("node", "Node"),
+        ):
             v = QLabel("—")
             v.setWordWrap(True)
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -134,19 +164,25 @@ class OverviewPage(QWidget):
         f = self.fields
         f["state"].setText(_node_state_words(state))
         b = backend_name(state)
-        f["backend"].setText(f"{b} · {cap.get('threads')} threads · {cap.get('physical_cores')} cores"
-                             if b else "—")
+        f["backend"].setText(f"{b} · {cap.get('threads')} threads · {cap.get('physical_cores')} cores" if b else "—")
         f["devices"].setText(_devices_words(cap))
         f["memory"].setText(_memory_words(cap))
         f["requests"].setText(f"{req.get('in_flight', 0)} in flight · {req.get('queued', 0)} waiting" if st else "—")
         f["mesh"].setText(_mesh_words(state))
-        f["node"].setText(f"{node.get('id', '—')} · version {node.get('version', '—')} · up "
-                          f"{format_duration(node.get('uptime_seconds'))}" if node else "—")
+        f["node"].setText(
+            f"{node.get('id', '—')} · version {node.get('version', '—')} · up "
+            f"{format_duration(node.get('uptime_seconds'))}"
+            if node
+            else "—"
+        )
         self._render_toggle()
 
         tp = st.get("throughput") or {}
-        served = [m for m in st.get("models", []) if m.get("state") in ("ready", "loading", "unloading", "error")
-                  or m.get("pinned")]
+        served = [
+            m
+            for m in st.get("models", [])
+            if m.get("state") in ("ready", "loading", "unloading", "error") or m.get("pinned")
+        ]
         t = self.models
         t.setRowCount(len(served))
         for i, m in enumerate(served):

@@ -55,8 +55,12 @@ class PeersPage(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         root.addWidget(self.summary)
-        root.addWidget(muted("Peers are other people's computers in the mesh. Requests for a model this computer "
-                             "does not run go to the fastest live peer that runs it."))
+        root.addWidget(
+            muted(
+                "Peers are other people's computers in the mesh. Requests for a model this computer "
+                "does not run go to the fastest live peer that runs it."
+            )
+        )
         self.table = table(HEADERS, stretch=1)
         root.addWidget(self.table, 1)
         self.empty = QLabel()
@@ -84,8 +88,12 @@ class PeersPage(QWidget):
                 if p.get("state") == "stale":
                     item.setForeground(grey)
                 if j == 1:
-                    item.setToolTip("\n".join(
-                        f"{m.get('id')}: {m.get('free_slots', '?')} free slots, "
-                        f"{format_tps(m.get('tokens_per_second_p50'))}" for m in p.get("models") or []
-                        if isinstance(m, dict)))
+                    item.setToolTip(
+                        "\n".join(
+                            f"{m.get('id')}: {m.get('free_slots', '?')} free slots, "
+                            f"{format_tps(m.get('tokens_per_second_p50'))}"
+                            for m in p.get("models") or []
+                            if isinstance(m, dict)
+                        )
+                    )
                 self.table.setItem(i, j, item)

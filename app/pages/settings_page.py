@@ -4,8 +4,18 @@ requests from the mesh, and start at login."""
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton, QScrollArea,
-                               QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..actions import NodeActions
 from ..client import ApiResult
@@ -53,8 +63,9 @@ def mesh_setting_words(state: NodeState) -> str:
         return f"Now: in the mesh at {', '.join(urls)}{how}{named}."
     saved = saved_mesh_urls(state)
     if saved:  # left (or a join failed): the node keeps its membership, a click rejoins without an invite
-        return (f"Now: not in a mesh{named}. With no invite above, “Join the mesh” rejoins the mesh at "
-                f"{', '.join(saved)}.")
+        return (
+            f"Now: not in a mesh{named}. With no invite above, “Join the mesh” rejoins the mesh at {', '.join(saved)}."
+        )
     return f"Now: not in a mesh{named}." if mesh else ""
 
 
@@ -62,8 +73,16 @@ class SettingsPage(QWidget):
     save_requested = Signal()  # the AppSettings were changed here: write them
     restart_on_port_requested = Signal(int)  # the node should move to this port
 
-    def __init__(self, store: NodeStore, actions: NodeActions, links: Links, settings: AppSettings,
-                 start_at_login: StartAtLogin, *, attached: bool) -> None:
+    def __init__(
+        self,
+        store: NodeStore,
+        actions: NodeActions,
+        links: Links,
+        settings: AppSettings,
+        start_at_login: StartAtLogin,
+        *,
+        attached: bool,
+    ) -> None:
         super().__init__()
         self.store = store
         self.actions = actions
@@ -97,8 +116,7 @@ class SettingsPage(QWidget):
         self.port.setEnabled(not attached)  # a node the app did not start keeps its port
         self._port_shown = s.port
         form.addRow("Port:", self.port)
-        form.addRow(muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts the "
-                          "node."))
+        form.addRow(muted("Apps on this computer use http://localhost:PORT/v1. Changing the port restarts the node."))
         root.addWidget(api)
 
         # Mesh
@@ -111,10 +129,14 @@ class SettingsPage(QWidget):
         self.mesh_name = QLineEdit(s.mesh_name)
         self.mesh_name.setMinimumWidth(240)
         mf.addRow("This computer's name:", self.mesh_name)
-        mf.addRow(muted("Paste the invite the mesh's owner gave you, or the address of an open mesh. “Join the "
-                        "mesh” uses it; the node then remembers the mesh and rejoins it after a restart or a "
-                        "leave, so an invite (single-use) is cleared once it has been used. Other members see "
-                        "this computer's name."))
+        mf.addRow(
+            muted(
+                "Paste the invite the mesh's owner gave you, or the address of an open mesh. “Join the "
+                "mesh” uses it; the node then remembers the mesh and rejoins it after a restart or a "
+                "leave, so an invite (single-use) is cleared once it has been used. Other members see "
+                "this computer's name."
+            )
+        )
         self.mesh_now = muted()
         mf.addRow(self.mesh_now)
         root.addWidget(mesh)
@@ -150,8 +172,12 @@ class SettingsPage(QWidget):
                 sb.setSuffix(f" {suffix}")
             self.limits[name] = sb
             sl.addRow(label + ":", sb)
-        sl.addRow(muted("Limits for requests that other computers send to this one, kept by the node. Your own "
-                        "requests are never limited by them."))
+        sl.addRow(
+            muted(
+                "Limits for requests that other computers send to this one, kept by the node. Your own "
+                "requests are never limited by them."
+            )
+        )
         root.addWidget(share)
 
         # Start at login
@@ -169,8 +195,9 @@ class SettingsPage(QWidget):
         bar = QWidget()  # outside the scroll area: always in view
         buttons = QHBoxLayout(bar)
         buttons.setContentsMargins(16, 8, 24, 8)
-        buttons.addWidget(muted("The API key and start at login apply at once; the rest when you click Save.",
-                                wrap=False))
+        buttons.addWidget(
+            muted("The API key and start at login apply at once; the rest when you click Save.", wrap=False)
+        )
         buttons.addStretch(1)
         self.save = QPushButton("Save")
         self.save.setDefault(True)
@@ -223,8 +250,11 @@ class SettingsPage(QWidget):
             self.key_status.setStyleSheet("color:#a50e0e;")
             return
         self.key_status.setStyleSheet("color:#5f6368;")
-        self.key_status.setText("A key is stored in the system keyring." if stored else
-                                "No key stored. You need one only to join a hosted mesh that asks for it.")
+        self.key_status.setText(
+            "A key is stored in the system keyring."
+            if stored
+            else "No key stored. You need one only to join a hosted mesh that asks for it."
+        )
         self.remove_key.setEnabled(stored)
 
     # -- actions ---------------------------------------------------------------------------------------
@@ -276,8 +306,10 @@ class SettingsPage(QWidget):
         if r.ok:
             return
         if r.route_missing:
-            self.banner.show_message("Settings saved. The share limits will apply once the node supports the mesh "
-                                     "(this version does not yet).", "info")
+            self.banner.show_message(
+                "Settings saved. The share limits will apply once the node supports the mesh "
+                "(this version does not yet).",
+                "info",
+            )
         else:
             self.banner.show_message(f"Settings saved, but the node refused the share limits: {r.error}")
-

@@ -14,13 +14,17 @@ from ..state import NodeState
 from ..store import NodeStore
 from ..widgets import Banner, heading, muted
 
-INTRO = ("ClosedMesh runs AI models on this computer. Apps on this computer can use them through the address "
-         "below — anything that works with OpenAI's API does — and you can chat with them in your browser.")
-JOINING = ("Joining the mesh is optional. When you join, your computer answers requests from other people in the "
-           "mesh while it has capacity to spare, and you can use the models their computers run. "
-           "<b>The computer that answers a request reads its prompt:</b> peers read the prompts they serve, and "
-           "your computer reads the ones it serves. Don't send anything over the mesh that you would not show a "
-           "stranger. You can leave at any time from the tray menu.")
+INTRO = (
+    "ClosedMesh runs AI models on this computer. Apps on this computer can use them through the address "
+    "below — anything that works with OpenAI's API does — and you can chat with them in your browser."
+)
+JOINING = (
+    "Joining the mesh is optional. When you join, your computer answers requests from other people in the "
+    "mesh while it has capacity to spare, and you can use the models their computers run. "
+    "<b>The computer that answers a request reads its prompt:</b> peers read the prompts they serve, and "
+    "your computer reads the ones it serves. Don't send anything over the mesh that you would not show a "
+    "stranger. You can leave at any time from the tray menu."
+)
 
 
 class WelcomePage(QWidget):
@@ -81,8 +85,12 @@ class WelcomePage(QWidget):
         cl.addLayout(info, 1)
         cl.addWidget(self.download, 0, Qt.AlignmentFlag.AlignVCenter)
         root.addWidget(card)
-        root.addWidget(muted("Bigger models give better answers but need more memory. The Models tab lists them "
-                             "all, with how each would run here."))
+        root.addWidget(
+            muted(
+                "Bigger models give better answers but need more memory. The Models tab lists them "
+                "all, with how each would run here."
+            )
+        )
         self.banner = Banner()
         root.addWidget(self.banner)
         root.addStretch(1)

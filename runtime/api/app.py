@@ -30,20 +30,34 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
     node: Node = request.app[NODE_KEY]
     s = node.settings
     if not host_allowed(request.headers.get("Host"), s.allowed_hosts):
-        return APIError(403, f"Requests for host '{request.headers.get('Host')}' are refused (DNS rebinding "
-                             f"protection). Use http://localhost:{s.port}, or allow this host name with "
-                             f"--allow-host.", "permission_error", None, "forbidden_host").response()
+        return APIError(
+            403,
+            f"Requests for host '{request.headers.get('Host')}' are refused (DNS rebinding "
+            f"protection). Use http://localhost:{s.port}, or allow this host name with "
+            f"--allow-host.",
+            "permission_error",
+            None,
+            "forbidden_host",
+        ).response()
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.host, s.allowed_origins):
-        return APIError(403, f"Browser requests from origin '{origin}' are refused. Allow it with "
-                             f"--allow-origin if you trust that site.", "permission_error", None,
-                        "forbidden_origin").response()
+        return APIError(
+            403,
+            f"Browser requests from origin '{origin}' are refused. Allow it with "
+            f"--allow-origin if you trust that site.",
+            "permission_error",
+            None,
+            "forbidden_origin",
+        ).response()
     if request.method == "OPTIONS" and origin:
-        resp = web.Response(status=204, headers={
-            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", CORS_HEADERS),
-            "Access-Control-Max-Age": "600",
-        })
+        resp = web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", CORS_HEADERS),
+                "Access-Control-Max-Age": "600",
+            },
+        )
         _cors(resp, origin)
         return resp
     try:
@@ -62,29 +76,48 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
             resp = overloaded("The node is out of file descriptors right now; retry shortly.").response()
         else:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            resp = APIError(500, "The node hit an internal error while handling this request; it has been "
-                                 "logged and the node keeps serving. Retry, and report it if it happens again.",
-                            "server_error", None, "internal_error").response()
+            resp = APIError(
+                500,
+                "The node hit an internal error while handling this request; it has been "
+                "logged and the node keeps serving. Retry, and report it if it happens again.",
+                "server_error",
+                None,
+                "internal_error",
+            ).response()
     if not resp.prepared:
         _cors(resp, origin)
     return resp
 
 
 def _too_large(limit: int) -> web.Response:
-    return APIError(413, f"The request body is larger than this node accepts ({limit} bytes). Send less "
-                         f"text per request.", "invalid_request_error", None, "request_too_large").response()
+    return APIError(
+        413,
+        f"The request body is larger than this node accepts ({limit} bytes). Send less text per request.",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+    ).response()
 
 
 def _http_exception(request: web.Request, e: web.HTTPException) -> web.StreamResponse:
     if e.status == 404:
-        return APIError(404, f"Unknown route: {request.method} {request.path}. The OpenAI API is under /v1 "
-                             f"(e.g. POST /v1/chat/completions).", "invalid_request_error", None,
-                        "not_found").response()
+        return APIError(
+            404,
+            f"Unknown route: {request.method} {request.path}. The OpenAI API is under /v1 "
+            f"(e.g. POST /v1/chat/completions).",
+            "invalid_request_error",
+            None,
+            "not_found",
+        ).response()
     if e.status == 405:
         allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
-        r = APIError(405, f"Method {request.method} is not allowed on {request.path}"
-                          + (f"; use {allowed}." if allowed else "."), "invalid_request_error", None,
-                     "method_not_allowed").response()
+        r = APIError(
+            405,
+            f"Method {request.method} is not allowed on {request.path}" + (f"; use {allowed}." if allowed else "."),
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
+        ).response()
         if allowed:
             r.headers["Allow"] = allowed
         return r

@@ -21,10 +21,11 @@ CONTENT_TYPES = {
     ".ico": "image/x-icon",
 }
 # The page talks only to this node; nothing inline, nothing from elsewhere, no framing.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-COMMON_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                  "Referrer-Policy": "no-referrer"}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+COMMON_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _static_file(name: str) -> Path | None:
@@ -39,14 +40,12 @@ def _static_file(name: str) -> Path | None:
 
 def _file_response(path: Path, extra: dict[str, str] | None = None) -> web.Response:
     headers = {**COMMON_HEADERS, **(extra or {})}
-    return web.Response(body=path.read_bytes(), headers={"Content-Type": CONTENT_TYPES[path.suffix.lower()],
-                                                         **headers})
+    return web.Response(body=path.read_bytes(), headers={"Content-Type": CONTENT_TYPES[path.suffix.lower()], **headers})
 
 
 @routes.get("/")
 async def chat_page(request: web.Request) -> web.Response:
-    return _file_response(STATIC_DIR / "chat.html",
-                          {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY"})
+    return _file_response(STATIC_DIR / "chat.html", {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY"})
 
 
 @routes.get("/static/{name}")
@@ -54,8 +53,9 @@ async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     path = _static_file(name)
     if path is None:
-        raise APIError(404, f"No static file named '{name}'. The chat page is at /.", "invalid_request_error",
-                       None, "not_found")
+        raise APIError(
+            404, f"No static file named '{name}'. The chat page is at /.", "invalid_request_error", None, "not_found"
+        )
     return _file_response(path)
 
 

@@ -42,8 +42,12 @@ async def pull(request: web.Request) -> web.Response:
     body = parse_json_body(await request.read())
     ref = body.get("model")
     if not isinstance(ref, str) or not ref.strip():
-        raise invalid("'model' is required: a catalog id (e.g. Qwen3-8B), a Hugging Face 'owner/repo/file.gguf', "
-                      "or a URL of a .gguf file.", "model", "missing_required_parameter")
+        raise invalid(
+            "'model' is required: a catalog id (e.g. Qwen3-8B), a Hugging Face 'owner/repo/file.gguf', "
+            "or a URL of a .gguf file.",
+            "model",
+            "missing_required_parameter",
+        )
     try:
         m = node.manager.start_pull(ref.strip())
     except ModelError as e:
@@ -65,8 +69,13 @@ async def delete(request: web.Request) -> web.Response:
     node = _admin(request)
     mid = request.match_info["model_id"]
     if mid.lower() in (p.lower() for p in node.pinned):
-        raise APIError(409, f"'{mid}' is served by this node since its start (--model); restart without it first.",
-                       "invalid_request_error", "model", "model_pinned")
+        raise APIError(
+            409,
+            f"'{mid}' is served by this node since its start (--model); restart without it first.",
+            "invalid_request_error",
+            "model",
+            "model_pinned",
+        )
     try:
         await node.manager.delete(mid)
     except ModelError as e:

@@ -32,8 +32,9 @@ class APIError(Exception):
         elif self.retryable is False or (400 <= self.status < 500 and self.status not in (408, 409, 429)):
             # Retrying the same request cannot succeed: tell the SDKs not to.
             headers["x-should-retry"] = "false"
-        return web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",
-                            headers=headers)
+        return web.Response(
+            status=self.status, text=json.dumps(self.body()), content_type="application/json", headers=headers
+        )
 
 
 def invalid(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
@@ -42,8 +43,13 @@ def invalid(message: str, param: str | None = None, code: str | None = "invalid_
 
 def model_not_found(model: str, available: list[str]) -> APIError:
     hint = f" Available models: {', '.join(available)}." if available else " This node serves no model yet."
-    return APIError(404, f"The model '{model}' does not exist or is not served by this node.{hint}",
-                    "invalid_request_error", "model", "model_not_found")
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or is not served by this node.{hint}",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
 
 
 def overloaded(message: str, retry_after: int = 1) -> APIError:

@@ -37,12 +37,20 @@ async def join(request: web.Request) -> web.Response:
     body = parse_json_body(await request.read())
     target = body.get("invite") or body.get("url") or ""
     if not isinstance(target, str):
-        raise invalid("'invite' must be a string: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
-                      "(nats://host:4222).", "invite", "invalid_type")
+        raise invalid(
+            "'invite' must be a string: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
+            "(nats://host:4222).",
+            "invite",
+            "invalid_type",
+        )
     if not target.strip() and not node.mesh.config.urls:
-        raise invalid("'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
-                      "(nats://host:4222). (Without one, the node rejoins the mesh it was last in; it has "
-                      "none.)", "invite", "missing_required_parameter")
+        raise invalid(
+            "'invite' is required: an invite token (cmi1.…) from the hub's owner, or a mesh URL "
+            "(nats://host:4222). (Without one, the node rejoins the mesh it was last in; it has "
+            "none.)",
+            "invite",
+            "missing_required_parameter",
+        )
     name = body.get("name")
     try:
         return web.json_response(await node.mesh.join(target, name if isinstance(name, str) else None))
@@ -73,13 +81,19 @@ async def invite(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     check_admin(request, node.admin_token)
     if node.hub is None:
-        raise APIError(409, "This node does not host a private mesh; start it with `closedmesh serve --hub` to "
-                            "invite others.", "invalid_request_error", None, "no_hub")
+        raise APIError(
+            409,
+            "This node does not host a private mesh; start it with `closedmesh serve --hub` to invite others.",
+            "invalid_request_error",
+            None,
+            "no_hub",
+        )
     body = parse_json_body(await request.read() or b"{}")
     ttl = body.get("ttl_seconds", 86400)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (10 <= ttl <= 30 * 86400):
         raise invalid("'ttl_seconds' must be a number between 10 and 2592000 (30 days).", "ttl_seconds")
     from ..mesh.hub import create_invite
+
     inv = await asyncio.to_thread(create_invite, node.hub.hub_dir, float(ttl))
     return web.json_response({"invite": inv.encode(), "expires_at": inv.expires_at, "urls": list(inv.urls)})
 
@@ -95,9 +109,13 @@ def mesh_model_objects(node) -> dict[str, dict]:
         tps = [e.get("tokens_per_second_p50") for e in entries if e.get("tokens_per_second_p50")]
         ttft = [e.get("ttft_ms_p50") for e in entries if e.get("ttft_ms_p50")]
         ctx = [e.get("context_length") for e in entries if e.get("context_length")]
-        out[mid] = {"peers": len(peers), "context_length": min(ctx) if ctx else None,
-                    "tokens_per_second_p50": max(tps) if tps else None, "ttft_ms_p50": min(ttft) if ttft else None,
-                    "free_slots": sum(e.get("free_slots") or 0 for e in entries)}
+        out[mid] = {
+            "peers": len(peers),
+            "context_length": min(ctx) if ctx else None,
+            "tokens_per_second_p50": max(tps) if tps else None,
+            "ttft_ms_p50": min(ttft) if ttft else None,
+            "free_slots": sum(e.get("free_slots") or 0 for e in entries),
+        }
     return out
 
 
@@ -139,14 +157,25 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
             err = e.error
             # A final code (engine_crashed): the request may be what crashed the peer's engine; the SDKs
             # must not send it again either (they retry 5xx by themselves otherwise).
-            return APIError(e.status, err.get("message", "error"), err.get("type", "invalid_request_error"),
-                            err.get("param"), err.get("code"),
-                            retryable=False if err.get("code") in FINAL_CODES else None)
+            return APIError(
+                e.status,
+                err.get("message", "error"),
+                err.get("type", "invalid_request_error"),
+                err.get("param"),
+                err.get("code"),
+                retryable=False if err.get("code") in FINAL_CODES else None,
+            )
         return APIError(503, str(e), "server_error", None, "mesh_unavailable", retry_after=5)
 
     def base(choices: list) -> dict:
-        d = {"id": cid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-             "created": started_at, "model": model_id, "system_fingerprint": fp, "choices": choices}
+        d = {
+            "id": cid,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": started_at,
+            "model": model_id,
+            "system_fingerprint": fp,
+            "choices": choices,
+        }
         if gp.include_usage:
             d["usage"] = None
         return d
@@ -164,7 +193,7 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
         while len(finish) < gp.n:
             try:
                 i, ev = await asyncio.wait_for(queue.get(), node.settings.keepalive_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if resp is not None:
                     await resp.write(b": keep-alive\n\n")
                 continue
@@ -182,13 +211,28 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
                 if pending_start or not gp.stream or resp is not None:
                     continue
                 # Every choice has a peer working on it: from here on errors go in the stream.
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                   "X-Accel-Buffering": "no"})
+                resp = web.StreamResponse(
+                    headers={
+                        "Content-Type": "text/event-stream",
+                        "Cache-Control": "no-cache",
+                        "X-Accel-Buffering": "no",
+                    }
+                )
                 await resp.prepare(request)
                 if kind == "chat":
                     for j in range(gp.n):
-                        await send(base([{"index": j, "delta": {"role": "assistant", "content": ""},
-                                          "logprobs": None, "finish_reason": None}]))
+                        await send(
+                            base(
+                                [
+                                    {
+                                        "index": j,
+                                        "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ]
+                            )
+                        )
                 for j, e2 in buffered:
                     await send(chunk(j, e2, None))
                 buffered.clear()
@@ -196,8 +240,12 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
                 texts[i].extend(ev["pieces"])
                 if resp is not None:
                     # one chunk per token, as a local answer has them, in one write
-                    await resp.write(b"".join(b"data: " + json.dumps(chunk(i, p, None), separators=(",", ":")).encode()
-                                              + b"\n\n" for p in ev["pieces"]))
+                    await resp.write(
+                        b"".join(
+                            b"data: " + json.dumps(chunk(i, p, None), separators=(",", ":")).encode() + b"\n\n"
+                            for p in ev["pieces"]
+                        )
+                    )
                 elif gp.stream:
                     buffered.extend((i, p) for p in ev["pieces"])
             elif ev["t"] == "done":
@@ -207,20 +255,41 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
                 usage["cached_tokens"] = min(usage["cached_tokens"] or 10**9, int(u.get("cached_tokens", 0)))
                 if resp is not None:
                     await send(chunk(i, None, ev["finish_reason"]))
-        total = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-                 "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-                 "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"] or 0}}
+        total = {
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"] or 0},
+        }
         if not gp.stream:
             if kind == "chat":
-                choices = [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
-                            "logprobs": None, "finish_reason": finish[i]} for i in range(gp.n)]
+                choices = [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish[i],
+                    }
+                    for i in range(gp.n)
+                ]
                 obj = "chat.completion"
             else:
-                choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finish[i]}
-                           for i in range(gp.n)]
+                choices = [
+                    {"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finish[i]}
+                    for i in range(gp.n)
+                ]
                 obj = "text_completion"
-            return web.json_response({"id": cid, "object": obj, "created": started_at, "model": model_id,
-                                      "system_fingerprint": fp, "choices": choices, "usage": total})
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": obj,
+                    "created": started_at,
+                    "model": model_id,
+                    "system_fingerprint": fp,
+                    "choices": choices,
+                    "usage": total,
+                }
+            )
         if gp.include_usage:
             d = base([])
             d["usage"] = total

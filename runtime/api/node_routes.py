@@ -35,7 +35,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 ev = await asyncio.wait_for(q.get(), node.settings.keepalive_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
             if ev is None:  # the node is shutting down

@@ -17,9 +17,17 @@ from aiohttp import web
 from .. import __version__
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.events import DoneEvent, EngineUnavailable, ErrorEvent, TokenEvent
+from ..generation import (
+    Generation,
+    Job,
+    LoopPump,
+    available_models,
+    check_text_fits,
+    engine_for,
+    prepare_chat,
+    prepare_completion,
+)
 from ..mesh.router import local_has_room
-from ..generation import (Generation, Job, LoopPump, available_models, check_text_fits, engine_for,
-                          prepare_chat, prepare_completion)
 from ..node import Node
 from .errors import APIError, invalid, model_not_found
 from .validation import (
@@ -70,15 +78,23 @@ def _mesh_object(node: Node, mid: str, info: dict) -> dict:
         "object": "model",
         "created": int(node.started_at),
         "owned_by": "closedmesh",
-        "closedmesh": {"served_by": "mesh", "state": "ready", "peers": info["peers"],
-                       "context_length": info["context_length"], "slots": None, "free_slots": info["free_slots"],
-                       "tokens_per_second_p50": info["tokens_per_second_p50"], "ttft_ms_p50": info["ttft_ms_p50"]},
+        "closedmesh": {
+            "served_by": "mesh",
+            "state": "ready",
+            "peers": info["peers"],
+            "context_length": info["context_length"],
+            "slots": None,
+            "free_slots": info["free_slots"],
+            "tokens_per_second_p50": info["tokens_per_second_p50"],
+            "ttft_ms_p50": info["ttft_ms_p50"],
+        },
     }
 
 
 def _all_models(node: Node) -> list[dict]:
     """Local models (marked local or local+mesh) and the models only peers serve."""
     from .mesh_routes import mesh_model_objects
+
     mesh = mesh_model_objects(node) if node.mesh.connected else {}
     lower = {k.lower(): k for k in mesh}
     out = []
@@ -133,8 +149,12 @@ def _usage(jobs: list[Job]) -> dict:
     prompt = sum({id(j.req.prompt): j.prompt_tokens for j in jobs}.values())
     completion = sum(j.done.completion_tokens for j in jobs if j.done)
     cached = min((j.done.cached_tokens for j in jobs if j.done), default=0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def _engine_error(ev: ErrorEvent) -> APIError:
@@ -161,11 +181,13 @@ async def _collect(gen: Generation) -> None:
             raise _engine_error(ev)
 
 
-async def _stream(request: web.Request, gen: Generation, make_chunk, first_chunks: list[dict],
-                  include_usage: bool, usage_chunk) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, gen: Generation, make_chunk, first_chunks: list[dict], include_usage: bool, usage_chunk
+) -> web.StreamResponse:
     node = _node(request)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await resp.prepare(request)
 
     async def send(obj: dict) -> None:
@@ -177,7 +199,7 @@ async def _stream(request: web.Request, gen: Generation, make_chunk, first_chunk
     while not gen.finished:
         try:
             idx, ev = await gen.next(keepalive)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Waiting in the queue or reading a long prompt: keep proxies and clients from timing out.
             await resp.write(b": keep-alive\n\n")
             continue
@@ -212,6 +234,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     remote = route(node, gp)
     if remote:
         from .mesh_routes import proxy
+
         return await proxy(request, "chat", body, gp, remote)
     prep = await prepare_chat(node, body, gp)
     engine, gp = prep.engine, prep.gp
@@ -224,18 +247,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         if not gp.stream:
             await _collect(gen)
-            choices = [{
-                "index": j.index,
-                "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
-                "logprobs": None,
-                "finish_reason": j.done.finish_reason,
-            } for j in gen.jobs]
-            return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model_id,
-                                      "system_fingerprint": fp, "choices": choices, "usage": _usage(gen.jobs)})
+            choices = [
+                {
+                    "index": j.index,
+                    "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": j.done.finish_reason,
+                }
+                for j in gen.jobs
+            ]
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model_id,
+                    "system_fingerprint": fp,
+                    "choices": choices,
+                    "usage": _usage(gen.jobs),
+                }
+            )
 
         def base(choices: list) -> dict:
-            d = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                 "system_fingerprint": fp, "choices": choices}
+            d = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_id,
+                "system_fingerprint": fp,
+                "choices": choices,
+            }
             if gp.include_usage:
                 d["usage"] = None
             return d
@@ -249,8 +290,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             d["usage"] = usage
             return d
 
-        first = [base([{"index": j.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                        "finish_reason": None}]) for j in gen.jobs]
+        first = [
+            base(
+                [
+                    {
+                        "index": j.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for j in gen.jobs
+        ]
         return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
     finally:
         gen.cancel()  # no-op for finished jobs; frees the slots of a client that went away
@@ -268,9 +320,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     remote = route(node, gp)
     if remote:
         if len(prompts_in) > 1 or body.get("echo"):
-            raise invalid(f"'{gp.model}' is served by mesh peers, which take one prompt per request and no "
-                          f"echo; send the prompts as separate requests.", "prompt", "mesh_unsupported")
+            raise invalid(
+                f"'{gp.model}' is served by mesh peers, which take one prompt per request and no "
+                f"echo; send the prompts as separate requests.",
+                "prompt",
+                "mesh_unsupported",
+            )
         from .mesh_routes import proxy
+
         return await proxy(request, "completion", body, gp, remote)
     prep = await prepare_completion(node, body, gp)
     engine, gp, prompts, texts, echo = prep.engine, prep.gp, prep.prompts, prep.texts, prep.echo
@@ -283,17 +340,36 @@ async def completions(request: web.Request) -> web.StreamResponse:
     try:
         if not gp.stream:
             await _collect(gen)
-            choices = [{
-                "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
-                "index": j.index, "logprobs": None, "finish_reason": j.done.finish_reason,
-            } for j in gen.jobs]
-            return web.json_response({"id": cid, "object": "text_completion", "created": created,
-                                      "model": engine.id, "system_fingerprint": fp, "choices": choices,
-                                      "usage": _usage(gen.jobs)})
+            choices = [
+                {
+                    "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
+                    "index": j.index,
+                    "logprobs": None,
+                    "finish_reason": j.done.finish_reason,
+                }
+                for j in gen.jobs
+            ]
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": engine.id,
+                    "system_fingerprint": fp,
+                    "choices": choices,
+                    "usage": _usage(gen.jobs),
+                }
+            )
 
         def base(choices: list) -> dict:
-            d = {"id": cid, "object": "text_completion", "created": created, "model": engine.id,
-                 "system_fingerprint": fp, "choices": choices}
+            d = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": engine.id,
+                "system_fingerprint": fp,
+                "choices": choices,
+            }
             if gp.include_usage:
                 d["usage"] = None
             return d
@@ -321,8 +397,11 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await _read_body(request)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise invalid("'model' is required: name the model to use (GET /v1/models lists them).", "model",
-                      "missing_required_parameter")
+        raise invalid(
+            "'model' is required: name the model to use (GET /v1/models lists them).",
+            "model",
+            "missing_required_parameter",
+        )
     items = parse_embedding_inputs(body)
     engine = await engine_for(node, model.strip())
     fmt = body.get("encoding_format") or "float"
@@ -340,16 +419,22 @@ async def embeddings(request: web.Request) -> web.Response:
         except EmbeddingsUnsupported as e:
             raise invalid(str(e), "model", "embeddings_not_supported") from None
         except OverflowError as e:
-            raise APIError(400, f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, "
-                                f"input[{i}] resulted in {e.args[0]} tokens. Please reduce its length.",
-                           "invalid_request_error", "input", "context_length_exceeded") from None
+            raise APIError(
+                400,
+                f"This model's maximum context length is {engine.n_ctx_seq} tokens. However, "
+                f"input[{i}] resulted in {e.args[0]} tokens. Please reduce its length.",
+                "invalid_request_error",
+                "input",
+                "context_length_exceeded",
+            ) from None
         total += n
         emb: Any = vec
         if fmt == "base64":
             emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "index": i, "embedding": emb})
-    return web.json_response({"object": "list", "data": data, "model": engine.id,
-                              "usage": {"prompt_tokens": total, "total_tokens": total}})
+    return web.json_response(
+        {"object": "list", "data": data, "model": engine.id, "usage": {"prompt_tokens": total, "total_tokens": total}}
+    )
 
 
 # -- routing between this node and the mesh ----------------------------------------------------------
@@ -365,8 +450,12 @@ def route(node: Node, gp: GenerationParams) -> list | None:
         capped = mesh.candidates(gp.model, None)
         if capped and not node.find(gp.model):
             cap = max((p.announcement.get("limits") or {}).get("max_tokens") or 0 for p in capped)
-            raise invalid(f"The peers serving '{gp.model}' accept at most {cap} tokens per mesh request; "
-                          f"ask for max_tokens <= {cap}.", "max_tokens", "mesh_limit")
+            raise invalid(
+                f"The peers serving '{gp.model}' accept at most {cap} tokens per mesh request; "
+                f"ask for max_tokens <= {cap}.",
+                "max_tokens",
+                "mesh_limit",
+            )
         return None
     m = node.find(gp.model)
     if m is None or m not in node.manager.routable():

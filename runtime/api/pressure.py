@@ -39,9 +39,14 @@ class FdPressureLog:
             self.suppressed += 1
             return False
         earlier = f" ({self.suppressed} more since the last warning)" if self.suppressed else ""
-        log.warning("out of file descriptors: %s%s. New connections are answered 503 or refused until some "
-                    "close; raise the limit (ulimit -n) if this node should hold more connections. Next "
-                    "warning in %.0f s at the earliest.", what, earlier, self.interval)
+        log.warning(
+            "out of file descriptors: %s%s. New connections are answered 503 or refused until some "
+            "close; raise the limit (ulimit -n) if this node should hold more connections. Next "
+            "warning in %.0f s at the earliest.",
+            what,
+            earlier,
+            self.interval,
+        )
         self._last = now
         self.suppressed = 0
         return True

@@ -58,10 +58,21 @@ def check_admin(request: web.Request, token: str) -> None:
     auth = request.headers.get("Authorization", "")
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
     if not given or not hmac.compare_digest(given.encode(), token.encode()):
-        raise APIError(401, "This endpoint changes the node's state and needs the local admin token "
-                            "(Authorization: Bearer <token>; the token is in the node's config folder, "
-                            "file 'admin-token').", "authentication_error", None, "admin_token_required")
+        raise APIError(
+            401,
+            "This endpoint changes the node's state and needs the local admin token "
+            "(Authorization: Bearer <token>; the token is in the node's config folder, "
+            "file 'admin-token').",
+            "authentication_error",
+            None,
+            "admin_token_required",
+        )
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc.lower() != (request.host or "").lower():
-        raise APIError(403, "Cross-origin requests may not change the node's state.", "permission_error",
-                       None, "cross_origin_forbidden")
+        raise APIError(
+            403,
+            "Cross-origin requests may not change the node's state.",
+            "permission_error",
+            None,
+            "cross_origin_forbidden",
+        )

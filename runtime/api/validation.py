@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
-from ..engine.grammar import SchemaError, grammar_for_response_format
 from ..engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
+from ..engine.grammar import SchemaError, grammar_for_response_format
 from .errors import APIError, invalid
 
 
@@ -38,8 +38,9 @@ LIMITS = RequestLimits()
 
 
 def too_many(param: str, what: str, got: int, limit: int) -> APIError:
-    return invalid(f"'{param}' holds {got} {what}; this node accepts at most {limit} per request.", param,
-                   "array_above_max_length")
+    return invalid(
+        f"'{param}' holds {got} {what}; this node accepts at most {limit} per request.", param, "array_above_max_length"
+    )
 
 
 def _text(value: str, param: str) -> str:
@@ -49,8 +50,12 @@ def _text(value: str, param: str) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise invalid(f"'{param}' contains an unpaired UTF-16 surrogate (\\u{ord(value[e.start]):04x} at "
-                          f"character {e.start}); send valid Unicode text.", param, "invalid_unicode") from None
+            raise invalid(
+                f"'{param}' contains an unpaired UTF-16 surrogate (\\u{ord(value[e.start]):04x} at "
+                f"character {e.start}); send valid Unicode text.",
+                param,
+                "invalid_unicode",
+            ) from None
     return value
 
 
@@ -64,9 +69,13 @@ class _TextBudget:
     def take(self, value: str, param: str) -> str:
         self.used += len(value)
         if self.used > LIMITS.text_chars:
-            raise invalid(f"The text in '{self.param}' is longer than this node accepts in one request "
-                          f"({LIMITS.text_chars} characters in all). Send less text, or split it over several "
-                          f"requests.", self.param, "string_above_max_length")
+            raise invalid(
+                f"The text in '{self.param}' is longer than this node accepts in one request "
+                f"({LIMITS.text_chars} characters in all). Send less text, or split it over several "
+                f"requests.",
+                self.param,
+                "string_above_max_length",
+            )
         return _text(value, param)
 
 
@@ -90,7 +99,7 @@ def _depth_exceeds(raw: bytes, value: Any, limit: int) -> bool:
         v, depth = stack.pop()
         if depth > limit:
             return True
-        for child in (v.values() if isinstance(v, dict) else v):
+        for child in v.values() if isinstance(v, dict) else v:
             if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))
     return False
@@ -99,8 +108,12 @@ def _depth_exceeds(raw: bytes, value: Any, limit: int) -> bool:
 def parse_json_body(raw: bytes) -> dict:
     if not raw.strip():
         raise invalid("The request body is empty; send a JSON object.", None, "invalid_json")
-    too_deep = invalid(f"The request body nests arrays and objects more than {LIMITS.json_depth} levels deep; "
-                       f"this node accepts at most {LIMITS.json_depth}.", None, "json_too_deep")
+    too_deep = invalid(
+        f"The request body nests arrays and objects more than {LIMITS.json_depth} levels deep; "
+        f"this node accepts at most {LIMITS.json_depth}.",
+        None,
+        "json_too_deep",
+    )
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -116,7 +129,8 @@ def parse_json_body(raw: bytes) -> dict:
 
 def _type_name(v: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )
 
 
 def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float:
@@ -157,8 +171,11 @@ def _boolean(body: dict, key: str, default: bool) -> bool:
 def _model(body: dict) -> str:
     v = body.get("model")
     if v is None:
-        raise invalid("'model' is required: name the model to use (GET /v1/models lists them).", "model",
-                      "missing_required_parameter")
+        raise invalid(
+            "'model' is required: name the model to use (GET /v1/models lists them).",
+            "model",
+            "missing_required_parameter",
+        )
     if not isinstance(v, str) or not v.strip():
         raise invalid(f"'model' must be a non-empty string, not {_type_name(v)}.", "model", "invalid_type")
     return v.strip()
@@ -180,8 +197,11 @@ def _stop(body: dict) -> list[str]:
 
 def _stop_string(s: str, param: str) -> str:
     if len(s) > LIMITS.stop_chars:
-        raise invalid(f"'{param}' is {len(s)} characters long; a stop string may have at most "
-                      f"{LIMITS.stop_chars}.", "stop", "string_above_max_length")
+        raise invalid(
+            f"'{param}' is {len(s)} characters long; a stop string may have at most {LIMITS.stop_chars}.",
+            "stop",
+            "string_above_max_length",
+        )
     return _text(s, "stop")
 
 
@@ -198,14 +218,15 @@ def _logit_bias(body: dict, n_vocab: int) -> dict[int, float]:
         try:
             tok = int(k)
         except (TypeError, ValueError):
-            raise invalid(f"'logit_bias' keys must be token ids (integers as strings); got {k!r}.",
-                          "logit_bias", "invalid_type") from None
+            raise invalid(
+                f"'logit_bias' keys must be token ids (integers as strings); got {k!r}.", "logit_bias", "invalid_type"
+            ) from None
         if not (0 <= tok < n_vocab):
-            raise invalid(f"'logit_bias' token id {tok} is outside this model's vocabulary (0..{n_vocab - 1}).",
-                          "logit_bias")
+            raise invalid(
+                f"'logit_bias' token id {tok} is outside this model's vocabulary (0..{n_vocab - 1}).", "logit_bias"
+            )
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not (-100 <= b <= 100):
-            raise invalid(f"'logit_bias' values must be numbers between -100 and 100; got {b!r} for {k}.",
-                          "logit_bias")
+            raise invalid(f"'logit_bias' values must be numbers between -100 and 100; got {b!r} for {k}.", "logit_bias")
         # OpenAI semantics: -100 bans a token, +100 forces it.
         out[tok] = float("-inf") if b <= -100 else float(b)
     return out
@@ -213,18 +234,26 @@ def _logit_bias(body: dict, n_vocab: int) -> dict[int, float]:
 
 def _unsupported(body: dict) -> None:
     if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise invalid("'logprobs' is not supported by this node yet; remove it from the request.", "logprobs",
-                      "unsupported_parameter")
+        raise invalid(
+            "'logprobs' is not supported by this node yet; remove it from the request.",
+            "logprobs",
+            "unsupported_parameter",
+        )
     if body.get("tools") or body.get("functions"):
         key = "tools" if body.get("tools") else "functions"
-        raise invalid(f"'{key}' (function calling) is not supported by this node yet; remove it from the request.",
-                      key, "unsupported_parameter")
+        raise invalid(
+            f"'{key}' (function calling) is not supported by this node yet; remove it from the request.",
+            key,
+            "unsupported_parameter",
+        )
     if body.get("suffix") not in (None, ""):
-        raise invalid("'suffix' (insertion) is not supported; remove it from the request.", "suffix",
-                      "unsupported_parameter")
+        raise invalid(
+            "'suffix' (insertion) is not supported; remove it from the request.", "suffix", "unsupported_parameter"
+        )
     if body.get("best_of") not in (None, 1):
-        raise invalid("'best_of' is not supported; use 'n' to get several completions.", "best_of",
-                      "unsupported_parameter")
+        raise invalid(
+            "'best_of' is not supported; use 'n' to get several completions.", "best_of", "unsupported_parameter"
+        )
 
 
 @dataclass
@@ -269,13 +298,15 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
             raise invalid("'stream_options' is only allowed when 'stream' is true.", "stream_options")
         iu = so.get("include_usage", False)
         if not isinstance(iu, bool):
-            raise invalid("'stream_options.include_usage' must be a boolean.", "stream_options.include_usage",
-                          "invalid_type")
+            raise invalid(
+                "'stream_options.include_usage' must be a boolean.", "stream_options.include_usage", "invalid_type"
+            )
         include_usage = iu
     rf = body.get("response_format")
     if rf is not None and not isinstance(rf, dict):
-        raise invalid("'response_format' must be an object such as {\"type\": \"json_object\"}.",
-                      "response_format", "invalid_type")
+        raise invalid(
+            '\'response_format\' must be an object such as {"type": "json_object"}.', "response_format", "invalid_type"
+        )
     try:
         grammar = grammar_for_response_format(rf)
     except SchemaError as e:
@@ -285,10 +316,16 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
         raise too_many("logit_bias", "entries", len(lb), LIMITS.logit_bias)
     bias = _logit_bias(body, n_vocab) if n_vocab is not None else {}
     sampling = SamplingParams(
-        temperature=temperature, top_p=top_p, top_k=top_k or 0, min_p=min_p,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k or 0,
+        min_p=min_p,
         seed=(seed & 0xFFFFFFFF) if seed is not None else None,
-        presence_penalty=presence, frequency_penalty=frequency, repeat_penalty=repeat,
-        logit_bias=bias, grammar=grammar,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        repeat_penalty=repeat,
+        logit_bias=bias,
+        grammar=grammar,
     )
     return GenerationParams(model, sampling, max_tokens, _stop(body), n, stream, include_usage)
 
@@ -307,8 +344,11 @@ VALID_ROLES = {"system", "developer", "user", "assistant"}
 def parse_messages(body: dict) -> list[dict[str, str]]:
     msgs = body.get("messages")
     if msgs is None:
-        raise invalid("'messages' is required: a non-empty array of {role, content} objects.", "messages",
-                      "missing_required_parameter")
+        raise invalid(
+            "'messages' is required: a non-empty array of {role, content} objects.",
+            "messages",
+            "missing_required_parameter",
+        )
     if not isinstance(msgs, list):
         raise invalid(f"'messages' must be an array, not {_type_name(msgs)}.", "messages", "invalid_type")
     if not msgs:
@@ -323,11 +363,15 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
             raise invalid(f"'{p}' must be an object with 'role' and 'content'.", p, "invalid_type")
         role = m.get("role")
         if role == "tool" or role == "function":
-            raise invalid(f"'{p}.role' '{role}' needs function calling, which this node does not support yet.",
-                          f"{p}.role", "unsupported_parameter")
+            raise invalid(
+                f"'{p}.role' '{role}' needs function calling, which this node does not support yet.",
+                f"{p}.role",
+                "unsupported_parameter",
+            )
         if role not in VALID_ROLES:
-            raise invalid(f"'{p}.role' must be one of 'system', 'developer', 'user', 'assistant'; got {role!r}.",
-                          f"{p}.role")
+            raise invalid(
+                f"'{p}.role' must be one of 'system', 'developer', 'user', 'assistant'; got {role!r}.", f"{p}.role"
+            )
         content = m.get("content")
         if content is None:
             if role == "assistant":
@@ -341,8 +385,11 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
                 if not isinstance(part, dict) or "type" not in part:
                     raise invalid(f"'{pp}' must be an object with a 'type'.", pp, "invalid_type")
                 if part["type"] != "text":
-                    raise invalid(f"'{pp}' has type {part['type']!r}; this model accepts text parts only.", pp,
-                                  "unsupported_content")
+                    raise invalid(
+                        f"'{pp}' has type {part['type']!r}; this model accepts text parts only.",
+                        pp,
+                        "unsupported_content",
+                    )
                 if not isinstance(part.get("text"), str):
                     raise invalid(f"'{pp}.text' must be a string.", f"{pp}.text", "invalid_type")
                 texts.append(budget.take(part["text"], f"{pp}.text"))
@@ -350,8 +397,11 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
         elif isinstance(content, str):
             budget.take(content, f"{p}.content")
         else:
-            raise invalid(f"'{p}.content' must be a string or an array of text parts, not {_type_name(content)}.",
-                          f"{p}.content", "invalid_type")
+            raise invalid(
+                f"'{p}.content' must be a string or an array of text parts, not {_type_name(content)}.",
+                f"{p}.content",
+                "invalid_type",
+            )
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
 
@@ -393,14 +443,19 @@ def parse_prompts(body: dict) -> list[str | list[int]]:
         raise invalid("'prompt' is required.", "prompt", "missing_required_parameter")
     prompts = _texts_or_token_ids(p, "prompt", LIMITS.prompts, "prompts")
     if prompts is None:
-        raise invalid("'prompt' must be a string, an array of strings, or an array of token ids.", "prompt",
-                      "invalid_type")
+        raise invalid(
+            "'prompt' must be a string, an array of strings, or an array of token ids.", "prompt", "invalid_type"
+        )
     n = body.get("n")
     if isinstance(n, float) and n.is_integer():
         n = int(n)  # as parse_generation reads it; n itself is checked there
     if _is_token_id(n) and len(prompts) * n > LIMITS.choices:
-        raise invalid(f"{len(prompts)} prompts with 'n' {n} ask for {len(prompts) * n} completions; this node "
-                      f"accepts at most {LIMITS.choices} (prompts × n) per request.", "n", "array_above_max_length")
+        raise invalid(
+            f"{len(prompts)} prompts with 'n' {n} ask for {len(prompts) * n} completions; this node "
+            f"accepts at most {LIMITS.choices} (prompts × n) per request.",
+            "n",
+            "array_above_max_length",
+        )
     return prompts
 
 
@@ -410,8 +465,9 @@ def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
         raise invalid("'input' is required.", "input", "missing_required_parameter")
     items = _texts_or_token_ids(v, "input", LIMITS.embedding_inputs, "inputs")
     if items is None:
-        raise invalid("'input' must be a string, an array of strings, or an array of token ids.", "input",
-                      "invalid_type")
+        raise invalid(
+            "'input' must be a string, an array of strings, or an array of token ids.", "input", "invalid_type"
+        )
     for i, x in enumerate(items):
         if x == "":
             raise invalid(f"'input[{i}]' is empty; every input must contain text.", "input")
@@ -419,6 +475,9 @@ def parse_embedding_inputs(body: dict) -> list[str | list[int]]:
     if fmt not in ("float", "base64"):
         raise invalid("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     if body.get("dimensions") is not None:
-        raise invalid("'dimensions' is not supported: this model's embeddings have a fixed size.", "dimensions",
-                      "unsupported_parameter")
+        raise invalid(
+            "'dimensions' is not supported: this model's embeddings have a fixed size.",
+            "dimensions",
+            "unsupported_parameter",
+        )
     return items

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..hardware import Capability, plan_offload, plan_slots
-from .events import ModelInfo
+from .events import DoneEvent, EngineConfig, GenRequest, ModelInfo
 from .llama_model import LlamaContext, LlamaModel, ModelLoadError
-from .events import DoneEvent, EngineConfig, GenRequest
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -30,10 +29,16 @@ class EmbeddingsUnsupported(Exception):
 
 
 class EngineCore:
-    def __init__(self, model_id: str, path: Path, cap: Capability, cfg: EngineConfig,
-                 on_finished: Callable[[DoneEvent], None] | None = None,
-                 on_step: Callable[[], None] | None = None,
-                 on_crash: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        cap: Capability,
+        cfg: EngineConfig,
+        on_finished: Callable[[DoneEvent], None] | None = None,
+        on_step: Callable[[], None] | None = None,
+        on_crash: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.id = model_id
         self.path = path
         self.cfg = cfg
@@ -45,23 +50,45 @@ class EngineCore:
         probe_layers = 0
         self.model = LlamaModel(path, gpu_layers=probe_layers)
         info = self.model.info
-        slot_plan = plan_slots(cap.backend, info.n_ctx_train, info.kv_bytes_per_token(cfg.kv_type), cap.vram_free_bytes,
-                               cfg.slots, cfg.ctx_per_slot)
-        offload = plan_offload(cap.backend, info.n_layer, info.size_bytes, slot_plan.kv_bytes,
-                               cap.vram_free_bytes, requested=cfg.gpu_layers)
+        slot_plan = plan_slots(
+            cap.backend,
+            info.n_ctx_train,
+            info.kv_bytes_per_token(cfg.kv_type),
+            cap.vram_free_bytes,
+            cfg.slots,
+            cfg.ctx_per_slot,
+        )
+        offload = plan_offload(
+            cap.backend,
+            info.n_layer,
+            info.size_bytes,
+            slot_plan.kv_bytes,
+            cap.vram_free_bytes,
+            requested=cfg.gpu_layers,
+        )
         if offload.gpu_layers != probe_layers:
             self.model.close()
             self.model = LlamaModel(path, gpu_layers=offload.gpu_layers)
         self.offload = offload
         self.slot_plan = slot_plan
-        self.ctx = LlamaContext(self.model, slot_plan.slots, slot_plan.ctx_per_slot, N_BATCH, cfg.threads,
-                               kv_type=cfg.kv_type)
-        self.scheduler = Scheduler(self.model, self.ctx, cfg.max_queue, on_finished=on_finished, on_step=on_step,
-                                   on_crash=on_crash)
+        self.ctx = LlamaContext(
+            self.model, slot_plan.slots, slot_plan.ctx_per_slot, N_BATCH, cfg.threads, kv_type=cfg.kv_type
+        )
+        self.scheduler = Scheduler(
+            self.model, self.ctx, cfg.max_queue, on_finished=on_finished, on_step=on_step, on_crash=on_crash
+        )
         log.debug(
             "loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), %d threads",
-            model_id, path.name, info.description, slot_plan.slots, self.ctx.n_ctx_seq,
-            slot_plan.kv_bytes / 2**20, offload.gpu_layers, offload.total_layers, offload.reason, cfg.threads,
+            model_id,
+            path.name,
+            info.description,
+            slot_plan.slots,
+            self.ctx.n_ctx_seq,
+            slot_plan.kv_bytes / 2**20,
+            offload.gpu_layers,
+            offload.total_layers,
+            offload.reason,
+            cfg.threads,
         )
 
     @property
@@ -123,13 +150,16 @@ class EngineCore:
                 if self._embed_error:
                     raise EmbeddingsUnsupported(self._embed_error)
                 try:
-                    self._embed_ctx = LlamaContext(self.model, 1, self.n_ctx_seq, self.n_ctx_seq,
-                                                   self.cfg.threads, embeddings=True)
+                    self._embed_ctx = LlamaContext(
+                        self.model, 1, self.n_ctx_seq, self.n_ctx_seq, self.cfg.threads, embeddings=True
+                    )
                 except ModelLoadError as e:
                     self._embed_error = f"model '{self.id}' does not support embeddings here: {e}"
                     raise EmbeddingsUnsupported(self._embed_error) from None
             ectx = self._embed_ctx
-            tokens = text if isinstance(text, list) else self.model.tokenize(text, add_special=True, parse_special=False)
+            tokens = (
+                text if isinstance(text, list) else self.model.tokenize(text, add_special=True, parse_special=False)
+            )
             if not tokens:
                 raise ValueError("cannot embed an empty input")
             if len(tokens) > ectx.n_ctx_seq:
@@ -150,8 +180,14 @@ class EngineCore:
         info = self.info
         longest, specials = self.model.vocab_text_facts()
         return {
-            "info": info, "n_ctx_seq": self.n_ctx_seq, "max_token_bytes": longest, "special_texts": specials, "slots": self.scheduler.n_slots, "batch_size": self.ctx.n_batch,
-            "kv_cache_bytes": self.slot_plan.kv_bytes, "offload": self.offload,
+            "info": info,
+            "n_ctx_seq": self.n_ctx_seq,
+            "max_token_bytes": longest,
+            "special_texts": specials,
+            "slots": self.scheduler.n_slots,
+            "batch_size": self.ctx.n_batch,
+            "kv_cache_bytes": self.slot_plan.kv_bytes,
+            "offload": self.offload,
         }
 
     def close(self) -> None:

@@ -28,14 +28,23 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..hardware import Capability
 from ..stats import RequestSample, RollingStats
 from . import worker
-from .events import (DoneEvent, EngineConfig, EngineStopped, EngineUnavailable, ErrorEvent, GenRequest, QueueFull,
-                     TokenEvent)
+from .events import (
+    DoneEvent,
+    EngineConfig,
+    EngineStopped,
+    EngineUnavailable,
+    ErrorEvent,
+    GenRequest,
+    QueueFull,
+    TokenEvent,
+)
 from .probe import BuildRegistry, describe_exit, is_build_fault
 from .templates import ChatTemplate
 from .variants import LibraryVariant, candidates
@@ -59,9 +68,16 @@ class EmbeddingsUnsupported(Exception):
 class ModelEngine:
     """Blocking constructor (run it in a thread): returns once a worker has loaded and probed the model."""
 
-    def __init__(self, model_id: str, path: Path, cap: Capability, cfg: EngineConfig,
-                 on_state: Callable[[str, str | None], None] | None = None,
-                 builds: BuildRegistry | None = None, variants: list[LibraryVariant] | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        cap: Capability,
+        cfg: EngineConfig,
+        on_state: Callable[[str, str | None], None] | None = None,
+        builds: BuildRegistry | None = None,
+        variants: list[LibraryVariant] | None = None,
+    ) -> None:
         self.id = model_id
         self.path = path
         self.cap = cap
@@ -86,11 +102,23 @@ class ModelEngine:
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
         self._describe(desc)
         info, off = self.info, self.offload
-        log.info("loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), "
-                 "%d threads; engine process %d, llama.cpp build %s%s",
-                 model_id, path.name, info.description, self.n_slots, self.n_ctx_seq, self.kv_cache_bytes / 2**20,
-                 off.gpu_layers, off.total_layers, off.reason, cfg.threads, self._proc.pid, self.variant.name,
-                 "; no chat template in the GGUF, using ChatML" if self.template.is_fallback else "")
+        log.info(
+            "loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), "
+            "%d threads; engine process %d, llama.cpp build %s%s",
+            model_id,
+            path.name,
+            info.description,
+            self.n_slots,
+            self.n_ctx_seq,
+            self.kv_cache_bytes / 2**20,
+            off.gpu_layers,
+            off.total_layers,
+            off.reason,
+            cfg.threads,
+            self._proc.pid,
+            self.variant.name,
+            "; no chat template in the GGUF, using ChatML" if self.template.is_fallback else "",
+        )
 
     # -- starting workers ---------------------------------------------------------------------------
 
@@ -99,13 +127,19 @@ class ModelEngine:
         ("load_failed", message) or ("died", exit code)."""
         env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
         env.update(variant.env())
-        proc = subprocess.Popen(worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env=env, close_fds=True)
+        proc = subprocess.Popen(
+            worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
+        )
         assert proc.stdin is not None and proc.stdout is not None
         conn = worker.Channel(proc.stdout, proc.stdin)
-        spec = worker.WorkerSpec(self.id, self.path, self.cap, self.cfg,
-                                 str(variant.lib_dir) if variant.lib_dir is not None else None,
-                                 logging.getLogger().getEffectiveLevel())
+        spec = worker.WorkerSpec(
+            self.id,
+            self.path,
+            self.cap,
+            self.cfg,
+            str(variant.lib_dir) if variant.lib_dir is not None else None,
+            logging.getLogger().getEffectiveLevel(),
+        )
         try:
             conn.send(spec)
             kind, payload = conn.recv()
@@ -137,8 +171,13 @@ class ModelEngine:
                 raise EngineLoadError(payload)
             reason = describe_exit(payload)
             if is_build_fault(payload):
-                log.error("the llama.cpp build %s died while loading %s (%s): this build cannot run on this "
-                          "processor; it will not be used again", v.name, self.id, reason)
+                log.error(
+                    "the llama.cpp build %s died while loading %s (%s): this build cannot run on this "
+                    "processor; it will not be used again",
+                    v.name,
+                    self.id,
+                    reason,
+                )
                 if self.builds:
                     self.builds.record_fault(v, reason)
                 self.skipped_variants[v.name] = reason
@@ -149,7 +188,8 @@ class ModelEngine:
             "llama.cpp cannot run on this computer's processor: every build of it that this installation has "
             f"crashed while loading the model ({'; '.join(faults)}). Install a build made for this processor "
             "(from source: delete ~/.cache/closedmesh/llama-wheels and run the install again), or report this "
-            "with your processor's model.")
+            "with your processor's model."
+        )
 
     def _describe(self, desc: dict) -> None:
         self.info = desc["info"]
@@ -165,8 +205,9 @@ class ModelEngine:
         self.state = "ready"
         self.started_at = time.monotonic()
         assert self._conn is not None and self._proc is not None
-        self._reader = threading.Thread(target=self._read, args=(self._conn, self._proc),
-                                        name=f"engine-link[{self.id}]", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read, args=(self._conn, self._proc), name=f"engine-link[{self.id}]", daemon=True
+        )
         self._reader.start()
 
     # -- the link to the worker ---------------------------------------------------------------------
@@ -209,8 +250,10 @@ class ModelEngine:
 
     def _unavailable_message(self) -> str:
         if self.state == "restarting":
-            return (f"The model '{self.id}' is restarting after its engine crashed ({self.last_error}); retry in a "
-                    f"few seconds.")
+            return (
+                f"The model '{self.id}' is restarting after its engine crashed ({self.last_error}); retry in a "
+                f"few seconds."
+            )
         if self.state == "closed":
             return f"The model '{self.id}' is shutting down; retry against a running node."
         return f"The model '{self.id}' is not available: {self.last_error}"
@@ -235,9 +278,13 @@ class ModelEngine:
             return
         log.error("the engine of %s crashed (%s) with %d request(s) running; restarting it", self.id, reason, len(reqs))
         for r in reqs:
-            r.emit(ErrorEvent(
-                f"The model's engine crashed while this request was running ({reason}). The request is not retried: "
-                f"it may be what crashed it. The engine restarts by itself.", "engine_crashed"))
+            r.emit(
+                ErrorEvent(
+                    f"The model's engine crashed while this request was running ({reason}). "
+                    f"The request is not retried: it may be what crashed it. The engine restarts by itself.",
+                    "engine_crashed",
+                )
+            )
         for waiter in calls:
             _resolve(waiter, False, ("crashed", f"the model's engine crashed ({reason})", ()))
         now = time.monotonic()
@@ -245,8 +292,10 @@ class ModelEngine:
         while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
             self._crashes.popleft()
         if len(self._crashes) > MAX_CRASHES:
-            self._give_up(f"its engine crashed {len(self._crashes)} times within {CRASH_WINDOW:.0f} s (last: "
-                          f"{reason}); it was stopped. Load it again to retry.")
+            self._give_up(
+                f"its engine crashed {len(self._crashes)} times within {CRASH_WINDOW:.0f} s (last: "
+                f"{reason}); it was stopped. Load it again to retry."
+            )
             return
         self.state = "restarting"
         self.on_state("restarting", self.last_error)
@@ -285,8 +334,15 @@ class ModelEngine:
             total = len(self._reqs)
         steps, dsec, ssec = self._worker_steps
         busy = min(total, self.n_slots)
-        return {"in_flight": busy, "queued": total - busy, "slots": self.n_slots, "slots_busy": busy,
-                "steps": steps, "decode_seconds": round(dsec, 4), "step_seconds": round(ssec, 4)}
+        return {
+            "in_flight": busy,
+            "queued": total - busy,
+            "slots": self.n_slots,
+            "slots_busy": busy,
+            "steps": steps,
+            "decode_seconds": round(dsec, 4),
+            "step_seconds": round(ssec, 4),
+        }
 
     def submit(self, req: GenRequest) -> None:
         """Hand a request to the worker. Raises QueueFull when every slot and the queue are taken,
@@ -373,9 +429,14 @@ class ModelEngine:
             "size_bytes": info.size_bytes,
             "architecture": info.architecture,
             "chat_template": "fallback-chatml" if self.template.is_fallback else "gguf",
-            "engine": {"state": self.state, "pid": self._proc.pid if self._proc is not None else None,
-                       "restarts": self.restarts, "last_error": self.last_error, "llama_build": self.variant.name,
-                       "skipped_builds": dict(self.skipped_variants)},
+            "engine": {
+                "state": self.state,
+                "pid": self._proc.pid if self._proc is not None else None,
+                "restarts": self.restarts,
+                "last_error": self.last_error,
+                "llama_build": self.variant.name,
+                "skipped_builds": dict(self.skipped_variants),
+            },
         }
 
     def close(self) -> None:
@@ -427,4 +488,3 @@ def _resolve(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future], ok: bool,
         loop.call_soon_threadsafe(settle)
     except RuntimeError:
         pass  # that loop is closed: nobody is waiting
-

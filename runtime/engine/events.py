@@ -8,9 +8,9 @@ parameters of a request, the request itself, and the events a generation produce
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 # Defaults follow the OpenAI API where it defines one (temperature, top_p) and llama.cpp's otherwise.
 DEFAULT_TOP_K = 40

@@ -42,12 +42,34 @@ TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 STRING_FORMATS = ("date", "time", "date-time", "uuid")
 
 # Keywords that describe and never constrain: accepted and ignored.
-ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
-                         "deprecated", "readOnly", "writeOnly"})
+ANNOTATIONS = frozenset(
+    {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly", "writeOnly"}
+)
 # Keywords the converter enforces.
-SUPPORTED = ("type", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions", "properties",
-             "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-             "minLength", "maxLength", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+SUPPORTED = (
+    "type",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+)
 
 _OBJECT_KEYS = ("properties", "required", "additionalProperties")
 _ARRAY_KEYS = ("items", "prefixItems", "minItems", "maxItems")
@@ -130,8 +152,9 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
             problems.append(SchemaProblem(path, "the value is not representable as JSON"))
             return
         if len(text) > MAX_LITERAL_CHARS:
-            problems.append(SchemaProblem(path, f"the value is {len(text)} characters of JSON; the limit is "
-                                                f"{MAX_LITERAL_CHARS}"))
+            problems.append(
+                SchemaProblem(path, f"the value is {len(text)} characters of JSON; the limit is {MAX_LITERAL_CHARS}")
+            )
 
     def walk(node: Any, path: str, depth: int, allow_false: bool = False) -> None:
         nonlocal count
@@ -155,11 +178,18 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
         bounds = [k for k in _BOUND_KEYS if k in node]
         if bounds:
             if node.get("type") != "integer":
-                problems.append(SchemaProblem(_ptr(path, bounds[0]), f"'{bounds[0]}' is supported on integers only "
-                                                                     "(type: integer)"))
+                problems.append(
+                    SchemaProblem(_ptr(path, bounds[0]), f"'{bounds[0]}' is supported on integers only (type: integer)")
+                )
             else:
-                bad = [k for k in bounds if isinstance(node[k], bool) or not isinstance(node[k], (int, float))
-                       or node[k] != node[k] or abs(node[k]) > MAX_BOUND]
+                bad = [
+                    k
+                    for k in bounds
+                    if isinstance(node[k], bool)
+                    or not isinstance(node[k], (int, float))
+                    or node[k] != node[k]
+                    or abs(node[k]) > MAX_BOUND
+                ]
                 for k in bad:
                     problems.append(SchemaProblem(_ptr(path, k), f"'{k}' must be a number within ±{MAX_BOUND}"))
                 if not bad:
@@ -168,8 +198,11 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
                         problems.append(SchemaProblem(path, "no integer lies within these bounds"))
         for key in node:
             if key not in ANNOTATIONS and key not in SUPPORTED:
-                problems.append(SchemaProblem(_ptr(path, key), f"the keyword '{key}' is not supported (supported: "
-                                                               f"{', '.join(SUPPORTED)})"))
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, key), f"the keyword '{key}' is not supported (supported: {', '.join(SUPPORTED)})"
+                    )
+                )
         for defs in ("$defs", "definitions"):
             if defs in node:
                 if not isinstance(node[defs], dict):
@@ -186,10 +219,14 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
                 problems.append(SchemaProblem(_ptr(path, "$ref"), "'$ref' must be a string"))
                 return
             try:
-                target = _resolve(schema, ref)
+                _resolve(schema, ref)
             except KeyError:
-                problems.append(SchemaProblem(_ptr(path, "$ref"), f"'$ref' {ref!r} does not resolve; only local "
-                                                                  "references such as '#/$defs/Name' are supported"))
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, "$ref"),
+                        f"'$ref' {ref!r} does not resolve; only local references such as '#/$defs/Name' are supported",
+                    )
+                )
                 return
             refs.add(ref)
             return
@@ -209,25 +246,35 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
             if key in node:
                 others = [k for k in node if k not in ANNOTATIONS and k not in (key, "$defs", "definitions")]
                 if others:
-                    problems.append(SchemaProblem(path, f"keywords beside '{key}' are not supported: "
-                                                        f"{', '.join(others)}"))
+                    problems.append(
+                        SchemaProblem(path, f"keywords beside '{key}' are not supported: {', '.join(others)}")
+                    )
                 alts = node[key]
                 p = _ptr(path, key)
                 if not isinstance(alts, list) or not alts:
                     problems.append(SchemaProblem(p, f"'{key}' must be a non-empty array of schemas"))
                 elif len(alts) > MAX_ALTERNATIVES:
-                    problems.append(SchemaProblem(p, f"'{key}' has {len(alts)} schemas; the limit is "
-                                                     f"{MAX_ALTERNATIVES}"))
+                    problems.append(
+                        SchemaProblem(p, f"'{key}' has {len(alts)} schemas; the limit is {MAX_ALTERNATIVES}")
+                    )
                 else:
                     for i, sub in enumerate(alts):
                         walk(sub, _ptr(p, i), depth + 1)
         if "type" in node:
             t = node["type"]
             types = t if isinstance(t, list) else [t]
-            if (not types or len(types) > MAX_ALTERNATIVES or any(x not in TYPES for x in types)
-                    or len(set(map(str, types))) != len(types)):
-                problems.append(SchemaProblem(_ptr(path, "type"), f"'type' must be one of {', '.join(TYPES)} or a "
-                                                                  "non-empty array of distinct ones"))
+            if (
+                not types
+                or len(types) > MAX_ALTERNATIVES
+                or any(x not in TYPES for x in types)
+                or len(set(map(str, types))) != len(types)
+            ):
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, "type"),
+                        f"'type' must be one of {', '.join(TYPES)} or a non-empty array of distinct ones",
+                    )
+                )
         # objects
         props = node.get("properties")
         if props is not None:
@@ -240,8 +287,12 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
             else:
                 for name, sub in props.items():
                     if len(name) > MAX_PROPERTY_NAME:
-                        problems.append(SchemaProblem(_ptr(p, name[:40] + "..."), f"a property name of {len(name)} "
-                                                      f"characters; the limit is {MAX_PROPERTY_NAME}"))
+                        problems.append(
+                            SchemaProblem(
+                                _ptr(p, name[:40] + "..."),
+                                f"a property name of {len(name)} characters; the limit is {MAX_PROPERTY_NAME}",
+                            )
+                        )
                     walk(sub, _ptr(p, name), depth + 1)
         if "required" in node:
             req = node["required"]
@@ -251,8 +302,7 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
             else:
                 for r in req:
                     if r not in (props or {}):
-                        problems.append(SchemaProblem(p, f"the required property {r!r} is not defined in "
-                                                         "'properties'"))
+                        problems.append(SchemaProblem(p, f"the required property {r!r} is not defined in 'properties'"))
         if "additionalProperties" in node:
             walk(node["additionalProperties"], _ptr(path, "additionalProperties"), depth + 1, allow_false=True)
         # arrays
@@ -266,44 +316,58 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
             if not isinstance(pre, list) or not pre:
                 problems.append(SchemaProblem(p, "'prefixItems' must be a non-empty array of schemas"))
             elif len(pre) > MAX_ARRAY_ITEMS:
-                problems.append(SchemaProblem(p, f"'prefixItems' has {len(pre)} schemas; the limit is "
-                                                 f"{MAX_ARRAY_ITEMS}"))
+                problems.append(
+                    SchemaProblem(p, f"'prefixItems' has {len(pre)} schemas; the limit is {MAX_ARRAY_ITEMS}")
+                )
             else:
                 for i, sub in enumerate(pre):
                     walk(sub, _ptr(p, i), depth + 1)
             if node.get("items", False) is not False:
-                problems.append(SchemaProblem(_ptr(path, "items"), "'items' beside 'prefixItems' must be false "
-                                                                   "(a fixed-length tuple)"))
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, "items"), "'items' beside 'prefixItems' must be false (a fixed-length tuple)"
+                    )
+                )
             if lo is not None or hi is not None:
                 problems.append(SchemaProblem(path, "'minItems'/'maxItems' beside 'prefixItems' are not supported"))
         elif "items" in node:
             items = node["items"]
             if isinstance(items, list):
-                problems.append(SchemaProblem(_ptr(path, "items"), "array-form 'items' is not supported; use "
-                                                                   "'prefixItems' for a tuple"))
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, "items"), "array-form 'items' is not supported; use 'prefixItems' for a tuple"
+                    )
+                )
             else:
                 walk(items, _ptr(path, "items"), depth + 1, allow_false=True)
                 if items is False and lo:
-                    problems.append(SchemaProblem(_ptr(path, "items"), "'items' false allows no item, but "
-                                                                       f"'minItems' is {lo}"))
+                    problems.append(
+                        SchemaProblem(_ptr(path, "items"), f"'items' false allows no item, but 'minItems' is {lo}")
+                    )
         # strings
         lo = _int_keyword(node, "minLength", MAX_STRING_LENGTH, path, problems)
         hi = _int_keyword(node, "maxLength", MAX_STRING_LENGTH, path, problems)
         if lo is not None and hi is not None and lo > hi:
-            problems.append(SchemaProblem(_ptr(path, "minLength"),
-                                          f"'minLength' {lo} is greater than 'maxLength' {hi}"))
+            problems.append(
+                SchemaProblem(_ptr(path, "minLength"), f"'minLength' {lo} is greater than 'maxLength' {hi}")
+            )
         if "format" in node:
             fmt = node["format"]
             if fmt not in STRING_FORMATS:
-                problems.append(SchemaProblem(_ptr(path, "format"), f"the format {fmt!r} is not supported "
-                                                                    f"(supported: {', '.join(STRING_FORMATS)})"))
+                problems.append(
+                    SchemaProblem(
+                        _ptr(path, "format"),
+                        f"the format {fmt!r} is not supported (supported: {', '.join(STRING_FORMATS)})",
+                    )
+                )
             elif "minLength" in node or "maxLength" in node:
                 problems.append(SchemaProblem(path, "'minLength'/'maxLength' beside 'format' are not supported"))
 
     walk(schema, "", 0)
     for ref in sorted(_left_recursive(schema, refs)):
-        problems.append(SchemaProblem("", f"'$ref' {ref!r} refers back to itself without an object or array in "
-                                          "between"))
+        problems.append(
+            SchemaProblem("", f"'$ref' {ref!r} refers back to itself without an object or array in between")
+        )
     return problems
 
 
@@ -356,28 +420,41 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "space": (r'| " " | "\n" [ \t]{0,20}', ()),
     "char": (r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', ()),
     "string": (r'"\"" char* "\"" space', ("char", "space")),
-    "integral-part": (r'[0] | [1-9] [0-9]{0,15}', ()),
-    "decimal-part": (r'[0-9]{1,16}', ()),
-    "number": (r'"-"? integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
-               ("integral-part", "decimal-part", "space")),
+    "integral-part": (r"[0] | [1-9] [0-9]{0,15}", ()),
+    "decimal-part": (r"[0-9]{1,16}", ()),
+    "number": (
+        r'"-"? integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+        ("integral-part", "decimal-part", "space"),
+    ),
     "integer": (r'"-"? integral-part space', ("integral-part", "space")),
     "boolean": (r'("true" | "false") space', ("space",)),
     "null": (r'"null" space', ("space",)),
-    "value": (r'object | array | string | number | boolean | null',
-              ("object", "array", "string", "number", "boolean", "null")),
-    "object": (r'"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
-               ("string", "value", "space")),
+    "value": (
+        r"object | array | string | number | boolean | null",
+        ("object", "array", "string", "number", "boolean", "null"),
+    ),
+    "object": (
+        r'"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
+        ("string", "value", "space"),
+    ),
     "array": (r'"[" space ( value ("," space value)* )? "]" space', ("value", "space")),
     "date": (r'[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )', ()),
-    "time": (r'([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{3} )? '
-             r'( "Z" | ( "+" | "-" ) ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )', ()),
+    "time": (
+        r'([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ( "." [0-9]{3} )? '
+        r'( "Z" | ( "+" | "-" ) ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )',
+        (),
+    ),
     "date-time": (r'date "T" time', ("date", "time")),
     "date-string": (r'"\"" date "\"" space', ("date", "space")),
     "time-string": (r'"\"" time "\"" space', ("time", "space")),
     "date-time-string": (r'"\"" date-time "\"" space', ("date-time", "space")),
-    "uuid-string": (r'"\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
-                    r'[0-9a-fA-F]{12} "\"" space', ("space",)),
+    "uuid-string": (
+        r'"\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
+        r'[0-9a-fA-F]{12} "\"" space',
+        ("space",),
+    ),
 }
+
 
 def integer_bounds(schema: dict) -> tuple[int | None, int | None]:
     """The inclusive integer range a schema's minimum/maximum/exclusive* keywords allow (None: open)."""
@@ -427,7 +504,7 @@ def _digit_ranges(lo: int, hi: int) -> list[tuple[str, str]]:
 def _range_pattern(start: str, stop: str) -> str:
     parts: list[str] = []
     free = 0
-    for a, b in zip(start, stop):
+    for a, b in zip(start, stop, strict=True):
         if a == b:
             parts.append(f'"{a}"')
         elif a == "0" and b == "9":
@@ -505,8 +582,11 @@ class GrammarBuilder:
         return "\n".join([f"root ::= {root_body}", *(f"{k} ::= {v}" for k, v in self._rules.items())]) + "\n"
 
     def _visit(self, schema: Any, name: str, root: Any) -> str:
-        if schema is True or schema == {} or (isinstance(schema, dict) and not (set(schema) - ANNOTATIONS
-                                                                                 - {"$defs", "definitions"})):
+        if (
+            schema is True
+            or schema == {}
+            or (isinstance(schema, dict) and not (set(schema) - ANNOTATIONS - {"$defs", "definitions"}))
+        ):
             return self.primitive("value")
         ref = schema.get("$ref")
         if ref is not None:
@@ -530,8 +610,15 @@ class GrammarBuilder:
             alts = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
             return self.add_rule(name, " | ".join(alts))
         if t is None:
-            t = ("object" if any(k in schema for k in _OBJECT_KEYS) else "array" if any(k in schema for k in _ARRAY_KEYS)
-                 else "string" if any(k in schema for k in _STRING_KEYS) else None)
+            t = (
+                "object"
+                if any(k in schema for k in _OBJECT_KEYS)
+                else "array"
+                if any(k in schema for k in _ARRAY_KEYS)
+                else "string"
+                if any(k in schema for k in _STRING_KEYS)
+                else None
+            )
             if t is None:
                 return self.primitive("value")
         if t == "object":
@@ -562,7 +649,9 @@ class GrammarBuilder:
         kvs: dict[str, str] = {}
         for prop, sub in props.items():
             value = self._visit(sub, f"{name}-{prop}", root)
-            kvs[prop] = self.add_rule(f"{name}-{prop}-kv", f'{gbnf_literal(json_text(prop))} {space} ":" {space} {value}')
+            kvs[prop] = self.add_rule(
+                f"{name}-{prop}-kv", f'{gbnf_literal(json_text(prop))} {space} ":" {space} {value}'
+            )
         req = [kvs[p] for p in props if p in required]
         opt = [kvs[p] for p in props if p not in required]
         if extra is True or isinstance(extra, dict):

@@ -62,7 +62,9 @@ class LlamaModel:
         self.gpu_layers = gpu_layers
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (not a valid GGUF file, or unsupported architecture)")
+            raise ModelLoadError(
+                f"llama.cpp could not load {path} (not a valid GGUF file, or unsupported architecture)"
+            )
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self._pieces: dict[int, bytes] = {}

@@ -26,7 +26,7 @@ BUILD_FAULT_SIGNALS = (signal.SIGILL, signal.SIGBUS)
 
 _SIGNAL_WORDS = {
     signal.SIGILL: "illegal instruction (SIGILL): this build of llama.cpp uses an instruction this processor "
-                   "cannot run",
+    "cannot run",
     signal.SIGBUS: "bus error (SIGBUS)",
     signal.SIGSEGV: "segmentation fault (SIGSEGV)",
     signal.SIGABRT: "aborted (SIGABRT): llama.cpp stopped on an internal error",

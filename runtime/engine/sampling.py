@@ -77,8 +77,11 @@ class Sampler:
         pre = []
         if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
             # llama-cpp-python 0.3.36 binds the five-argument form (n_vocab first).
-            pre.append(llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+            pre.append(
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                )
+            )
         if params.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
@@ -133,8 +136,10 @@ class Sampler:
         # Read through the array's own pointer: a sampler may point it at storage of its own. The grammar
         # marks what it rejects with -inf (+inf is possible: repeat_penalty 0 divides by zero).
         if not (0 <= arr.selected < arr.size) or not arr.data[arr.selected].logit > -math.inf:
-            raise GrammarDeadEnd("the response_format grammar allows no token at this point of the answer "
-                                 "(with this request's logit_bias); no valid JSON can be completed")
+            raise GrammarDeadEnd(
+                "the response_format grammar allows no token at this point of the answer "
+                "(with this request's logit_bias); no valid JSON can be completed"
+            )
         return self._accept(int(arr.data[arr.selected].id))
 
     def _fill(self, logits: np.ndarray) -> llama_cpp.llama_token_data_array:

@@ -16,11 +16,11 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .llama_model import LlamaContext, LlamaModel
 from .events import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from .llama_model import LlamaContext, LlamaModel
 from .sampling import GrammarError, Sampler
 from .text import IncrementalDecoder, StopMatcher
 
@@ -106,9 +106,15 @@ class Scheduler:
     def counts(self) -> dict:
         with self._cv:
             active = sum(1 for s in self.slots if s.req is not None)
-            return {"in_flight": active, "queued": len(self._waiting), "slots": len(self.slots),
-                    "slots_busy": active, "steps": self.steps, "decode_seconds": round(self.decode_seconds, 4),
-                    "step_seconds": round(self.step_seconds, 4)}
+            return {
+                "in_flight": active,
+                "queued": len(self._waiting),
+                "slots": len(self.slots),
+                "slots_busy": active,
+                "steps": self.steps,
+                "decode_seconds": round(self.decode_seconds, 4),
+                "step_seconds": round(self.step_seconds, 4),
+            }
 
     def stop(self) -> None:
         with self._cv:
@@ -143,14 +149,21 @@ class Scheduler:
             # What ran in the slots may be what broke the loop: those requests are not retried.
             for s in self.slots:
                 if s.req:
-                    self._finish_error(s, "the engine failed while generating this answer; the request is not "
-                                          "retried (it may be what broke it)", "engine_crashed")
+                    self._finish_error(
+                        s,
+                        "the engine failed while generating this answer; the request is not "
+                        "retried (it may be what broke it)",
+                        "engine_crashed",
+                    )
         finally:
             with self._cv:
                 self._stopping = True
                 waiting, self._waiting = list(self._waiting), collections.deque()
-            why = ("the model's engine stopped after an internal error; retry in a few seconds" if crash is not None
-                   else "the node is shutting down; retry against a running node")
+            why = (
+                "the model's engine stopped after an internal error; retry in a few seconds"
+                if crash is not None
+                else "the node is shutting down; retry against a running node"
+            )
             for r in waiting:
                 r.emit(ErrorEvent(why, "engine_stopped"))
             for s in self.slots:

@@ -48,7 +48,7 @@ class ChatTemplate:
             raise TemplateError(f"the model's chat template does not compile: {e}") from None
 
     @classmethod
-    def for_model(cls, template: str | None, bos: str, eos: str) -> "ChatTemplate":
+    def for_model(cls, template: str | None, bos: str, eos: str) -> ChatTemplate:
         if template:
             try:
                 return cls(template, bos, eos)
@@ -56,8 +56,9 @@ class ChatTemplate:
                 pass
         return cls(CHATML_TEMPLATE, bos, eos, is_fallback=True)
 
-    def render_segments(self, messages: list[dict[str, str]], add_generation_prompt: bool = True
-                        ) -> list[tuple[str, bool]] | None:
+    def render_segments(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[tuple[str, bool]] | None:
         """The prompt as (text, is_template_markup) pieces: each message's content apart from the template's
         own text, so the content can be tokenized as plain text (a user cannot write the model's control
         tokens, such as a fake system turn). Rendered with a per-call random marker in place of each

@@ -88,8 +88,9 @@ def supported_variants(names: list[str], cpu_flags: frozenset[str], machine: str
     return sorted(names)
 
 
-def candidates(root: Path | None = None, cpu_flags: frozenset[str] | None = None,
-               machine: str | None = None) -> list[LibraryVariant]:
+def candidates(
+    root: Path | None = None, cpu_flags: frozenset[str] | None = None, machine: str | None = None
+) -> list[LibraryVariant]:
     """The builds to try, best first. Without bundled variants: the installed package's libraries."""
     import platform
 

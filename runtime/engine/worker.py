@@ -133,8 +133,13 @@ class _Outbox:
                 return
             items, self.items = self.items, []
         sched = self.core.scheduler if self.core is not None else None
-        msg = ("ev", items, sched.steps if sched else 0, sched.decode_seconds if sched else 0.0,
-               sched.step_seconds if sched else 0.0)
+        msg = (
+            "ev",
+            items,
+            sched.steps if sched else 0,
+            sched.decode_seconds if sched else 0.0,
+            sched.step_seconds if sched else 0.0,
+        )
         with self.lock:
             self.conn.send(msg)
 
@@ -210,8 +215,14 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 core.submit(req)
             except QueueFull:
                 requests.pop(rid, None)
-                outbox.add(rid, ErrorEvent("The node is at capacity: every slot is busy and the queue is full. "
-                                           "Retry after the indicated delay.", "overloaded"))
+                outbox.add(
+                    rid,
+                    ErrorEvent(
+                        "The node is at capacity: every slot is busy and the queue is full. "
+                        "Retry after the indicated delay.",
+                        "overloaded",
+                    ),
+                )
                 outbox.flush()
             except EngineStopped:
                 requests.pop(rid, None)
@@ -244,8 +255,11 @@ def main() -> None:
     except EOFError:
         os._exit(0)
     # The node sets LLAMA_CPP_LIB_PATH in this process's environment (the build to load) before it starts.
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s engine[{spec.model_id}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=spec.log_level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s engine[{spec.model_id}] %(name)s: %(message)s",
+    )
     code = _serve(conn, spec)
     conn.close()
     # os._exit: llama.cpp's and Python's exit handlers have nothing left to do, and skipping them means a

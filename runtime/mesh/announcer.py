@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import nats
 
@@ -28,8 +29,14 @@ class Announcer:
     """``serving`` says how many peers' requests run here now; ``capability`` is the node's detected
     hardware (None while it starts)."""
 
-    def __init__(self, ident: Identity, config: Callable[[], MeshConfig], models: RoutableModels,
-                 capability: Callable[[], Any], serving: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        ident: Identity,
+        config: Callable[[], MeshConfig],
+        models: RoutableModels,
+        capability: Callable[[], Any],
+        serving: Callable[[], int],
+    ) -> None:
         self.ident = ident
         self._config = config
         self.models = models
@@ -54,8 +61,14 @@ class Announcer:
                 c = e.counts()
                 free = max(0, min(c["slots"] - c["slots_busy"] - lim.reserved_local_slots, mesh_room))
                 st = e.stats.summary()
-                entry.update(context_length=e.n_ctx_seq, slots=c["slots"], free_slots=free, queued=c["queued"],
-                             tokens_per_second_p50=st["tokens_per_second_p50"], ttft_ms_p50=st["ttft_ms_p50"])
+                entry.update(
+                    context_length=e.n_ctx_seq,
+                    slots=c["slots"],
+                    free_slots=free,
+                    queued=c["queued"],
+                    tokens_per_second_p50=st["tokens_per_second_p50"],
+                    ttft_ms_p50=st["ttft_ms_p50"],
+                )
                 free_total += free
                 queued_total += c["queued"]
             else:  # on disk, loads on first request
@@ -70,9 +83,11 @@ class Announcer:
             "features": list(FEATURES),
             "ts": time.time(),
             "ttl": ANNOUNCE_TTL,
-            "capability": {"backend": cap.backend if cap else None,
-                           "devices": [d.name for d in cap.devices] if cap else [],
-                           "ram_total_bytes": cap.ram_total_bytes if cap else None},
+            "capability": {
+                "backend": cap.backend if cap else None,
+                "devices": [d.name for d in cap.devices] if cap else [],
+                "ram_total_bytes": cap.ram_total_bytes if cap else None,
+            },
             "models": models,
             "free_slots": free_total,
             "queued": queued_total,
@@ -85,7 +100,7 @@ class Announcer:
         while True:
             try:
                 await asyncio.wait_for(self._poke.wait(), REFRESH_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._poke.clear()
             # At most a few writes per second however busy the node is.

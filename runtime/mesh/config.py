@@ -20,7 +20,7 @@ class MeshLimits:
     max_concurrent: int = 4  # mesh requests running here at once
     reserved_local_slots: int = 1  # slots per model that mesh requests never take
 
-    def update(self, d: dict) -> "MeshLimits":
+    def update(self, d: dict) -> MeshLimits:
         out = MeshLimits(**asdict(self))
         for k in ("max_tokens", "max_concurrent", "reserved_local_slots"):
             if k in d:
@@ -44,13 +44,19 @@ class MeshConfig:
     tls: str | None = None  # a private hub's certificate (base64 DER), pinned
 
     @classmethod
-    def load(cls, path: Path) -> "MeshConfig":
+    def load(cls, path: Path) -> MeshConfig:
         if not path.exists():
             return cls()
         try:
             d = json.loads(path.read_text())
-            return cls(bool(d.get("joined")), d.get("mode", "open"), list(d.get("urls", [])), d.get("name", ""),
-                       MeshLimits().update(d.get("limits", {})), d.get("tls"))
+            return cls(
+                bool(d.get("joined")),
+                d.get("mode", "open"),
+                list(d.get("urls", [])),
+                d.get("name", ""),
+                MeshLimits().update(d.get("limits", {})),
+                d.get("tls"),
+            )
         except (ValueError, TypeError) as e:
             log.error("ignoring a damaged %s: %s", path, e)
             return cls()

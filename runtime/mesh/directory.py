@@ -45,8 +45,21 @@ class Peer:
             "protocol": a.get("v"),
             "features": list(a.get("features") or []),
             "backend": (a.get("capability") or {}).get("backend"),
-            "models": [{k: m.get(k) for k in ("id", "context_length", "slots", "free_slots", "queued",
-                                               "tokens_per_second_p50", "ttft_ms_p50")} for m in self.models],
+            "models": [
+                {
+                    k: m.get(k)
+                    for k in (
+                        "id",
+                        "context_length",
+                        "slots",
+                        "free_slots",
+                        "queued",
+                        "tokens_per_second_p50",
+                        "ttft_ms_p50",
+                    )
+                }
+                for m in self.models
+            ],
             "free_slots": a.get("free_slots"),
             "queued": a.get("queued"),
             "tokens_per_second": max(tps) if tps else None,
@@ -138,5 +151,10 @@ class Directory:
 
 def _visible(a: dict) -> tuple:
     """What a change event is worth sending for: identity, models and their capacity."""
-    return (a.get("name"), a.get("version"), a.get("free_slots"), a.get("queued"),
-            tuple((m["id"], m["context_length"], m["free_slots"], m["queued"]) for m in a["models"]))
+    return (
+        a.get("name"),
+        a.get("version"),
+        a.get("free_slots"),
+        a.get("queued"),
+        tuple((m["id"], m["context_length"], m["free_slots"], m["queued"]) for m in a["models"]),
+    )

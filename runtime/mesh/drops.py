@@ -34,11 +34,20 @@ class Drops:
         if self._logged_at is not None and now - self._logged_at < self.interval:
             return False
         more = f" ({self._unlogged} dropped since the last report)" if self._logged_at is not None else ""
-        log.warning("mesh: dropping %s: %s%s; further ones are counted in the mesh status and reported at most "
-                    "every %.0f s", self.what, detail, more, self.interval)
+        log.warning(
+            "mesh: dropping %s: %s%s; further ones are counted in the mesh status and reported at most every %.0f s",
+            self.what,
+            detail,
+            more,
+            self.interval,
+        )
         self._logged_at, self._unlogged = now, 0
         return True
 
     def status(self) -> dict:
-        return {"total": self.total, "by_reason": dict(self.by_reason), "last_reason": self.last_reason,
-                "last_at": self.last_at}
+        return {
+            "total": self.total,
+            "by_reason": dict(self.by_reason),
+            "last_reason": self.last_reason,
+            "last_at": self.last_at,
+        }

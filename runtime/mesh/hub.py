@@ -34,10 +34,24 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from .drops import Drops
 from .identity import Identity, load_or_create
+from .protocol import (
+    ANNOUNCE_SUBJECTS,
+    ANNOUNCE_TTL,
+    BUCKET,
+    DIRECTORY_SUBJECT,
+    JOIN_SUBJECT,
+    KV_SUBJECTS,
+    BadAnnouncement,
+    BadInvite,
+    Invite,
+    announce_subject,
+    canonical,
+    inbox_prefix,
+    kv_subject,
+    open_announcement,
+    open_join_request,
+)
 from .tls import certificate_token, client_context, ensure_certificate
-from .protocol import (ANNOUNCE_SUBJECTS, ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, JOIN_SUBJECT, KV_SUBJECTS,
-                       BadAnnouncement, BadInvite, Invite, announce_subject, canonical, inbox_prefix,
-                       kv_subject, open_announcement, open_join_request)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +85,7 @@ def _locked(path: Path):
     with open(path.with_suffix(".lock"), "a+") as f:
         try:
             import fcntl
+
             fcntl.flock(f, fcntl.LOCK_EX)
         except ImportError:  # Windows: msvcrt locks are per-region; a single writer at a time is the norm
             pass
@@ -134,21 +149,35 @@ def render_config(state: dict, hub_dir: Path) -> dict:
         if pub not in state.get("revoked", {}):
             users.append({"nkey": pub, "permissions": node_permissions(pub)})
     for pub in state.get("invites", {}):
-        users.append({"nkey": pub, "permissions": {"publish": {"allow": [JOIN_SUBJECT]},
-                                                    "subscribe": {"allow": [f"{inbox_prefix(pub)}.>"]}}})
+        users.append(
+            {
+                "nkey": pub,
+                "permissions": {
+                    "publish": {"allow": [JOIN_SUBJECT]},
+                    "subscribe": {"allow": [f"{inbox_prefix(pub)}.>"]},
+                },
+            }
+        )
     conf = {
         "server_name": f"closedmesh-hub-{state['admin'][:8].lower()}",
         "listen": f"{state['host']}:{state['port']}",
-        "jetstream": {"store_dir": str(hub_dir / "jetstream"), "max_memory_store": 64 * 2**20,
-                      "max_file_store": 1 * 2**30},
+        "jetstream": {
+            "store_dir": str(hub_dir / "jetstream"),
+            "max_memory_store": 64 * 2**20,
+            "max_file_store": 1 * 2**30,
+        },
         "authorization": {"users": users},
         "max_payload": 8 * 2**20,
         "pid_file": str(hub_dir / "nats-server.pid"),
         "log_file": str(hub_dir / "nats-server.log"),
     }
     if state.get("tls"):
-        conf["tls"] = {"cert_file": str(hub_dir / "tls" / "hub-cert.pem"), "key_file": str(hub_dir / "tls" / "hub-key.pem"),
-                       "timeout": 5, "min_version": "1.2"}
+        conf["tls"] = {
+            "cert_file": str(hub_dir / "tls" / "hub-cert.pem"),
+            "key_file": str(hub_dir / "tls" / "hub-key.pem"),
+            "timeout": 5,
+            "min_version": "1.2",
+        }
     return conf
 
 
@@ -240,6 +269,7 @@ def create_invite(hub_dir: Path, ttl_seconds: float) -> Invite:
 def add_member(hub_dir: Path, pub: str, name: str) -> dict:
     def add(s: dict) -> None:
         s.setdefault("members", {})[pub] = {"name": name, "joined_at": time.time()}
+
     return update_state(hub_dir, add)
 
 
@@ -383,19 +413,28 @@ class Hub:
         init_state(self.hub_dir, self.admin, self.host, self.port)
         self._check_port()
         cmd = [nats_server_binary(), "-c", str(self.hub_dir / "nats-server.conf")]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 20
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise HubError(f"nats-server exited at start (code {self.proc.returncode}); see "
-                               f"{self.hub_dir / 'nats-server.log'}")
+                raise HubError(
+                    f"nats-server exited at start (code {self.proc.returncode}); see {self.hub_dir / 'nats-server.log'}"
+                )
             try:
-                self.nc = await nats.connect(self.local_url, nkeys_seed_str=self.admin.seed, name="closedmesh-hub",
-                                             tls=self.tls_context(),
-                                             max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                             connect_timeout=2, allow_reconnect=False, error_cb=_quiet)
+                self.nc = await nats.connect(
+                    self.local_url,
+                    nkeys_seed_str=self.admin.seed,
+                    name="closedmesh-hub",
+                    tls=self.tls_context(),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                )
                 break
             except Exception as e:  # not listening yet
                 last = e
@@ -406,8 +445,9 @@ class Hub:
         try:
             kv = await js.key_value(BUCKET)
         except Exception:
-            kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                          storage=StorageType.FILE))
+            kv = await js.create_key_value(
+                KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2, storage=StorageType.FILE)
+            )
         self.relay = DirectoryRelay(self.nc, kv)
         await self.relay.start()
         await self.nc.subscribe(JOIN_SUBJECT, cb=self._on_join)
@@ -435,8 +475,9 @@ class Hub:
         try:
             s.bind((self.host if self.host else "0.0.0.0", self.port))
         except OSError:
-            raise HubError(f"port {self.port} is already in use, so the hub cannot listen there; choose another "
-                           f"with --hub-port") from None
+            raise HubError(
+                f"port {self.port} is already in use, so the hub cannot listen there; choose another with --hub-port"
+            ) from None
         finally:
             s.close()
 

@@ -38,7 +38,11 @@ def verify_key(public: str) -> VerifyKey:
         raw = base64.b32decode(public.encode())
     except (ValueError, TypeError) as e:
         raise InvalidKey(f"not an NKey: {public!r}") from e
-    if len(raw) != 35 or raw[0] != nkeys.PREFIX_BYTE_USER or nkeys.crc16(bytearray(raw[:33])).to_bytes(2, "little") != raw[33:]:
+    if (
+        len(raw) != 35
+        or raw[0] != nkeys.PREFIX_BYTE_USER
+        or nkeys.crc16(bytearray(raw[:33])).to_bytes(2, "little") != raw[33:]
+    ):
         raise InvalidKey(f"not a user NKey: {public!r}")
     return VerifyKey(raw[1:33])
 
@@ -75,7 +79,7 @@ class Identity:
     public: str = ""  # set in __post_init__
 
     @classmethod
-    def generate(cls) -> "Identity":
+    def generate(cls) -> Identity:
         return cls(new_seed())
 
     def sign(self, data: bytes) -> bytes:

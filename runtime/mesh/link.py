@@ -14,7 +14,8 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import nats
 from nats.errors import Error as NatsError
@@ -71,19 +72,21 @@ class NatsLink:
         self._connection = connection
         self.ident = ident
 
-    async def start(self, peer: Peer, kind: str, body: dict, prefix: str) -> "NatsCall":
+    async def start(self, peer: Peer, kind: str, body: dict, prefix: str) -> NatsCall:
         nc = self._connection()
         if nc is None or not nc.is_connected:
             raise PeerLost("this node is not connected to the mesh")
         rid = uuid.uuid4().hex
-        sealed, key = seal_request(peer.id, {"rid": rid, "kind": kind, "body": body, "prefix": prefix,
-                                             "from": self.ident.public})
+        sealed, key = seal_request(
+            peer.id, {"rid": rid, "kind": kind, "body": body, "prefix": prefix, "from": self.ident.public}
+        )
         inbox = nc.new_inbox()  # _I.<this node>.…: the only place the peer will answer
         sub = await nc.subscribe(inbox, pending_msgs_limit=-1)
         call = NatsCall(nc, peer, rid, key, inbox, sub)
         try:
-            await nc.publish(req_subject(peer.id), sealed, reply=inbox,
-                             headers=request_headers(self.ident, inbox, sealed, rid))
+            await nc.publish(
+                req_subject(peer.id), sealed, reply=inbox, headers=request_headers(self.ident, inbox, sealed, rid)
+            )
         except BaseException:
             await call.close(cancel=True)
             raise
@@ -100,9 +103,9 @@ class NatsCall:
         while True:
             try:
                 msg = await self.sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
-            except (asyncio.TimeoutError, NatsError) as e:
+            except (TimeoutError, NatsError) as e:
                 if isinstance(e, asyncio.TimeoutError) or "timeout" in str(e).lower():
-                    raise asyncio.TimeoutError() from None
+                    raise TimeoutError() from None
                 raise PeerLost(str(e)) from None
             if msg.headers and msg.headers.get("Status") == "503":
                 raise PeerLost(f"{self.peer.name} is not listening (it left or crashed)")
@@ -123,5 +126,8 @@ class NatsCall:
             await self.sub.unsubscribe()
         if cancel and self.nc.is_connected:
             with contextlib.suppress(Exception):
-                await self.nc.publish(ctl_subject(self.peer.id), seal(self.key, {"t": "cancel", "rid": self.rid}),
-                                      headers={"CM-Rid": self.rid})
+                await self.nc.publish(
+                    ctl_subject(self.peer.id),
+                    seal(self.key, {"t": "cancel", "rid": self.rid}),
+                    headers={"CM-Rid": self.rid},
+                )

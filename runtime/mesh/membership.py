@@ -11,16 +11,26 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import nats
 from nats.js.api import KeyValueConfig, StorageType
 
 from .config import MeshConfig
 from .identity import Identity, verify
-from .protocol import (ANNOUNCE_TTL, BUCKET, DIRECTORY_SUBJECT, JOIN_SUBJECT, BadInvite, canonical, decode_invite,
-                       inbox_prefix, join_request)
+from .protocol import (
+    ANNOUNCE_TTL,
+    BUCKET,
+    DIRECTORY_SUBJECT,
+    JOIN_SUBJECT,
+    BadInvite,
+    canonical,
+    decode_invite,
+    inbox_prefix,
+    join_request,
+)
 from .tls import client_context
 
 log = logging.getLogger(__name__)
@@ -69,8 +79,9 @@ class Session(Protocol):
 class Membership:
     """``on_state`` is called after every change of ``state`` or ``error``."""
 
-    def __init__(self, config: MeshConfig, config_path: Path, ident: Identity, session: Session,
-                 on_state: Callable[[], None]) -> None:
+    def __init__(
+        self, config: MeshConfig, config_path: Path, ident: Identity, session: Session, on_state: Callable[[], None]
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.ident = ident
@@ -186,16 +197,25 @@ class Membership:
     async def _redeem(self, invite) -> list[str]:
         """Trade an invite for membership: the hub adds this node's key and answers with its addresses."""
         if invite.expires_at < time.time():
-            raise MeshError("this invite has expired; ask the hub's owner for a new one (closedmesh mesh invite)",
-                            400, "invite_expired")
+            raise MeshError(
+                "this invite has expired; ask the hub's owner for a new one (closedmesh mesh invite)",
+                400,
+                "invite_expired",
+            )
         nc = None
         for attempt in range(3):
             try:
-                nc = await nats.connect(list(invite.urls), nkeys_seed_str=invite.seed,
-                                        inbox_prefix=f"_I.{invite.public}",
-                                        tls=client_context(invite.cert) if invite.cert else None,
-                                        allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1,
-                                        error_cb=_quiet, name="closedmesh-join")
+                nc = await nats.connect(
+                    list(invite.urls),
+                    nkeys_seed_str=invite.seed,
+                    inbox_prefix=f"_I.{invite.public}",
+                    tls=client_context(invite.cert) if invite.cert else None,
+                    allow_reconnect=False,
+                    connect_timeout=3,
+                    max_reconnect_attempts=1,
+                    error_cb=_quiet,
+                    name="closedmesh-join",
+                )
                 break
             except Exception as e:
                 err = _connect_error(e, invite.urls, invite=True)
@@ -212,8 +232,9 @@ class Membership:
         try:
             msg = await nc.request(JOIN_SUBJECT, join_request(invite, self.ident, self.config.name), timeout=10)
         except Exception as e:
-            raise MeshError(f"the hub did not answer the join request ({type(e).__name__}); try again", 502,
-                            "hub_unavailable") from None
+            raise MeshError(
+                f"the hub did not answer the join request ({type(e).__name__}); try again", 502, "hub_unavailable"
+            ) from None
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -224,18 +245,30 @@ class Membership:
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
-            raise MeshError("the answer to the join request was not signed by the hub named in the invite; "
-                            "not joining", 502, "hub_impostor")
+            raise MeshError(
+                "the answer to the join request was not signed by the hub named in the invite; not joining",
+                502,
+                "hub_impostor",
+            )
         if not result.get("ok"):
             raise MeshError(f"the hub refused: {result.get('error', 'no reason given')}", 403, "join_refused")
         return list(invite.urls)
 
     async def _connect(self, urls: list[str], mode: str, cert: str | None = None) -> None:
         opts: dict[str, Any] = dict(
-            servers=urls, name=f"closedmesh {self.config.name}", inbox_prefix=inbox_prefix(self.ident.public),
-            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=3,
-            ping_interval=5, max_outstanding_pings=2, error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
+            servers=urls,
+            name=f"closedmesh {self.config.name}",
+            inbox_prefix=inbox_prefix(self.ident.public),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=3,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
         if mode == "hub":
             opts["nkeys_seed_str"] = self.ident.seed
         if cert:
@@ -266,15 +299,19 @@ class Membership:
                 try:
                     await nc.request(DIRECTORY_SUBJECT, b"", timeout=5)
                 except Exception:
-                    raise MeshError("the hub does not answer directory requests (is it a ClosedMesh hub of "
-                                    "this version?)", 502, "no_directory") from None
+                    raise MeshError(
+                        "the hub does not answer directory requests (is it a ClosedMesh hub of this version?)",
+                        502,
+                        "no_directory",
+                    ) from None
             else:
                 js = nc.jetstream()
                 try:
                     kv = await js.key_value(BUCKET)
                 except Exception:
-                    kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2,
-                                                                  storage=StorageType.FILE))
+                    kv = await js.create_key_value(
+                        KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2, storage=StorageType.FILE)
+                    )
             await self.session.subscribe(nc)
             await nc.flush(timeout=5)
         except MeshError:
@@ -283,8 +320,9 @@ class Membership:
         except Exception as e:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise MeshError(f"connected to {urls[0]} but could not set up the mesh there: {e}", 502,
-                            "mesh_setup_failed") from None
+            raise MeshError(
+                f"connected to {urls[0]} but could not set up the mesh there: {e}", 502, "mesh_setup_failed"
+            ) from None
         self.nc, self.kv = nc, kv
         self.session.begin(nc, kv)
         self.set_state(JOINED)
@@ -309,8 +347,11 @@ class Membership:
     async def _on_error(self, e: Exception) -> None:
         text = str(e)
         if "authorization violation" in text.lower() and self.nc is not None:
-            self.set_state(ERROR, "the hub no longer accepts this node (it was removed from the mesh, or the hub "
-                                   "was reset); ask for a new invite")
+            self.set_state(
+                ERROR,
+                "the hub no longer accepts this node (it was removed from the mesh, or the hub "
+                "was reset); ask for a new invite",
+            )
         elif "permissions violation" in text.lower():
             log.warning("mesh: %s", text)
         else:
@@ -335,9 +376,20 @@ def _connect_error(e: Exception, urls, invite: bool) -> MeshError:
     where = ", ".join(urls)
     if "authorization violation" in text.lower():
         if invite:
-            return MeshError("the hub does not accept this invite: it was already used, has expired or was "
-                             "withdrawn; ask for a new one", 403, "invite_rejected")
-        return MeshError(f"the mesh at {where} refused this node (not a member, or removed from it); join with an "
-                         f"invite", 403, "not_authorized")
-    return MeshError(f"could not reach the mesh at {where} ({type(e).__name__}: {text or 'no answer'}); check that "
-                     f"the hub is running and reachable from this machine", 502, "hub_unreachable")
+            return MeshError(
+                "the hub does not accept this invite: it was already used, has expired or was "
+                "withdrawn; ask for a new one",
+                403,
+                "invite_rejected",
+            )
+        return MeshError(
+            f"the mesh at {where} refused this node (not a member, or removed from it); join with an invite",
+            403,
+            "not_authorized",
+        )
+    return MeshError(
+        f"could not reach the mesh at {where} ({type(e).__name__}: {text or 'no answer'}); check that "
+        f"the hub is running and reachable from this machine",
+        502,
+        "hub_unreachable",
+    )

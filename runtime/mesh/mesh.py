@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import nats
 
@@ -44,8 +45,9 @@ class Presence:
     """What runs while connected: the announcer, the directory watch and the expiry of silent peers
     (membership.Session)."""
 
-    def __init__(self, directory: Directory, announcer: Announcer, serving: Serving,
-                 peers_changed: Callable[[], None]) -> None:
+    def __init__(
+        self, directory: Directory, announcer: Announcer, serving: Serving, peers_changed: Callable[[], None]
+    ) -> None:
         self.directory = directory
         self.announcer = announcer
         self.serving = serving
@@ -59,10 +61,13 @@ class Presence:
     def begin(self, nc: nats.NATS, kv) -> None:
         self.watch = DirectoryWatch(nc, self.directory, lambda keys: self._peers_changed(), hub=kv is None)
         loop = asyncio.get_running_loop()
-        self._tasks = {"announcer": loop.create_task(self.announcer.run(nc, kv), name="announcer"),
-                       "watcher": loop.create_task(keep_watching(self.watch), name="watcher"),
-                       "expirer": loop.create_task(expire_peers(self.directory, lambda gone: self._peers_changed()),
-                                                   name="expirer")}
+        self._tasks = {
+            "announcer": loop.create_task(self.announcer.run(nc, kv), name="announcer"),
+            "watcher": loop.create_task(keep_watching(self.watch), name="watcher"),
+            "expirer": loop.create_task(
+                expire_peers(self.directory, lambda gone: self._peers_changed()), name="expirer"
+            ),
+        }
         self.announcer.poke()  # announce now, not at the next refresh
 
     def stop(self) -> None:
@@ -97,15 +102,28 @@ class Mesh:
         if not self.config.name:
             self.config.name = socket.gethostname()[:48] or self.ident.public[:8]
         self.directory = Directory(self.ident.public)
-        self.serving = Serving(self.ident, lambda: self.config.limits, services.models, services.prepare,
-                               lambda: self.membership.nc, self.poke)
-        self.announcer = Announcer(self.ident, lambda: self.config, services.models, services.capability,
-                                   lambda: len(self.serving.served))
+        self.serving = Serving(
+            self.ident,
+            lambda: self.config.limits,
+            services.models,
+            services.prepare,
+            lambda: self.membership.nc,
+            self.poke,
+        )
+        self.announcer = Announcer(
+            self.ident, lambda: self.config, services.models, services.capability, lambda: len(self.serving.served)
+        )
         self.presence = Presence(self.directory, self.announcer, self.serving, self._peers_changed)
-        self.membership = Membership(self.config, self.config_path, self.ident, self.presence,
-                                     lambda: services.publish(dict(self.status(with_peers=False), type="mesh")))
-        self.requester = Requester(self.directory, NatsLink(lambda: self.membership.nc, self.ident),
-                                   lambda: self.connected)
+        self.membership = Membership(
+            self.config,
+            self.config_path,
+            self.ident,
+            self.presence,
+            lambda: services.publish(dict(self.status(with_peers=False), type="mesh")),
+        )
+        self.requester = Requester(
+            self.directory, NatsLink(lambda: self.membership.nc, self.ident), lambda: self.connected
+        )
 
     # -- status ---------------------------------------------------------------------------------------
 
@@ -117,7 +135,8 @@ class Mesh:
         nc = self.membership.nc
         d = {
             "state": self.membership.state,
-            "url": nc.connected_url.geturl() if nc is not None and nc.connected_url and nc.is_connected
+            "url": nc.connected_url.geturl()
+            if nc is not None and nc.connected_url and nc.is_connected
             else (self.config.urls[0] if self.config.urls else None),
             "urls": list(self.config.urls),
             "mode": self.config.mode if self.config.joined else None,
@@ -205,7 +224,8 @@ class Mesh:
     def peer_has_room(self, peer: Peer, model_id: str) -> bool:
         return self.requester.peer_has_room(peer, model_id)
 
-    def generate(self, kind: str, body: dict, model_id: str, max_tokens: int | None,
-                 first: list[Peer]) -> AsyncIterator[dict]:
+    def generate(
+        self, kind: str, body: dict, model_id: str, max_tokens: int | None, first: list[Peer]
+    ) -> AsyncIterator[dict]:
         """One choice on the mesh, failing over between peers (Requester.generate)."""
         return self.requester.generate(kind, body, model_id, max_tokens, first)

@@ -123,8 +123,10 @@ def open_announcement(key: str, raw: bytes) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise BadAnnouncement(f"unreadable announcement under {key}") from e
     if not isinstance(body, dict) or body.get("id") != key:
-        raise BadAnnouncement(f"announcement under {key} claims another identity "
-                              f"({body.get('id') if isinstance(body, dict) else None!r:.80})")
+        raise BadAnnouncement(
+            f"announcement under {key} claims another identity "
+            f"({body.get('id') if isinstance(body, dict) else None!r:.80})"
+        )
     try:
         payload = canonical(body)
     except (ValueError, TypeError, RecursionError) as e:
@@ -183,8 +185,7 @@ def _str_list(a: dict, key: str, field: str, max_items: int, max_len: int, path:
     if v is None:
         return []
     if not isinstance(v, list) or len(v) > max_items or not all(isinstance(x, str) and len(x) <= max_len for x in v):
-        raise _fail(key, path + field, f"must be a list of at most {max_items} strings of at most {max_len} "
-                                       f"characters")
+        raise _fail(key, path + field, f"must be a list of at most {max_items} strings of at most {max_len} characters")
     return list(v)
 
 
@@ -204,9 +205,11 @@ def validate_announcement(key: str, a: dict) -> dict:
     out["ttl"] = _num(a, key, "ttl", MIN_TTL, MAX_TTL)
     out["features"] = _str_list(a, key, "features", MAX_FEATURES, 64)
     cap = _dict(a, key, "capability")
-    out["capability"] = {"backend": _str(cap, key, "backend", 64, "capability."),
-                         "devices": _str_list(cap, key, "devices", MAX_DEVICES, 256, "capability."),
-                         "ram_total_bytes": _int(cap, key, "ram_total_bytes", 0, 2**62, path="capability.")}
+    out["capability"] = {
+        "backend": _str(cap, key, "backend", 64, "capability."),
+        "devices": _str_list(cap, key, "devices", MAX_DEVICES, 256, "capability."),
+        "ram_total_bytes": _int(cap, key, "ram_total_bytes", 0, 2**62, path="capability."),
+    }
     models = a.get("models")
     if models is None:
         models = []
@@ -219,22 +222,32 @@ def validate_announcement(key: str, a: dict) -> dict:
             raise _fail(key, f"models[{i}]", "must be an object")
         mid = m.get("id")
         if not isinstance(mid, str) or not MODEL_ID.fullmatch(mid):
-            raise _fail(key, path + "id", "must be a model id (letters, digits and ._:+@/-, at most 128 "
-                                          "characters, starting with a letter or digit)")
-        out["models"].append({
-            "id": mid, "state": _str(m, key, "state", 32, path),
-            "context_length": _int(m, key, "context_length", 0, MAX_CONTEXT, path=path),
-            "slots": _int(m, key, "slots", 0, MAX_SLOTS, path=path),
-            "free_slots": _int(m, key, "free_slots", 0, MAX_SLOTS, path=path),
-            "queued": _int(m, key, "queued", 0, MAX_COUNT, path=path),
-            "tokens_per_second_p50": _num(m, key, "tokens_per_second_p50", 0, 1e7, path),
-            "ttft_ms_p50": _num(m, key, "ttft_ms_p50", 0, 1e9, path)})
+            raise _fail(
+                key,
+                path + "id",
+                "must be a model id (letters, digits and ._:+@/-, at most 128 "
+                "characters, starting with a letter or digit)",
+            )
+        out["models"].append(
+            {
+                "id": mid,
+                "state": _str(m, key, "state", 32, path),
+                "context_length": _int(m, key, "context_length", 0, MAX_CONTEXT, path=path),
+                "slots": _int(m, key, "slots", 0, MAX_SLOTS, path=path),
+                "free_slots": _int(m, key, "free_slots", 0, MAX_SLOTS, path=path),
+                "queued": _int(m, key, "queued", 0, MAX_COUNT, path=path),
+                "tokens_per_second_p50": _num(m, key, "tokens_per_second_p50", 0, 1e7, path),
+                "ttft_ms_p50": _num(m, key, "ttft_ms_p50", 0, 1e9, path),
+            }
+        )
     out["free_slots"] = _int(a, key, "free_slots", 0, MAX_SLOTS * MAX_MODELS)
     out["queued"] = _int(a, key, "queued", 0, MAX_COUNT)
     lim = _dict(a, key, "limits")
-    out["limits"] = {"max_tokens": _int(lim, key, "max_tokens", 1, MAX_TOKENS, path="limits."),
-                     "max_concurrent": _int(lim, key, "max_concurrent", 1, MAX_COUNT, path="limits."),
-                     "reserved_local_slots": _int(lim, key, "reserved_local_slots", 0, MAX_SLOTS, path="limits.")}
+    out["limits"] = {
+        "max_tokens": _int(lim, key, "max_tokens", 1, MAX_TOKENS, path="limits."),
+        "max_concurrent": _int(lim, key, "max_concurrent", 1, MAX_COUNT, path="limits."),
+        "reserved_local_slots": _int(lim, key, "reserved_local_slots", 0, MAX_SLOTS, path="limits."),
+    }
     return out
 
 
@@ -267,10 +280,12 @@ class Invite:
 def decode_invite(token: str) -> Invite:
     token = token.strip()
     if not token.startswith(INVITE_PREFIX):
-        raise BadInvite("this is not a ClosedMesh invite (it should start with 'cmi1.'); ask the hub's owner "
-                        "for a new one with: closedmesh mesh invite")
+        raise BadInvite(
+            "this is not a ClosedMesh invite (it should start with 'cmi1.'); ask the hub's owner "
+            "for a new one with: closedmesh mesh invite"
+        )
     try:
-        d = json.loads(_unb64(token[len(INVITE_PREFIX):]))
+        d = json.loads(_unb64(token[len(INVITE_PREFIX) :]))
         inv = Invite(tuple(d["u"]), d["s"], float(d["e"]), d["h"], d.get("c"))
         Identity(inv.seed)
     except (ValueError, KeyError, TypeError, InvalidKey) as e:
@@ -350,8 +365,10 @@ def check_request(ident: Identity, reply: str | None, headers: dict | None, seal
     if not reply or not isinstance(signer, str) or not isinstance(sig, str) or len(signer) != 56 or len(sig) > 128:
         raise JunkRequest("unsigned", "a request without a signer, signature or reply subject")
     if not reply.startswith(inbox_prefix(signer) + "."):
-        raise JunkRequest("foreign_reply", f"a request signed by {signer} whose answers would go to {reply[:80]!r}, "
-                                           f"not to the signer's own inbox")
+        raise JunkRequest(
+            "foreign_reply",
+            f"a request signed by {signer} whose answers would go to {reply[:80]!r}, not to the signer's own inbox",
+        )
     try:
         sig_bytes = _unb64(sig)
     except ValueError:
@@ -362,8 +379,13 @@ def check_request(ident: Identity, reply: str | None, headers: dict | None, seal
         body, key = open_request(ident, sealed)
     except ValueError as e:
         raise JunkRequest("undecryptable", str(e)) from None
-    if not isinstance(body, dict) or body.get("from") != signer or not isinstance(body.get("rid"), str) \
-            or len(body["rid"]) > 64 or not isinstance(body.get("body"), dict):
+    if (
+        not isinstance(body, dict)
+        or body.get("from") != signer
+        or not isinstance(body.get("rid"), str)
+        or len(body["rid"]) > 64
+        or not isinstance(body.get("body"), dict)
+    ):
         raise JunkRequest("malformed", f"a request from {signer} without a valid rid, body or matching sender")
     return signer, body, key
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from .directory import Directory, Peer
 from .link import PeerBusy, PeerLink, PeerLost
@@ -24,8 +24,18 @@ log = logging.getLogger(__name__)
 BUSY_WAIT_SECONDS = 120.0  # how long a request waits for room when every peer is busy
 
 # Errors after which another peer is tried; anything else is the client's to see.
-_RETRYABLE_CODES = {"peer_busy", "mesh_limit", "model_not_found", "model_load_failed", "engine_stopped",
-                    "node_shutting_down", "overloaded", "server_error", "internal_error", "model_not_ready"}
+_RETRYABLE_CODES = {
+    "peer_busy",
+    "mesh_limit",
+    "model_not_found",
+    "model_load_failed",
+    "engine_stopped",
+    "node_shutting_down",
+    "overloaded",
+    "server_error",
+    "internal_error",
+    "model_not_ready",
+}
 # Errors that end the request here whatever their status: the request may be what crashed the serving
 # peer's engine, so sending it (or the rest of it) to the next peer could crash that one too, and so on
 # through the whole mesh. The client gets the error (500, x-should-retry: false).
@@ -53,8 +63,13 @@ class Requester:
     """This node's requests to peers. ``in_flight`` counts the requests running on each peer (ranking
     trusts it over the peers' announcements, which are a few seconds old)."""
 
-    def __init__(self, directory: Directory, link: PeerLink, connected: Callable[[], bool],
-                 busy_wait_seconds: float = BUSY_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        link: PeerLink,
+        connected: Callable[[], bool],
+        busy_wait_seconds: float = BUSY_WAIT_SECONDS,
+    ) -> None:
         self.directory = directory
         self.link = link
         self._connected = connected
@@ -71,8 +86,9 @@ class Requester:
         free = m.get("free_slots")
         return (free if isinstance(free, int) else 1) - self.in_flight.get(peer.id, 0) > 0
 
-    async def generate(self, kind: str, body: dict, model_id: str, max_tokens: int | None,
-                       first: list[Peer]) -> AsyncIterator[dict]:
+    async def generate(
+        self, kind: str, body: dict, model_id: str, max_tokens: int | None, first: list[Peer]
+    ) -> AsyncIterator[dict]:
         """Run one choice on the mesh: events {"t": "start", "prompt_tokens"}, {"t": "d", "pieces"} (one per token),
         {"t": "done", "finish_reason", "usage"}. Fails over to the next peer when one is lost or refuses,
         carrying the partial answer along so the client sees one unbroken answer."""
@@ -98,16 +114,22 @@ class Requester:
                 continue
             if not queue:
                 where = "every peer serving it was lost" if tried else "no live peer serves it"
-                raise MeshUnavailable(f"The answer from the mesh could not be {'finished' if started else 'started'}: "
-                                      f"{where} ({last_error}).", started)
+                raise MeshUnavailable(
+                    f"The answer from the mesh could not be {'finished' if started else 'started'}: "
+                    f"{where} ({last_error}).",
+                    started,
+                )
             peer = queue.pop(0)
             if peer.id in tried:
                 continue
             tried.add(peer.id)
             remaining = None if max_tokens is None else max_tokens - tokens_before
             if remaining is not None and remaining <= 0:
-                yield {"t": "done", "finish_reason": "length",
-                       "usage": {"prompt_tokens": prompt_tokens or 0, "completion_tokens": tokens_before}}
+                yield {
+                    "t": "done",
+                    "finish_reason": "length",
+                    "usage": {"prompt_tokens": prompt_tokens or 0, "completion_tokens": tokens_before},
+                }
                 return
             req_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "n")}
             if remaining is not None:
@@ -129,10 +151,15 @@ class Requester:
                     elif ev["t"] == "done":
                         u = ev.get("u") or {}
                         done = tokens_before + int(u.get("completion_tokens", peer_tokens))
-                        yield {"t": "done", "finish_reason": ev.get("f", "stop"),
-                               "usage": {"prompt_tokens": prompt_tokens or u.get("prompt_tokens", 0),
-                                         "completion_tokens": done,
-                                         "cached_tokens": int(u.get("cached_tokens", 0)) if not tokens_before else 0}}
+                        yield {
+                            "t": "done",
+                            "finish_reason": ev.get("f", "stop"),
+                            "usage": {
+                                "prompt_tokens": prompt_tokens or u.get("prompt_tokens", 0),
+                                "completion_tokens": done,
+                                "cached_tokens": int(u.get("cached_tokens", 0)) if not tokens_before else 0,
+                            },
+                        }
                         return
             except PeerBusy as e:
                 last_error = str(e)
@@ -140,8 +167,12 @@ class Requester:
                 continue
             except PeerLost as e:
                 last_error = str(e)
-                log.info("mesh: peer %s lost (%s)%s", peer.name, e,
-                         f"; continuing the answer elsewhere after {len(text)} characters" if started else "")
+                log.info(
+                    "mesh: peer %s lost (%s)%s",
+                    peer.name,
+                    e,
+                    f"; continuing the answer elsewhere after {len(text)} characters" if started else "",
+                )
                 tokens_before += peer_tokens
                 continue
 
@@ -162,7 +193,7 @@ class Requester:
                 wait = last_ok + (LIVENESS_TIMEOUT if probed else LIVENESS_TIMEOUT / 2) - time.monotonic()
                 try:
                     m = await call.receive(max(wait, 0.001))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if not probed:
                         probed = True
                         await call.probe()
@@ -185,8 +216,11 @@ class Requester:
                         raise PeerBusy(f"{peer.name} is busy")
                     if err.get("code") in FINAL_CODES:
                         finished = True
-                        log.warning("mesh: %s: %s; not trying another peer with this request", peer.name,
-                                    err.get("message", err.get("code")))
+                        log.warning(
+                            "mesh: %s: %s; not trying another peer with this request",
+                            peer.name,
+                            err.get("message", err.get("code")),
+                        )
                         raise RemoteError(status, err)
                     if status >= 500 or err.get("code") in _RETRYABLE_CODES:
                         raise PeerLost(f"{peer.name}: {err.get('message', 'error')}")

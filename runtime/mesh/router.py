@@ -14,8 +14,14 @@ class Candidate:
     score: tuple
 
 
-def rank_peers(peers: list[Peer], model_id: str, in_flight: dict[str, int], max_tokens: int | None = None,
-               exclude: set[str] = frozenset(), rng: random.Random | None = None) -> list[Peer]:
+def rank_peers(
+    peers: list[Peer],
+    model_id: str,
+    in_flight: dict[str, int],
+    max_tokens: int | None = None,
+    exclude: set[str] = frozenset(),
+    rng: random.Random | None = None,
+) -> list[Peer]:
     """Peers that serve ``model_id``, best first.
 
     Best = has a free slot after counting the requests this node already sent it (announcements are a

@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 import nats
 
@@ -63,8 +64,15 @@ class Serving:
     """The serving side of one node. ``changed`` is called when the number of requests running here
     changes (the announcement shows the room left)."""
 
-    def __init__(self, ident: Identity, limits: Callable[[], MeshLimits], models: LocalModels, prepare: Prepare,
-                 connection: Callable[[], nats.NATS | None], changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        ident: Identity,
+        limits: Callable[[], MeshLimits],
+        models: LocalModels,
+        prepare: Prepare,
+        connection: Callable[[], nats.NATS | None],
+        changed: Callable[[], None],
+    ) -> None:
         self.ident = ident
         self._limits = limits
         self.models = models
@@ -84,8 +92,18 @@ class Serving:
     async def close(self) -> None:
         """Node shutdown: tell requesters to go elsewhere and stop the work."""
         for s in list(self.served.values()):
-            await self._send(s, {"t": "err", "status": 503, "error": {
-                "message": "the serving node is shutting down", "type": "server_error", "code": "node_shutting_down"}})
+            await self._send(
+                s,
+                {
+                    "t": "err",
+                    "status": 503,
+                    "error": {
+                        "message": "the serving node is shutting down",
+                        "type": "server_error",
+                        "code": "node_shutting_down",
+                    },
+                },
+            )
             if s.gen is not None:
                 s.gen.cancel()
 
@@ -135,8 +153,9 @@ class Serving:
 
         lim = self._limits()
         if len(self.served) >= lim.max_concurrent:
-            await self._send(s, refuse(503, "this peer is serving as many mesh requests as its owner allows",
-                                       "peer_busy"))
+            await self._send(
+                s, refuse(503, "this peer is serving as many mesh requests as its owner allows", "peer_busy")
+            )
             return
         self.served[s.rid] = s
         self._changed()
@@ -150,8 +169,10 @@ class Serving:
             try:
                 gp = parse_generation(body, None, 16 if kind == "completion" else None)
                 if gp.max_tokens is not None and gp.max_tokens > lim.max_tokens:
-                    await self._send(s, refuse(403, f"this peer serves at most {lim.max_tokens} tokens per mesh "
-                                                    f"request", "mesh_limit"))
+                    await self._send(
+                        s,
+                        refuse(403, f"this peer serves at most {lim.max_tokens} tokens per mesh request", "mesh_limit"),
+                    )
                     return
                 if gp.max_tokens is None:
                     body["max_tokens"] = lim.max_tokens
@@ -160,7 +181,10 @@ class Serving:
                 e = m.engine if m is not None else None
                 if e is not None:
                     c = e.counts()
-                    if c["slots"] - c["slots_busy"] <= lim.reserved_local_slots and c["slots"] > lim.reserved_local_slots:
+                    if (
+                        c["slots"] - c["slots_busy"] <= lim.reserved_local_slots
+                        and c["slots"] > lim.reserved_local_slots
+                    ):
                         await self._send(s, refuse(503, "this peer's free slots are kept for its own use", "peer_busy"))
                         return
                 prep = await self.prepare(str(kind), body, gp, prefix)
@@ -186,7 +210,7 @@ class Serving:
                 timeout = None if not pieces else max(0.0, flush_at - time.monotonic())
                 try:
                     _, ev = await gen.next(timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     ev = None
                 if isinstance(ev, TokenEvent):
                     n += 1
@@ -201,10 +225,18 @@ class Serving:
                 if isinstance(ev, DoneEvent):
                     gen.jobs[0].done = ev
                     self.served_total += 1
-                    await self._send(s, {"t": "done", "f": ev.finish_reason,
-                                         "u": {"prompt_tokens": len(prep.prompts[0]),
-                                               "completion_tokens": ev.completion_tokens,
-                                               "cached_tokens": ev.cached_tokens}})
+                    await self._send(
+                        s,
+                        {
+                            "t": "done",
+                            "f": ev.finish_reason,
+                            "u": {
+                                "prompt_tokens": len(prep.prompts[0]),
+                                "completion_tokens": ev.completion_tokens,
+                                "cached_tokens": ev.cached_tokens,
+                            },
+                        },
+                    )
                 elif isinstance(ev, ErrorEvent):
                     # engine_crashed: this request may be what crashed the engine; 500, and the
                     # requester will not try it on another peer (requester.FINAL_CODES)

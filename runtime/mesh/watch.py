@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from nats.js.errors import NotFoundError
 
@@ -87,8 +87,11 @@ class DirectoryWatch:
                     return None  # deleted since the listing
 
         msgs = await asyncio.gather(*(last(s) for s in subjects))
-        return [(s[len(_PREFIX):], m.data or b"") for s, m in zip(subjects, msgs)
-                if m is not None and (m.headers or {}).get("KV-Operation") not in _REMOVED]
+        return [
+            (s[len(_PREFIX) :], m.data or b"")
+            for s, m in zip(subjects, msgs, strict=True)
+            if m is not None and (m.headers or {}).get("KV-Operation") not in _REMOVED
+        ]
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -97,7 +100,7 @@ class DirectoryWatch:
                 await sub.unsubscribe()
 
     async def _on_msg(self, msg) -> None:
-        key = msg.subject[len(_PREFIX):]
+        key = msg.subject[len(_PREFIX) :]
         if (msg.headers or {}).get("KV-Operation") in _REMOVED:
             self._removed.add(key)
             changed = self.directory.apply(key, None)

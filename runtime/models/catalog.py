@@ -141,10 +141,20 @@ class ModelRef:
 # -- loading and validation ----------------------------------------------------------------------
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "id": str, "family": str, "repo": str, "file": str, "quant": str,
-    "size_bytes": (int, type(None)), "sha256": (str, type(None)),
-    "context_length": int, "parameters": int, "n_layers": int, "n_kv_heads": int, "head_dim": int,
-    "license": str, "default": bool,
+    "id": str,
+    "family": str,
+    "repo": str,
+    "file": str,
+    "quant": str,
+    "size_bytes": (int, type(None)),
+    "sha256": (str, type(None)),
+    "context_length": int,
+    "parameters": int,
+    "n_layers": int,
+    "n_kv_heads": int,
+    "head_dim": int,
+    "license": str,
+    "default": bool,
 }
 _OPTIONAL: dict[str, type] = {"embedded": bool}
 
@@ -241,8 +251,7 @@ def _catalog_ref(entry: CatalogEntry) -> ModelRef:
 
 def _valid_file_path(path: str) -> bool:
     parts = path.split("/")
-    return (path.lower().endswith(".gguf") and "\\" not in path
-            and all(p not in ("", ".", "..") for p in parts))
+    return path.lower().endswith(".gguf") and "\\" not in path and all(p not in ("", ".", "..") for p in parts)
 
 
 def _hf_ref(repo: str, file: str, revision: str, catalog: list[CatalogEntry]) -> ModelRef:
@@ -251,8 +260,16 @@ def _hf_ref(repo: str, file: str, revision: str, catalog: list[CatalogEntry]) ->
     entry = None
     if revision == "main":
         entry = next((e for e in catalog if e.repo.casefold() == repo.casefold() and e.file == file), None)
-    return ModelRef("hf", PurePosixPath(file).stem, entry, repo, file, revision,
-                    hf_resolve_url(repo, file, revision), entry.sha256 if entry else None)
+    return ModelRef(
+        "hf",
+        PurePosixPath(file).stem,
+        entry,
+        repo,
+        file,
+        revision,
+        hf_resolve_url(repo, file, revision),
+        entry.sha256 if entry else None,
+    )
 
 
 def _url_ref(ref: str, catalog: list[CatalogEntry]) -> ModelRef:
@@ -314,7 +331,9 @@ def resolve_reference(ref: str, catalog: list[CatalogEntry]) -> ModelRef:
         if not _valid_file_path(file):
             raise UnknownModelError(
                 f"'{ref}' does not name a GGUF file: write owner/repo:file.gguf with the file's name "
-                f"in the repo (e.g. Qwen/Qwen3-8B-GGUF:Qwen3-8B-Q4_K_M.gguf)", [])
+                f"in the repo (e.g. Qwen/Qwen3-8B-GGUF:Qwen3-8B-Q4_K_M.gguf)",
+                [],
+            )
         return _hf_ref(repo, file, "main", catalog)
     if (m := _HF_PATH_REF.fullmatch(ref)) and _valid_file_path(m.group(2)):
         return _hf_ref(m.group(1), m.group(2), "main", catalog)
@@ -322,7 +341,9 @@ def resolve_reference(ref: str, catalog: list[CatalogEntry]) -> ModelRef:
         in_repo = [e.id for e in catalog if e.repo.casefold() == key]
         raise UnknownModelError(
             f"'{ref}' is a repository: name the GGUF file too, as {ref}:file.gguf"
-            + (f" (the catalog has {', '.join(in_repo)} from it)" if in_repo else ""), in_repo)
+            + (f" (the catalog has {', '.join(in_repo)} from it)" if in_repo else ""),
+            in_repo,
+        )
     suggestions, ambiguous = _suggestions(ref, catalog)
     if ambiguous:
         shown = ", ".join(suggestions[:_MAX_SUGGESTIONS])
@@ -332,8 +353,10 @@ def resolve_reference(ref: str, catalog: list[CatalogEntry]) -> ModelRef:
     elif suggestions:
         message = f"unknown model '{ref}'. Did you mean: {', '.join(suggestions)}?"
     else:
-        message = (f"unknown model '{ref}': give a catalog name, a Hugging Face file as "
-                   f"owner/repo/file.gguf or owner/repo:file.gguf, or an https:// URL of a .gguf file.")
+        message = (
+            f"unknown model '{ref}': give a catalog name, a Hugging Face file as "
+            f"owner/repo/file.gguf or owner/repo:file.gguf, or an https:// URL of a .gguf file."
+        )
     raise UnknownModelError(message, suggestions)
 
 
@@ -349,8 +372,9 @@ def _search_rank(tokens: list[str], query: str, entry: CatalogEntry) -> tuple[in
         return 1, 0.0
     if any(query in n for n in names):
         return 2, 0.0
-    haystack = " ".join((*names, entry.repo.casefold(), entry.file.casefold(), entry.quant.casefold(),
-                         entry.license.casefold()))
+    haystack = " ".join(
+        (*names, entry.repo.casefold(), entry.file.casefold(), entry.quant.casefold(), entry.license.casefold())
+    )
     if all(t in haystack for t in tokens):
         return 3, 0.0
     score = max(difflib.SequenceMatcher(None, query, n).ratio() for n in names)

@@ -80,6 +80,7 @@ _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 # -- errors --------------------------------------------------------------------------------------------
 
+
 class DownloadError(RuntimeError):
     """A pull failed. The message is written for the user: what happened and what to do."""
 
@@ -133,6 +134,7 @@ _Stopped = HashStopped  # raised inside a worker thread when the transfer is bei
 
 # -- data ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class DownloadJob:
     id: str  # the model id; one pull per id at a time
@@ -170,6 +172,7 @@ class DownloadProgress:
 @dataclass
 class _Remote:
     """What the server says about the file."""
+
     sha256: str | None = None
     size: int | None = None
     etag: str | None = None
@@ -222,6 +225,7 @@ def _describe(error: BaseException) -> str:
 
 # -- the verified marker (same format as embedded.py's) -------------------------------------------------
 
+
 def _fsync_dir(path: Path) -> None:
     if os.name != "posix":
         return  # directories cannot be opened for fsync on Windows; NTFS journals the rename
@@ -234,12 +238,13 @@ def _fsync_dir(path: Path) -> None:
 
 # -- one transfer's state --------------------------------------------------------------------------------
 
+
 class _Transfer:
     """The file, hash and progress of one pull. Disk work runs on a single worker thread per transfer
     (so writes stay ordered and never block the event loop); teardown waits for that thread before
     touching the file, so a cancelled pull never races its own last write."""
 
-    def __init__(self, downloader: "Downloader", job: DownloadJob):
+    def __init__(self, downloader: Downloader, job: DownloadJob):
         self.dl = downloader
         self.job = job
         self.partial = downloader.partial_dir / f"{job.filename}.partial"
@@ -352,8 +357,13 @@ class _Transfer:
                 pass
 
     def write_sidecar(self) -> None:
-        record = {"id": self.job.id, "url": self.job.url, "sha256": self.sha256, "size": self.size,
-                  "etag": self.remote.etag if self.remote else None}
+        record = {
+            "id": self.job.id,
+            "url": self.job.url,
+            "sha256": self.sha256,
+            "size": self.size,
+            "etag": self.remote.etag if self.remote else None,
+        }
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.sidecar)
@@ -418,6 +428,7 @@ class _Active:
 
 # -- the downloader --------------------------------------------------------------------------------------
 
+
 class Downloader:
     """Pulls files into ``models_dir``, keeping partial files in ``partial_dir`` (a cache folder).
 
@@ -427,10 +438,19 @@ class Downloader:
     on the event loop, so it must be quick.
     """
 
-    def __init__(self, models_dir: Path, partial_dir: Path,
-                 on_progress: Callable[[DownloadProgress], None] | None = None, *,
-                 max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0,
-                 max_concurrent: int = 4, connect_timeout: float = 30.0, read_timeout: float = 60.0):
+    def __init__(
+        self,
+        models_dir: Path,
+        partial_dir: Path,
+        on_progress: Callable[[DownloadProgress], None] | None = None,
+        *,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        max_concurrent: int = 4,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+    ):
         self.models_dir = Path(models_dir)
         self.partial_dir = Path(partial_dir)
         self.on_progress = on_progress
@@ -452,13 +472,15 @@ class Downloader:
             if (active.job.url, active.job.filename) != (job.url, job.filename):
                 raise DownloadError(
                     f"'{job.id}' is already being downloaded from {active.job.url} as {active.job.filename}; "
-                    f"wait for that download or cancel it first")
+                    f"wait for that download or cancel it first"
+                )
         else:
             for other in self._active.values():
                 if other.job.filename == job.filename:
                     raise DownloadError(
                         f"{job.filename} is already being downloaded for '{other.job.id}'; wait for that "
-                        f"download or cancel it first")
+                        f"download or cancel it first"
+                    )
             active = _Active(job)
             self._active[job.id] = active
             active.task = asyncio.create_task(self._run(active), name=f"download {job.id}")
@@ -491,7 +513,7 @@ class Downloader:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def __aenter__(self) -> "Downloader":
+    async def __aenter__(self) -> Downloader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -547,8 +569,13 @@ class Downloader:
                 await asyncio.to_thread(t.remove_partial)
                 message, kept = f"the download of {job.filename} was cancelled", False
             else:
-                message, kept = (f"the download of {job.filename} was stopped; {format_bytes(t.have)} are kept "
-                                 f"in {t.partial} and the next pull resumes from there"), True
+                message, kept = (
+                    (
+                        f"the download of {job.filename} was stopped; {format_bytes(t.have)} are kept "
+                        f"in {t.partial} and the next pull resumes from there"
+                    ),
+                    True,
+                )
             log.info("%s", message)
             t.set_state("cancelled", error=message)
             raise DownloadCancelled(message, kept_partial=kept) from None
@@ -563,13 +590,17 @@ class Downloader:
                 where = Path(e.filename) if e.filename else self.partial_dir
                 free = _free_bytes(where)
                 of = format_bytes(t.size) if t.size is not None else "an unknown size"
-                message = (f"the disk filled up while downloading {job.filename} ({format_bytes(t.have)} of {of} "
-                           f"written, {format_bytes(free)} free on {where}). The partial download was removed "
-                           f"so that it does not hold on to the space; free some space and pull again.")
+                message = (
+                    f"the disk filled up while downloading {job.filename} ({format_bytes(t.have)} of {of} "
+                    f"written, {format_bytes(free)} free on {where}). The partial download was removed "
+                    f"so that it does not hold on to the space; free some space and pull again."
+                )
                 error: DownloadError = DiskFullError(message)
             else:
-                error = DownloadError(f"could not write the download of {job.filename}: {e.strerror or e} "
-                                      f"({e.filename or self.partial_dir})")
+                error = DownloadError(
+                    f"could not write the download of {job.filename}: {e.strerror or e} "
+                    f"({e.filename or self.partial_dir})"
+                )
             t.set_state("error", error=str(error))
             raise error from e
         except Exception as e:
@@ -606,15 +637,23 @@ class Downloader:
                         t.advanced()
                     tries = 1 if t.have > before else tries + 1
                     if tries > self.max_retries:
-                        kept = (f" {format_bytes(t.have)} are kept and the next pull resumes from there."
-                                if t.have else "")
-                        raise DownloadError(f"could not download {job.filename} from {_host(job.url)} "
-                                            f"after {tries} tries: {e}.{kept}") from e
+                        kept = (
+                            f" {format_bytes(t.have)} are kept and the next pull resumes from there." if t.have else ""
+                        )
+                        raise DownloadError(
+                            f"could not download {job.filename} from {_host(job.url)} after {tries} tries: {e}.{kept}"
+                        ) from e
                     delay = min(self.backoff * 2 ** (tries - 1), self.max_backoff) * random.uniform(0.75, 1.0)
                     if e.retry_after is not None:
                         delay = max(delay, min(e.retry_after, self.max_backoff))
-                    log.warning("download of %s: %s; retrying in %.1fs (try %d of %d)", job.filename, e,
-                                delay, tries + 1, self.max_retries + 1)
+                    log.warning(
+                        "download of %s: %s; retrying in %.1fs (try %d of %d)",
+                        job.filename,
+                        e,
+                        delay,
+                        tries + 1,
+                        self.max_retries + 1,
+                    )
                     await asyncio.sleep(delay)
         await self._install(t)
         return t.target
@@ -641,18 +680,22 @@ class Downloader:
             t.set_state("done", path=target)
         return found
 
-    async def _open(self, t: _Transfer, method: str, url: str, headers: Mapping[str, str],
-                    remote: _Remote) -> aiohttp.ClientResponse:
+    async def _open(
+        self, t: _Transfer, method: str, url: str, headers: Mapping[str, str], remote: _Remote
+    ) -> aiohttp.ClientResponse:
         """Send the request, following redirects one by one: Hugging Face's X-Linked-* headers are on
         the redirect itself, and the token must not follow a redirect to another host (the CDN)."""
         assert t.session is not None
         start = _origin(url)
         for _ in range(_MAX_REDIRECTS + 1):
-            hop_headers = dict(headers) if _origin(url) == start else {
-                k: v for k, v in headers.items() if k.lower() != "authorization"}
+            hop_headers = (
+                dict(headers)
+                if _origin(url) == start
+                else {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            )
             try:
                 resp = await t.session.request(method, url, headers=hop_headers, allow_redirects=False)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
                 raise _Retryable(f"could not reach {_host(url)} ({_describe(e)})") from e
             remote.absorb_linked(resp.headers)
             location = resp.headers.get("Location")
@@ -686,12 +729,14 @@ class Downloader:
             raise RemoteFileMismatch(
                 f"the server offers a different {job.filename} than expected (its sha256 is {remote.sha256}, "
                 f"expected {job.expected_sha256}); the model may have been updated upstream. Nothing was "
-                f"downloaded.")
+                f"downloaded."
+            )
         if job.expected_size is not None and remote.size is not None and remote.size != job.expected_size:
             raise RemoteFileMismatch(
                 f"the server offers a different {job.filename} than expected ({format_bytes(remote.size)}, "
                 f"expected {format_bytes(job.expected_size)}); the model may have been updated upstream. "
-                f"Nothing was downloaded.")
+                f"Nothing was downloaded."
+            )
         t.sha256 = job.expected_sha256 or remote.sha256
         t.size = job.expected_size if job.expected_size is not None else remote.size
         t.progress.total_bytes = t.size
@@ -744,7 +789,8 @@ class Downloader:
                 raise DiskFullError(
                     f"not enough disk space to download {t.job.filename}: it needs {format_bytes(need)}, "
                     f"{format_bytes(free)} free on {folder}. Free some space (or choose a "
-                    f"models folder on a larger disk) and pull again.")
+                    f"models folder on a larger disk) and pull again."
+                )
 
     async def _fetch(self, t: _Transfer, base_headers: Mapping[str, str]) -> None:
         if t.size is not None and t.have == t.size:
@@ -758,7 +804,8 @@ class Downloader:
             remote = t.remote
             assert remote is not None
             if (seen.sha256 and remote.sha256 and seen.sha256 != remote.sha256) or (
-                    seen.size is not None and remote.size is not None and seen.size != remote.size):
+                seen.size is not None and remote.size is not None and seen.size != remote.size
+            ):
                 raise _StartOver("the file changed on the server")
             if resp.status == 416:
                 total = _parse_content_range(resp.headers.get("Content-Range"))[2]
@@ -776,8 +823,7 @@ class Downloader:
                     t.size = total
             elif resp.status == 200:
                 if t.have:
-                    log.info("%s ignored the Range request: starting %s over", _host(str(resp.url)),
-                             t.job.filename)
+                    log.info("%s ignored the Range request: starting %s over", _host(str(resp.url)), t.job.filename)
                     await t.truncate()
                 length = _int_or_none(resp.headers.get("Content-Length"))
                 if length is not None and t.size is not None and length != t.size:
@@ -796,7 +842,7 @@ class Downloader:
                 if t.size is not None and t.have + len(data) > t.size:
                     raise _StartOver(f"the server sent more than the {format_bytes(t.size)} announced")
                 await t.write(data)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             raise _Retryable(f"the connection broke after {format_bytes(t.have)} ({_describe(e)})") from e
         if t.size is not None and t.have < t.size:
             raise _Retryable(f"the connection closed after {format_bytes(t.have)} of {format_bytes(t.size)}")
@@ -811,19 +857,22 @@ class Downloader:
                 raise AccessDenied(
                     f"access to {job.filename} was refused with your Hugging Face token{said}. Check that "
                     f"the token is valid and allows reading, and that you accepted the model's terms on its "
-                    f"Hugging Face page.")
+                    f"Hugging Face page."
+                )
             raise AccessDenied(
                 f"{job.filename} needs a Hugging Face token{said}: the model is gated or private. Accept "
                 f"its terms on its Hugging Face page, set your Hugging Face token (in ClosedMesh's settings, "
-                f"or the HF_TOKEN environment variable) and pull again.")
+                f"or the HF_TOKEN environment variable) and pull again."
+            )
         if status == 404:
             raise RemoteNotFound(
-                f"{job.filename} was not found at {job.url}{said}. Check the repository, file name and "
-                f"revision.")
+                f"{job.filename} was not found at {job.url}{said}. Check the repository, file name and revision."
+            )
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = _int_or_none(resp.headers.get("Retry-After"))
-            raise _Retryable(f"{_host(str(resp.url))} answered{said}",
-                             float(retry_after) if retry_after is not None else None)
+            raise _Retryable(
+                f"{_host(str(resp.url))} answered{said}", float(retry_after) if retry_after is not None else None
+            )
         raise DownloadError(f"could not download {job.filename}: {_host(str(resp.url))} answered{said}.")
 
     async def _install(self, t: _Transfer) -> None:
@@ -841,7 +890,9 @@ class Downloader:
             raise ChecksumMismatch(
                 f"the downloaded {t.job.filename} is corrupt: {problem}. It was not installed; it was moved "
                 f"to {quarantined}. Pull again to download it anew; if this repeats, the file on the server "
-                f"or the connection is at fault.", quarantined)
+                f"or the connection is at fault.",
+                quarantined,
+            )
         if not t.sha256:
             log.warning("no sha256 is known for %s: only its size was checked", t.job.filename)
         await t.in_thread(self._move_into_place, t, got)
@@ -881,8 +932,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int
     if not m:
         return None, None, None
     first, last, total = m.groups()
-    return (int(first) if first else None, int(last) if last else None,
-            int(total) if total and total != "*" else None)
+    return (int(first) if first else None, int(last) if last else None, int(total) if total and total != "*" else None)
 
 
 def _host(url: str) -> str:

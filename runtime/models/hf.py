@@ -37,6 +37,7 @@ def resolve_url(repo: str, file: str, revision: str = "main", endpoint: str | No
 
 # -- token --------------------------------------------------------------------------------------------
 
+
 def get_token() -> str | None:
     """The Hugging Face token: the one stored in the OS keyring first, else ``HF_TOKEN`` or the token
     file that ``hf auth login`` writes (through huggingface_hub). None when there is none. A missing
@@ -67,9 +68,17 @@ def auth_headers(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def download_job(model_id: str, repo: str, file: str, *, revision: str = "main",
-                 expected_sha256: str | None = None, expected_size: int | None = None,
-                 filename: str | None = None, token: str | None = None) -> DownloadJob:
+def download_job(
+    model_id: str,
+    repo: str,
+    file: str,
+    *,
+    revision: str = "main",
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    filename: str | None = None,
+    token: str | None = None,
+) -> DownloadJob:
     """A :class:`DownloadJob` for a file of a Hugging Face model repo, with the token when there is one.
     The sha256 and size, when not given, come from the Hub's ``X-Linked-Etag``/``X-Linked-Size``."""
     return DownloadJob(
@@ -83,6 +92,7 @@ def download_job(model_id: str, repo: str, file: str, *, revision: str = "main",
 
 
 # -- cache reuse ---------------------------------------------------------------------------------------
+
 
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""

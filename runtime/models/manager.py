@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..engine.engine import ModelEngine
 from ..engine.events import EngineConfig
@@ -24,10 +25,11 @@ from ..engine.probe import BuildRegistry
 from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
-from .download import DownloadCancelled, DownloadError, Downloader, DownloadJob, DownloadProgress
-from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME, ensure_default_model
-from .integrity import is_verified, mark_verified, marker_path, sha256_file, verified_sha256
+from .download import DownloadCancelled, Downloader, DownloadError, DownloadJob, DownloadProgress
+from .embedded import DEFAULT_MODEL_ID, ensure_default_model
+from .embedded import FILENAME as DEFAULT_FILENAME
 from .fit import assess_fit, recommend
+from .integrity import is_verified, mark_verified, marker_path, sha256_file, verified_sha256
 from .store import model_id_for_file
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,12 @@ def _check_integrity(path: Path, sha256: str | None, models_dir: Path) -> None:
     dest = q / path.name
     os.replace(path, dest)
     marker_path(path).unlink(missing_ok=True)
-    raise ModelError(f"the file of this model is corrupt (sha256 {actual}, expected {sha256}); it was moved to "
-                     f"{dest} and not loaded. Pull the model again.", 503, "model_corrupt")
+    raise ModelError(
+        f"the file of this model is corrupt (sha256 {actual}, expected {sha256}); it was moved to "
+        f"{dest} and not loaded. Pull the model again.",
+        503,
+        "model_corrupt",
+    )
 
 
 class ModelError(Exception):
@@ -90,8 +96,13 @@ class ManagedModel:
     _load: asyncio.Future | None = None
 
     def public(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": self.id, "state": self.state, "file": str(self.path) if self.path else None,
-                             "source": self.source, "pinned": self.pinned}
+        d: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state,
+            "file": str(self.path) if self.path else None,
+            "source": self.source,
+            "pinned": self.pinned,
+        }
         if self.path and self.path.exists():
             d["size_bytes"] = self.path.stat().st_size
         if self.error:
@@ -102,9 +113,15 @@ class ManagedModel:
 
 
 class ModelManager:
-    def __init__(self, models_dir: Path, cfg_provider: Callable[[], tuple[Capability, EngineConfig]],
-                 ttl_seconds: float = 900.0, memory_budget_bytes: int | None = None,
-                 partial_dir: Path | None = None, builds: BuildRegistry | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        cfg_provider: Callable[[], tuple[Capability, EngineConfig]],
+        ttl_seconds: float = 900.0,
+        memory_budget_bytes: int | None = None,
+        partial_dir: Path | None = None,
+        builds: BuildRegistry | None = None,
+    ) -> None:
         self.models_dir = models_dir
         self.partial_dir = partial_dir or models_dir / ".partial"
         self.catalog: list[CatalogEntry] = load_catalog()
@@ -167,7 +184,9 @@ class ModelManager:
             else:
                 mid, source, sha = model_id_for_file(f), None, None
             if mid.lower() not in self.models:
-                self.models[mid.lower()] = ManagedModel(mid, f, source, sha, embedded_default=f.name == DEFAULT_FILENAME)
+                self.models[mid.lower()] = ManagedModel(
+                    mid, f, source, sha, embedded_default=f.name == DEFAULT_FILENAME
+                )
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -221,13 +240,23 @@ class ModelManager:
         if m.engine is not None and m.state == READY:
             return m.engine
         if m.engine is not None and m.state == RESTARTING:
-            raise ModelError(f"the model '{m.id}' is restarting after its engine crashed ({m.error}); retry in a "
-                             f"few seconds", 503, "model_restarting")
+            raise ModelError(
+                f"the model '{m.id}' is restarting after its engine crashed ({m.error}); retry in a few seconds",
+                503,
+                "model_restarting",
+            )
         if m._load is None or m._load.done():
             if m.state in (AVAILABLE, DOWNLOADING) and not m.embedded_default:
-                raise ModelError(f"the model '{m.id}' is not on this machine yet"
-                                 + (" (downloading)" if m.state == DOWNLOADING else
-                                    f"; pull it first: closedmesh models pull {m.id}"), 404, "model_not_downloaded")
+                raise ModelError(
+                    f"the model '{m.id}' is not on this machine yet"
+                    + (
+                        " (downloading)"
+                        if m.state == DOWNLOADING
+                        else f"; pull it first: closedmesh models pull {m.id}"
+                    ),
+                    404,
+                    "model_not_downloaded",
+                )
             m._load = asyncio.get_running_loop().create_task(self._load(m))
         return await asyncio.shield(m._load)
 
@@ -245,8 +274,9 @@ class ModelManager:
                 await self._make_room(m, cap)
                 self._set(m, LOADING)
                 on_state = self._engine_state_callback(m, asyncio.get_running_loop())
-                building = asyncio.ensure_future(asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state,
-                                                                   self.builds))
+                building = asyncio.ensure_future(
+                    asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state, self.builds)
+                )
                 try:
                     engine = await asyncio.shield(building)
                 except asyncio.CancelledError:
@@ -304,8 +334,9 @@ class ModelManager:
         if budget is None:
             return
         need = self._footprint(m) * 2  # weights + a KV/compute allowance until the real plan is known
-        loaded = sorted((x for x in self.models.values() if x.engine is not None and x is not m),
-                        key=lambda x: x.last_used)
+        loaded = sorted(
+            (x for x in self.models.values() if x.engine is not None and x is not m), key=lambda x: x.last_used
+        )
         used = sum(self._footprint(x) for x in loaded)
         for victim in loaded:
             if used + need <= budget:
@@ -316,9 +347,12 @@ class ModelManager:
             used -= self._footprint(victim)
             await self._unload(victim)
         if used + need > budget:
-            raise ModelError(f"not enough memory to load '{m.id}' next to the models in use "
-                             f"(budget {budget / 2**30:.1f} GiB); unload a model or raise --memory-budget",
-                             503, "insufficient_memory")
+            raise ModelError(
+                f"not enough memory to load '{m.id}' next to the models in use "
+                f"(budget {budget / 2**30:.1f} GiB); unload a model or raise --memory-budget",
+                503,
+                "insufficient_memory",
+            )
 
     @staticmethod
     def _busy(m: ManagedModel) -> bool:
@@ -334,8 +368,7 @@ class ModelManager:
         if m.engine is None:
             return
         if self._busy(m) and not force:
-            raise ModelError(f"the model '{m.id}' is answering requests; retry when they are done", 409,
-                             "model_busy")
+            raise ModelError(f"the model '{m.id}' is answering requests; retry when they are done", 409, "model_busy")
         async with self._lock:
             await self._unload(m)
 
@@ -370,9 +403,14 @@ class ModelManager:
 
     def _on_progress(self, p: DownloadProgress) -> None:
         m = self.get(p.id)
-        snap = {"state": p.state, "total_bytes": p.total_bytes, "done_bytes": p.done_bytes,
-                "rate_bps": round(p.rate_bps, 1), "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
-                "error": p.error}
+        snap = {
+            "state": p.state,
+            "total_bytes": p.total_bytes,
+            "done_bytes": p.done_bytes,
+            "rate_bps": round(p.rate_bps, 1),
+            "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+            "error": p.error,
+        }
         if m is not None:
             m.download = snap
         self._publish({"type": "download_progress", "model": p.id, **snap})
@@ -399,7 +437,8 @@ class ModelManager:
         self._set(m, DOWNLOADING)
         task = asyncio.get_running_loop().create_task(self._pull(m, mref))
         self._pulls[m.id.lower()] = task
-        task.add_done_callback(lambda t, k=m.id.lower(): self._pulls.pop(k, None))
+        key = m.id.lower()
+        task.add_done_callback(lambda t: self._pulls.pop(key, None))
         return m
 
     async def wait_pull(self, model_id: str) -> ManagedModel:
@@ -426,13 +465,19 @@ class ModelManager:
                     log.info("reusing %s from the Hugging Face cache: %s", m.id, cached)
                     self.register_file(m.id, cached, m.source, mref.sha256)
                     return
-                job = hf.download_job(m.id, mref.repo, mref.file, revision=mref.revision,
-                                      expected_sha256=mref.sha256,
-                                      expected_size=mref.entry.size_bytes if mref.entry else None)
+                job = hf.download_job(
+                    m.id,
+                    mref.repo,
+                    mref.file,
+                    revision=mref.revision,
+                    expected_sha256=mref.sha256,
+                    expected_size=mref.entry.size_bytes if mref.entry else None,
+                )
             else:
                 assert mref.url is not None
-                job = DownloadJob(id=m.id, url=mref.url, filename=Path(mref.url.split("?")[0]).name,
-                                  expected_sha256=mref.sha256)
+                job = DownloadJob(
+                    id=m.id, url=mref.url, filename=Path(mref.url.split("?")[0]).name, expected_sha256=mref.sha256
+                )
             path = await self._downloader_for_loop().pull(job)
             self.register_file(m.id, path, m.source, verified_sha256(path) or mref.sha256)
         except asyncio.CancelledError:
@@ -465,15 +510,32 @@ class ModelManager:
         best = recommend(self.catalog, cap, ctx, slots) if cap else None
         for e in self.catalog:
             m = self.get(e.id) or (self.get(DEFAULT_MODEL_ID) if e.embedded else None)
-            row = {"id": e.id, "family": e.family, "repo": e.repo, "file": e.file, "quant": e.quant,
-                   "size_bytes": e.estimated_size_bytes(), "size_is_estimate": e.size_is_estimate,
-                   "parameters": e.parameters, "context_length": e.context_length, "license": e.license,
-                   "default_quant": e.default, "recommended": best is not None and best.id == e.id,
-                   "state": m.state if m else AVAILABLE, "local": m.public() if m else None}
+            row = {
+                "id": e.id,
+                "family": e.family,
+                "repo": e.repo,
+                "file": e.file,
+                "quant": e.quant,
+                "size_bytes": e.estimated_size_bytes(),
+                "size_is_estimate": e.size_is_estimate,
+                "parameters": e.parameters,
+                "context_length": e.context_length,
+                "license": e.license,
+                "default_quant": e.default,
+                "recommended": best is not None and best.id == e.id,
+                "state": m.state if m else AVAILABLE,
+                "local": m.public() if m else None,
+            }
             if cap is not None:
                 f = assess_fit(e, cap, ctx, slots)
-                row["fit"] = {"kind": f.kind, "gpu_layers": f.gpu_layers, "total_layers": f.total_layers,
-                              "needed_bytes": f.needed_bytes, "available_bytes": f.available_bytes, "label": f.label}
+                row["fit"] = {
+                    "kind": f.kind,
+                    "gpu_layers": f.gpu_layers,
+                    "total_layers": f.total_layers,
+                    "needed_bytes": f.needed_bytes,
+                    "available_bytes": f.available_bytes,
+                    "label": f.label,
+                }
             rows.append(row)
             if m:
                 seen.add(m.id.lower())
@@ -491,8 +553,13 @@ class ModelManager:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for m in list(self.models.values()):
-                if (m.engine is not None and not m.pinned and not self._busy(m)
-                        and now - m.last_used >= self.ttl_seconds and not self._lock.locked()):
+                if (
+                    m.engine is not None
+                    and not m.pinned
+                    and not self._busy(m)
+                    and now - m.last_used >= self.ttl_seconds
+                    and not self._lock.locked()
+                ):
                     log.info("unloading %s: idle for %.0f s", m.id, now - m.last_used)
                     async with self._lock:
                         if m.engine is not None and not self._busy(m):

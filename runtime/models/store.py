@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedded import DEFAULT_MODEL_ID, FILENAME as DEFAULT_FILENAME
+from .embedded import DEFAULT_MODEL_ID
+from .embedded import FILENAME as DEFAULT_FILENAME
 
 
 class ModelSpecError(ValueError):
