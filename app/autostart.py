@@ -14,7 +14,7 @@ import platform
 import plistlib
 import subprocess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 APP_ID = "com.closedmesh.node"
 APP_NAME = "ClosedMesh"
@@ -65,9 +65,9 @@ class Registry(Protocol):
 
 class WinReg:
     def __init__(self) -> None:
-        import winreg  # type: ignore[import-not-found]
+        import winreg
 
-        self._w = winreg
+        self._w: Any = winreg  # typeshed declares winreg's members for win32 only
 
     def get(self, key: str, name: str) -> str | None:
         try:

@@ -79,7 +79,7 @@ def error_message(status: int, body: Any) -> tuple[str, str | None]:
 
 
 class NodeClient(QObject):
-    event = Signal(str, object)  # (event name, data) from /api/events
+    node_event = Signal(str, object)  # (event name, data) from /api/events (not "event": QObject.event is a method)
     connected = Signal(bool)  # the events stream opened (True) or dropped (False)
     _deliver = Signal(object, object)  # internal: (callback, ApiResult) onto the Qt thread
 
@@ -233,7 +233,7 @@ class NodeClient(QObject):
                             if name == "status":
                                 self._set_stream_up(True)
                                 backoff = 0.2
-                            self.event.emit(name, payload)
+                            self.node_event.emit(name, payload)
             except asyncio.CancelledError:
                 self._set_stream_up(False)
                 raise

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 from runtime import __version__
 from runtime.cli import build_parser as build_cli_parser
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import icons
     from .single_instance import SingleInstance
 
-    qt_app = QApplication.instance() or QApplication([sys.argv[0]])
+    qt_app = cast(QApplication, QApplication.instance() or QApplication([sys.argv[0]]))
     qt_app.setApplicationName("ClosedMesh")
     qt_app.setApplicationVersion(__version__)
     qt_app.setQuitOnLastWindowClosed(False)  # the tray keeps the app (and the node) running

@@ -16,7 +16,7 @@ STATUS_POLL_MS = 2000  # requests in flight, memory and tok/s change without eve
 
 class NodeStore(QObject):
     changed = Signal(object)  # the new NodeState
-    event = Signal(str, object)  # every event, after it was applied (pages that care about one kind)
+    node_event = Signal(str, object)  # every event, after it was applied (pages that care about one kind)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -29,7 +29,7 @@ class NodeStore(QObject):
     def attach(self, client: NodeClient) -> None:
         """Follow this client's events (a new one after the node restarted elsewhere)."""
         self.client = client
-        client.event.connect(self.feed)
+        client.node_event.connect(self.feed)
         client.connected.connect(self.set_connected)
         self._poll.start()
 
@@ -45,7 +45,7 @@ class NodeStore(QObject):
     def feed(self, name: str, data: Any) -> None:
         """One event of ``GET /api/events`` (from the client, or recorded ones in a test)."""
         self._set(apply_event(self.state, name, data))
-        self.event.emit(name, data)
+        self.node_event.emit(name, data)
 
     def set_connected(self, up: bool) -> None:
         if up != self.state.connected:

@@ -149,7 +149,7 @@ class Tray(QObject):
     def dispose(self) -> None:
         """Delete the Qt objects without a parent, on the Qt thread (the app's quit calls this)."""
         self.icon.hide()
-        self.icon.setContextMenu(None)
+        self.icon.setContextMenu(None)  # type: ignore[arg-type]  # Qt takes a null menu: detach it
         self.icon.deleteLater()
         self.menu.deleteLater()
         self.deleteLater()

@@ -47,7 +47,7 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__()
         self.store = store
-        self.actions = actions
+        self.node_actions = actions
         self.links = links
         # With a tray icon closing the window only hides it (the node keeps serving); without one the
         # window is the app and closing it asks to quit. The owner sets this (and clears it to quit).
@@ -90,7 +90,7 @@ class MainWindow(QMainWindow):
     def add_welcome(self) -> WelcomePage:
         """The first-run Welcome tab, first and selected; "Got it" closes it."""
         if self.welcome is None:
-            self.welcome = WelcomePage(self.store, self.actions, self.links)
+            self.welcome = WelcomePage(self.store, self.node_actions, self.links)
             self.welcome.open_chat_requested.connect(self.open_chat_requested)
             self.models.rows_changed.connect(self.welcome.show_recommendation)
             self.welcome.show_recommendation(self.models.rows)

@@ -11,6 +11,7 @@ import os
 import secrets
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def read_secret_file(path: Path) -> str | None:
     return path.read_text().strip()
 
 
-def _read_or_create_secret_file(path: Path, make: callable[[], str]) -> str:
+def _read_or_create_secret_file(path: Path, make: Callable[[], str]) -> str:
     """A small per-user secret/identifier file, readable by its owner only."""
     value = read_secret_file(path)
     if value:

@@ -56,7 +56,7 @@ class Capability:
 def _nvidia_devices() -> tuple[GPUDevice, ...]:
     """NVIDIA GPUs through NVML (nvidia-ml-py), when the driver and the module are present."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return ()
     try:

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..actions import NodeActions
+from ..actions import ModelAction, NodeActions
 from ..client import ApiResult
 from ..model_rows import ACTION_WORDS, ModelRow, model_rows
 from ..state import NodeState
@@ -72,7 +72,7 @@ class ModelsPage(QWidget):
     def __init__(self, store: NodeStore, actions: NodeActions) -> None:
         super().__init__()
         self.store = store
-        self.actions = actions
+        self.node_actions = actions
         self.listing: dict[str, Any] | None = None
         self.rows: list[ModelRow] = []
         self._shape: list[tuple[str, str, tuple[str, ...]]] = []
@@ -115,7 +115,7 @@ class ModelsPage(QWidget):
         self._refetch.setInterval(250)  # several state changes in a row: one fetch
         self._refetch.timeout.connect(self.fetch)
         store.changed.connect(self.render_state)
-        store.event.connect(self._on_event)
+        store.node_event.connect(self._on_event)
         store.changed.connect(self._first_fetch)
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class ModelsPage(QWidget):
             self._refetch.start()
 
     def fetch(self) -> None:
-        self.actions.list_models(on_done=self._fetched)
+        self.node_actions.list_models(on_done=self._fetched)
 
     def _fetched(self, r: ApiResult) -> None:
         if r.ok and isinstance(r.data, dict):
@@ -141,10 +141,10 @@ class ModelsPage(QWidget):
 
     # -- actions ------------------------------------------------------------------------------------------
 
-    def act(self, action: str, model_id: str) -> None:
+    def act(self, action: ModelAction, model_id: str) -> None:
         """Run a row's action through the node's control API; failures show in the banner."""
         self.banner.clear()
-        self.actions.model(action, model_id, on_done=self._acted)
+        self.node_actions.model(action, model_id, on_done=self._acted)
 
     def _acted(self, r: ApiResult) -> None:
         if not r.ok:
@@ -165,7 +165,7 @@ class ModelsPage(QWidget):
                 self.ref.clear()
             self._acted(r)
 
-        self.actions.model("download", ref, on_done=done)
+        self.node_actions.model("download", ref, on_done=done)
 
     # -- rendering ----------------------------------------------------------------------------------------
 

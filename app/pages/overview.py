@@ -142,9 +142,9 @@ class OverviewPage(QWidget):
         root.addWidget(self.models)
         root.addStretch(1)
 
-        store.changed.connect(self.render)
+        store.changed.connect(self.show_state)
         toggle.changed.connect(self._render_toggle)
-        self.render(store.state)
+        self.show_state(store.state)
 
     def _render_toggle(self) -> None:
         v = self.toggle.view()
@@ -152,7 +152,7 @@ class OverviewPage(QWidget):
         # a button says what a click does (the tray's check mark says the state)
         self.join.setText("Leave the mesh" if v.checked and v.enabled else v.text)
 
-    def render(self, state: NodeState) -> None:
+    def show_state(self, state: NodeState) -> None:
         self.icon.setPixmap(icons.pixmap(tray_kind(state), 48))
         self.headline.setText(status_line(state))
         api = self.links.api_url()

@@ -68,10 +68,10 @@ class PeersPage(QWidget):
         self.empty.setWordWrap(True)
         self.empty.setStyleSheet("color:#5f6368; font-size:14px; padding:40px;")
         root.addWidget(self.empty, 1)
-        store.changed.connect(self.render)
-        self.render(store.state)
+        store.changed.connect(self.show_state)
+        self.show_state(store.state)
 
-    def render(self, state: NodeState) -> None:
+    def show_state(self, state: NodeState) -> None:
         summary = peers_summary(state)
         self.summary.setText(summary)
         self.summary.setVisible(bool(state.peers))

@@ -85,7 +85,7 @@ class SettingsPage(QWidget):
     ) -> None:
         super().__init__()
         self.store = store
-        self.actions = actions
+        self.node_actions = actions
         self.links = links
         self.app_settings = settings  # the app's settings, edited in place and saved on request
         self.start_at_login = start_at_login
@@ -208,13 +208,13 @@ class SettingsPage(QWidget):
 
         self._limits_from_node = False
         self._limits_shown = False
-        store.changed.connect(self.render)
-        self.render(store.state)
+        store.changed.connect(self.show_state)
+        self.show_state(store.state)
         self.refresh_key_status()
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def render(self, state: NodeState) -> None:
+    def show_state(self, state: NodeState) -> None:
         node_limits = (state.mesh or {}).get("limits")
         if node_limits and not self._limits_from_node:  # once: never overwrite what the user is typing
             self._limits_from_node = True
@@ -298,7 +298,7 @@ class SettingsPage(QWidget):
         node_limits = (self.store.state.mesh or {}).get("limits") or {}
         chosen = {k: sb.value() for k, sb in self.limits.items()}
         if any(node_limits.get(k) != v for k, v in chosen.items()):
-            self.actions.set_limits(chosen, on_done=self._limits_applied)
+            self.node_actions.set_limits(chosen, on_done=self._limits_applied)
         if port_changed:
             self.restart_on_port_requested.emit(new_port)
 

@@ -34,7 +34,7 @@ class WelcomePage(QWidget):
     def __init__(self, store: NodeStore, actions: NodeActions, links: Links) -> None:
         super().__init__()
         self.store = store
-        self.actions = actions
+        self.node_actions = actions
         self.links = links
         self.recommended: ModelRow | None = None
         root = QVBoxLayout(self)
@@ -106,15 +106,15 @@ class WelcomePage(QWidget):
         buttons.addWidget(self.got_it)
         root.addLayout(buttons)
 
-        store.changed.connect(self.render)
-        self.render(store.state)
+        store.changed.connect(self.show_state)
+        self.show_state(store.state)
 
     def show_recommendation(self, rows: list[ModelRow]) -> None:
         """Called by the window with the Models tab's rows whenever they change."""
         self.recommended = recommended_row(rows)
-        self.render(self.store.state, rows)
+        self.show_state(self.store.state, rows)
 
-    def render(self, state: NodeState, rows: list[ModelRow] | None = None) -> None:
+    def show_state(self, state: NodeState, rows: list[ModelRow] | None = None) -> None:
         self.api.setText(self.links.api_url() or "starting…")
         if rows is not None:
             self.recommended = recommended_row(rows)
@@ -152,4 +152,4 @@ class WelcomePage(QWidget):
             if not res.ok:
                 self.banner.show_message(res.error or "the download could not start")
 
-        self.actions.model("download", self.recommended.id, on_done=done)
+        self.node_actions.model("download", self.recommended.id, on_done=done)

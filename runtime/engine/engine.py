@@ -102,6 +102,7 @@ class ModelEngine:
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
         self._describe(desc)
         info, off = self.info, self.offload
+        assert self._proc is not None  # _start_first started one or raised
         log.info(
             "loaded %s (%s, %s): %d slots × %d tokens context (KV %.0f MiB), %d/%d layers on GPU (%s), "
             "%d threads; engine process %d, llama.cpp build %s%s",

@@ -40,7 +40,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from ..hardware import Capability
 from .events import EngineConfig, EngineStopped, ErrorEvent, Event, GenRequest, QueueFull, TokenEvent
@@ -63,7 +63,7 @@ class Channel:
     """Length-prefixed pickled messages over two binary streams (a worker's stdin and stdout). Sends are
     serialised by a lock (several threads send); one thread receives. Both ends are our own processes."""
 
-    def __init__(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
+    def __init__(self, rfile: IO[bytes], wfile: IO[bytes]) -> None:
         self.rfile = rfile
         self.wfile = wfile
         self._lock = threading.Lock()
@@ -229,9 +229,9 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 outbox.add(rid, ErrorEvent("the model's engine stopped; retry in a few seconds", "engine_stopped"))
                 outbox.flush()
         elif op == "cancel":
-            req = requests.pop(msg[1], None)
-            if req is not None:
-                req.cancel()
+            cancelled = requests.pop(msg[1], None)
+            if cancelled is not None:
+                cancelled.cancel()
                 core.scheduler.wake()
         elif op == "call":
             calls.submit(do_call, msg[1], msg[2], msg[3])
