@@ -16,6 +16,17 @@ from .models.embedded import DEFAULT_MODEL_ID
 from .models.store import ModelSpecError
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return v
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .node import Node
     from .server import PortInUse, bind_socket, serve
@@ -31,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         keepalive_seconds=args.keepalive,
         read_timeout=args.read_timeout,
+        engine_stall_timeout=args.engine_stall_timeout,
         model_ttl=args.model_ttl,
         kv_type=args.kv_type,
         memory_budget_bytes=int(args.memory_budget * 2**30) if args.memory_budget else None,
@@ -545,10 +557,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--read-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="a request's head must arrive within this, and its body may not stall this long (default 30)",
+    )
+    s.add_argument(
+        "--engine-stall-timeout",
+        type=_seconds,
+        default=180.0,
+        metavar="SECONDS",
+        help="a model's engine that has work but shows no progress this long is taken for hung, stopped and "
+        "restarted; its requests end with an error (default 180)",
     )
     s.add_argument("--allow-host", action="append", help="extra Host header name to accept (repeatable)")
     s.add_argument("--allow-origin", action="append", help="browser origin allowed to call the API (repeatable)")

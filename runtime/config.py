@@ -109,6 +109,7 @@ class ServeSettings:
     kv_type: str = "f16"  # KV cache element type: "f16" or "q8_0"
     model_ttl: float = 900.0  # seconds an on-demand model stays loaded while idle
     memory_budget_bytes: int | None = None  # loaded models' weights + KV; None: 80% of RAM at start
+    engine_stall_timeout: float = 180.0  # seconds an engine with work may show no progress before a restart
     # HTTP
     max_body_bytes: int = 16 * 1024 * 1024  # larger bodies are answered 413 (docs/api.md, "Limits")
     read_timeout: float = 30.0  # seconds a request's head may take to arrive, and its body may stall

@@ -108,6 +108,7 @@ class Node:
             gpu_layers=s.gpu_layers,
             max_queue=s.max_queue,
             kv_type=s.kv_type,
+            stall_timeout=s.engine_stall_timeout,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------

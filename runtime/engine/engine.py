@@ -98,9 +98,13 @@ class ModelEngine:
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._worker_steps = (0, 0.0, 0.0)
+        self._last_heard = time.monotonic()  # the last message from the worker (or work handed to an idle one)
+        self._call_started: dict[int, float] = {}
+        self._stalled: str | None = None  # why the watchdog stopped the worker, for _worker_died
         self.skipped_variants: dict[str, str] = {}
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
         self._describe(desc)
+        threading.Thread(target=self._watch_stalls, name=f"engine-watch[{self.id}]", daemon=True).start()
         info, off = self.info, self.offload
         assert self._proc is not None  # _start_first started one or raised
         log.info(
@@ -219,6 +223,7 @@ class ModelEngine:
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
+            self._last_heard = time.monotonic()
             op = msg[0]
             if op == "ev":
                 _, items, steps, dsec, ssec = msg
@@ -235,6 +240,7 @@ class ModelEngine:
                 _, cid, ok, value = msg
                 with self._lock:
                     waiter = self._calls.pop(cid, None)
+                    self._call_started.pop(cid, None)
                 if waiter is not None:
                     _resolve(waiter, ok, value)
         conn.close()
@@ -259,16 +265,45 @@ class ModelEngine:
             return f"The model '{self.id}' is shutting down; retry against a running node."
         return f"The model '{self.id}' is not available: {self.last_error}"
 
-    # -- crashes and restarts -------------------------------------------------------------------------
+    # -- crashes, stalls and restarts ------------------------------------------------------------------
+
+    def _watch_stalls(self) -> None:
+        """Native code can hang as well as crash (a deadlock, a pathological grammar): a worker that has
+        work and sends nothing for ``cfg.stall_timeout`` seconds (its loop reports every second while it
+        runs), or leaves a call unanswered that long, is killed and goes through the crash path — its
+        requests end with an error instead of waiting forever, and /health says the model is restarting."""
+        interval = min(1.0, self.cfg.stall_timeout / 4)
+        while not self._closing and self.state != "failed":
+            time.sleep(interval)
+            if self.state != "ready":
+                continue
+            now = time.monotonic()
+            with self._lock:
+                proc, n_reqs = self._proc, len(self._reqs)
+                oldest_call = min(self._call_started.values(), default=now)
+            silent = now - self._last_heard if n_reqs else 0.0
+            waited = now - oldest_call
+            if proc is None or max(silent, waited) < self.cfg.stall_timeout:
+                continue
+            if n_reqs and silent >= self.cfg.stall_timeout:
+                what = f"made no progress for {silent:.0f} s with {n_reqs} request(s) running"
+            else:
+                what = f"left a call unanswered for {waited:.0f} s"
+            self._stalled = f"its engine process {what} (hung) and was stopped"
+            log.error("the engine of %s %s; stopping it (pid %d)", self.id, what, proc.pid)
+            proc.kill()
+            self._last_heard = now  # once per stall: the reader sees the exit and restarts it
 
     def _worker_died(self, exitcode: int | None) -> None:
-        reason = describe_exit(exitcode)
+        stalled, self._stalled = self._stalled, None
+        reason = stalled or describe_exit(exitcode)
         with self._lock:
             reqs, self._reqs = list(self._reqs.values()), {}
             calls, self._calls = list(self._calls.values()), {}
+            self._call_started.clear()
             self._conn = None
             if not self._closing:
-                self.last_error = f"its engine process crashed: {reason}"
+                self.last_error = stalled or f"its engine process crashed: {reason}"
                 self.state = "restarting"  # from here on, new requests get "restarting", not a broken pipe
         if self._closing:
             for r in reqs:
@@ -278,11 +313,12 @@ class ModelEngine:
             self.state = "closed"
             return
         log.error("the engine of %s crashed (%s) with %d request(s) running; restarting it", self.id, reason, len(reqs))
+        what, cause = ("stopped responding", "hung") if stalled else ("crashed", "crashed")
         for r in reqs:
             r.emit(
                 ErrorEvent(
-                    f"The model's engine crashed while this request was running ({reason}). "
-                    f"The request is not retried: it may be what crashed it. The engine restarts by itself.",
+                    f"The model's engine {what} while this request was running ({reason}). The request is "
+                    f"not retried: it may be what {cause} it. The engine restarts by itself.",
                     "engine_crashed",
                 )
             )
@@ -354,6 +390,8 @@ class ModelEngine:
             if len(self._reqs) >= self.n_slots + self.cfg.max_queue:
                 raise QueueFull()
             req.rid = next(self._ids)
+            if not self._reqs:
+                self._last_heard = time.monotonic()  # silence while idle is not a stall
             self._reqs[req.rid] = req
         try:
             self._send(("gen", req.rid, req.prompt, req.params, req.max_new_tokens, req.stop))
@@ -378,11 +416,13 @@ class ModelEngine:
         cid = next(self._ids)
         with self._lock:
             self._calls[cid] = (loop, fut)
+            self._call_started[cid] = time.monotonic()
         try:
             self._send(("call", cid, name, args))
         except EngineUnavailable:
             with self._lock:
                 self._calls.pop(cid, None)
+                self._call_started.pop(cid, None)
             raise
         return await fut
 

@@ -70,6 +70,9 @@ class EngineConfig:
     gpu_layers: int | None = None
     max_queue: int = 64
     kv_type: str = "f16"
+    # Seconds the engine may go without a sign of progress while it has work (the worker reports at least
+    # once a second while its loop runs) before it is taken for hung in native code, stopped and restarted.
+    stall_timeout: float = 180.0
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ ENGINE_THREAD_STACK = 256 * 1024 * 1024
 
 # Exit code of a worker whose engine loop died of a Python exception (not a native crash).
 EXIT_LOOP_CRASHED = 70
+# While it has work, the loop reports at least this often (seconds), events or not.
+PROGRESS_INTERVAL = 1.0
 
 
 # The argument that makes the desktop bundle's executable run a worker (installers/pyinstaller).
@@ -114,7 +117,9 @@ class WorkerSpec:
 
 
 class _Outbox:
-    """Events produced during one decode step, sent together at the end of it."""
+    """Events produced during one decode step, sent together at the end of it. A step without events
+    (reading a long prompt) still sends an empty message once per PROGRESS_INTERVAL: the node's stall
+    watchdog (engine.py) takes a loop that says nothing for long while it has work for a hung one."""
 
     def __init__(self, conn: Channel, send_lock: threading.Lock) -> None:
         self.conn = conn
@@ -122,6 +127,7 @@ class _Outbox:
         self.items: list[tuple[int, Event]] = []
         self.items_lock = threading.Lock()
         self.core: Any = None
+        self.last_sent = time.monotonic()
 
     def add(self, rid: int, ev: Event) -> None:
         with self.items_lock:
@@ -129,9 +135,10 @@ class _Outbox:
 
     def flush(self) -> None:
         with self.items_lock:
-            if not self.items:
+            if not self.items and time.monotonic() - self.last_sent < PROGRESS_INTERVAL:
                 return
             items, self.items = self.items, []
+        self.last_sent = time.monotonic()
         sched = self.core.scheduler if self.core is not None else None
         msg = (
             "ev",

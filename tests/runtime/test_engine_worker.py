@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,39 @@ def test_a_crash_fails_the_running_requests_and_the_worker_restarts(model_path, 
             wait_for(lambda: len(states) >= 2 * (i + 2) or states[-1][0] == "failed", 60, what=f"crash {i + 2}")
         wait_for(lambda: states[-1][0] == "failed", 60, what="giving up")
         assert "crashed 4 times" in states[-1][1] and e.state == "failed"
+    finally:
+        e.close()
+
+
+def test_a_hung_worker_is_stopped_and_restarted_and_an_idle_one_is_left_alone(model_path, cap, monkeypatch):
+    """Native code can hang instead of crashing. A worker frozen (SIGSTOP) mid-answer says nothing past the
+    stall timeout: it is killed, its request ends with an error naming the hang, and it restarts. A worker
+    that says nothing because it has nothing to do is not a stall."""
+    monkeypatch.setattr(engine_mod, "RESTART_BACKOFF", (0.05, 0.05, 0.05))
+    states: list[tuple[str, str | None]] = []
+    cfg = EngineConfig(threads=2, slots=2, ctx_per_slot=512, stall_timeout=5.0)
+    e = ModelEngine("m", model_path, cap, cfg, on_state=lambda s, r: states.append((s, r)))
+    try:
+        idle_pid = e._proc.pid
+        os.kill(idle_pid, signal.SIGSTOP)  # idle and frozen: nothing is owed, so nothing is wrong
+        try:
+            time.sleep(2 * cfg.stall_timeout)  # a negative: it must stay alive past the timeout
+        finally:
+            os.kill(idle_pid, signal.SIGCONT)
+        assert states == [] and e._proc.pid == idle_pid and e.state == "ready"
+
+        _, c = _request(e, 400)
+        wait_for(lambda: c.events, 60, what="the first token")
+        os.kill(idle_pid, signal.SIGSTOP)
+        assert c.done.wait(60), "a request hung with its engine"
+        err = c.events[-1]
+        assert isinstance(err, ErrorEvent) and err.code == "engine_crashed"
+        assert "stopped responding" in err.message and "made no progress" in err.message
+        wait_for(lambda: ("ready", None) in states, 60, what="the restart")
+        assert states[0][0] == "restarting" and "hung" in states[0][1]
+        assert e.restarts == 1 and e._proc.pid != idle_pid
+        _, c2 = _request(e, 4)
+        assert c2.done.wait(60) and isinstance(c2.events[-1], DoneEvent)
     finally:
         e.close()
 
