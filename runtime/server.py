@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .api.app import build_app
-from .api.errors import APIError
+from .api.app import build_app, error_response
 from .api.pressure import FD_PRESSURE, is_fd_exhaustion
+from .errors import EXIT_UNAVAILABLE, APIError, NodeError
 from .node import Node
 
 try:
@@ -48,8 +48,12 @@ MIN_BODY_BYTES_PER_SECOND = 1024
 KEEPALIVE_TIMEOUT = 75.0
 
 
-class PortInUse(RuntimeError):
-    pass
+class PortInUse(NodeError):
+    """The HTTP port is taken (by another node or another program)."""
+
+    default_status = 503
+    default_code = "port_in_use"
+    exit_code = EXIT_UNAVAILABLE
 
 
 def _who_holds(host: str, port: int) -> str:
@@ -258,7 +262,7 @@ class Connection(RequestHandler):
             log.debug("bad request from %s: %s", request.remote, exc)
         if request.writer.output_size > 0:
             raise ConnectionError("a response is already under way; the connection is closed instead")
-        resp = parser_error(status, exc, self.max_field_size).response()
+        resp = error_response(parser_error(status, exc, self.max_field_size))
         resp.force_close()
         return resp
 

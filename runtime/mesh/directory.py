@@ -36,7 +36,7 @@ class Peer:
 
     def public(self, now: float) -> dict:
         a = self.announcement
-        tps = [m.get("tokens_per_second_p50") for m in self.models if m.get("tokens_per_second_p50")]
+        tps = [v for m in self.models if (v := m.get("tokens_per_second_p50"))]
         age = now - self.last_seen
         return {
             "id": self.id,
@@ -142,6 +142,24 @@ class Directory:
                 mid = m["id"]
                 canon = spelling.setdefault(mid.lower(), mid)
                 out.setdefault(canon, []).append(p)
+        return out
+
+    def model_summaries(self) -> dict[str, dict]:
+        """Models served by live peers → what /v1/models shows of them: how many peers, the smallest
+        context, the best measured speed and first-token time, the free slots of all."""
+        out = {}
+        for mid, peers in self.mesh_models().items():
+            entries = [p.model(mid) or {} for p in peers]
+            tps = [v for e in entries if (v := e.get("tokens_per_second_p50"))]
+            ttft = [v for e in entries if (v := e.get("ttft_ms_p50"))]
+            ctx = [v for e in entries if (v := e.get("context_length"))]
+            out[mid] = {
+                "peers": len(peers),
+                "context_length": min(ctx) if ctx else None,
+                "tokens_per_second_p50": max(tps) if tps else None,
+                "ttft_ms_p50": min(ttft) if ttft else None,
+                "free_slots": sum(e.get("free_slots") or 0 for e in entries),
+            }
         return out
 
     def public(self, now: float | None = None) -> list[dict]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from ..errors import invalid
 from .directory import Peer
 
 
@@ -19,7 +22,7 @@ def rank_peers(
     model_id: str,
     in_flight: dict[str, int],
     max_tokens: int | None = None,
-    exclude: set[str] = frozenset(),
+    exclude: AbstractSet[str] = frozenset(),
     rng: random.Random | None = None,
 ) -> list[Peer]:
     """Peers that serve ``model_id``, best first.
@@ -29,7 +32,7 @@ def rank_peers(
     tok/s, then the lowest latency we measured; ties are broken at random so that equal peers share the
     load. Peers whose share limits refuse this request (max tokens per mesh request) are left out.
     """
-    rng = rng or random
+    draw = rng.random if rng is not None else random.random
     ranked = []
     for p in peers:
         if p.id in exclude:
@@ -47,7 +50,7 @@ def rank_peers(
         tps = m.get("tokens_per_second_p50") or 0.0
         lat = p.latency_ms if p.latency_ms is not None else 50.0
         # tok/s in coarse buckets: a 3% difference in a noisy measurement should not beat a free slot
-        ranked.append(((0 if free > 0 else 1, queued, -round(float(tps) / 10), round(lat / 25), rng.random()), p))
+        ranked.append(((0 if free > 0 else 1, queued, -round(float(tps) / 10), round(lat / 25), draw()), p))
     ranked.sort(key=lambda t: t[0])
     return [p for _, p in ranked]
 
@@ -58,6 +61,41 @@ def local_has_room(free_slots: int | None, queued: int | None) -> bool:
     if free_slots is None:
         return True
     return free_slots > 0 and not queued
+
+
+def route(
+    model_id: str,
+    peers: list[Peer],
+    capped: list[Peer],
+    known_here: bool,
+    served_here: bool,
+    here: dict | None,
+    peer_has_room: Callable[[Peer], bool],
+) -> list[Peer] | None:
+    """Where a request runs: None for this node, otherwise the peers to try, best first.
+
+    ``peers``: the peers that take this request, ranked (``rank_peers``); ``capped``: when there are none,
+    those that serve the model but refuse this many tokens; ``known_here``/``served_here``: this node
+    knows / serves the model; ``here``: its engine's counts (``slots``, ``slots_busy``, ``queued``), None
+    while it is not loaded (it loads on first use). Local first while it has room; when it is full, a
+    peer with room takes the request, otherwise it waits in the local queue."""
+    if not peers:
+        if capped and not known_here:
+            cap = max((p.announcement.get("limits") or {}).get("max_tokens") or 0 for p in capped)
+            raise invalid(
+                f"The peers serving '{model_id}' accept at most {cap} tokens per mesh request; "
+                f"ask for max_tokens <= {cap}.",
+                "max_tokens",
+                "mesh_limit",
+            )
+        return None
+    if not served_here:
+        return peers
+    if here is None:
+        return None
+    if local_has_room(here["slots"] - here["slots_busy"], here["queued"]):
+        return None
+    return [p for p in peers if peer_has_room(p)] or None
 
 
 def _int(v, default: int) -> int:
