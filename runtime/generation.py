@@ -15,6 +15,9 @@ from .engine.engine import ModelEngine
 from .engine.events import DoneEvent, EngineStopped, EngineUnavailable, GenRequest, QueueFull
 from .models.manager import RESTARTING, ModelError
 from .node import Node
+from .tools.formats import GENERIC, ToolFormat, detect_format
+from .tools.prompt import render_with_tools
+from .tools.stream import tool_sampling
 
 
 def available_models(node: Node) -> list[str]:
@@ -231,6 +234,7 @@ class Prepared:
     prompts: list[list[int]]  # one per choice
     texts: list[str] = field(default_factory=list)  # completions: each prompt's text (for echo)
     echo: bool = False
+    tool_format: ToolFormat = GENERIC  # chat: how the model writes tool calls
 
 
 async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
@@ -240,15 +244,25 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
     engine = await engine_for(node, gp.model)
     gp = with_vocab(gp, body, engine.n_vocab)
     check_capacity(engine, gp.n, "n")
+    fmt = tool_format(engine)
+    gp = replace(gp, sampling=tool_sampling(gp.sampling, gp.tools, fmt))
 
     # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
     # text, apart from the template's markup: nobody writes the model's control tokens through a message,
     # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
-    def render() -> list[tuple[str, bool]] | str | None:
+    def render_one(
+        msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[tuple[str, bool]] | str | None:
         specials = engine.special_texts
-        if specials and any(t in m["content"] for m in messages for t in specials):
-            return engine.template.render_segments(messages, add_generation_prompt=True)
-        return engine.template.render(messages, add_generation_prompt=True)
+        if specials and any(t in m["content"] for m in msgs for t in specials):
+            return engine.template.render_segments(msgs, add_generation_prompt=True, tools=tools)
+        return engine.template.render(msgs, add_generation_prompt=True, tools=tools)
+
+    def render_whole(msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        return engine.template.render(msgs, add_generation_prompt=True, tools=tools)
+
+    def render() -> list[tuple[str, bool]] | str | None:
+        return render_with_tools(render_one, messages, gp.tools, fmt)
 
     try:
         # Short conversations are scanned and rendered inline (a thread hop costs more than the work);
@@ -266,12 +280,17 @@ async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_wi
         prompt = await _engine_call(engine.chat_prompt_segments(segments))
     else:
         if rendered is None:  # the template transformed the contents: the whole text, as before
-            rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
+            rendered = await asyncio.to_thread(render_with_tools, render_whole, messages, gp.tools, fmt)
         rendered += continue_with
         check_text_fits(engine, rendered, "messages", "messages")
         prompt = await _engine_call(engine.chat_prompt(rendered))
     check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
-    return Prepared(engine, gp, [prompt] * gp.n)
+    return Prepared(engine, gp, [prompt] * gp.n, tool_format=fmt)
+
+
+def tool_format(engine: ModelEngine) -> ToolFormat:
+    """The tool format the engine's chat template teaches (the generic protocol for the ChatML fallback)."""
+    return GENERIC if engine.template.is_fallback else detect_format(engine.template.source)
 
 
 async def prepare_completion(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:

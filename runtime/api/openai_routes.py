@@ -26,9 +26,11 @@ from ..generation import (
     engine_for,
     prepare_chat,
     prepare_completion,
+    tool_format,
 )
 from ..mesh.router import local_has_room
 from ..node import Node
+from ..tools.stream import IdentifiedCall, ToolCallStream
 from .errors import APIError, invalid, model_not_found
 from .validation import (
     GenerationParams,
@@ -68,6 +70,8 @@ def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
             "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
             "ttft_ms_p50": stats.get("ttft_ms_p50"),
             "samples": stats.get("samples", 0),
+            # How this model writes tool calls, from its chat template (runtime/tools/formats.py).
+            "tool_format": tool_format(e).name if e else None,
         },
     }
 
@@ -205,10 +209,12 @@ async def _stream(
             continue
         job = gen.jobs[idx]
         if isinstance(ev, TokenEvent):
-            await send(make_chunk(idx, ev.text, None))
+            for c in _chunks(make_chunk(idx, ev.text, None)):
+                await send(c)
         elif isinstance(ev, DoneEvent):
             job.done = ev
-            await send(make_chunk(idx, None, ev.finish_reason))
+            for c in _chunks(make_chunk(idx, None, ev.finish_reason)):
+                await send(c)
         elif isinstance(ev, ErrorEvent):
             gen.cancel()
             err = _engine_error(ev)
@@ -222,7 +228,15 @@ async def _stream(
     return resp
 
 
+def _chunks(made: dict | list[dict]) -> list[dict]:
+    return made if isinstance(made, list) else [made]
+
+
 # -- chat completions -------------------------------------------------------------------------------
+
+
+def _tool_call(c: IdentifiedCall) -> dict:
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
 
 
 @routes.post("/v1/chat/completions")
@@ -243,19 +257,23 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
     model_id = engine.id
+    tools = gp.tools if gp.tools is not None and gp.tools.active else None
+    calls = [ToolCallStream(tools, prep.tool_format) for _ in gen.jobs] if tools else []
     gen.submit()
     try:
         if not gp.stream:
             await _collect(gen)
-            choices = [
-                {
-                    "index": j.index,
-                    "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": j.done.finish_reason,
-                }
-                for j in gen.jobs
-            ]
+            choices = []
+            for j in gen.jobs:
+                message: dict[str, Any] = {"role": "assistant", "content": "".join(j.text), "refusal": None}
+                finish = j.done.finish_reason
+                if tools:
+                    calls[j.index].feed(message["content"])
+                    out = calls[j.index].finish(finish)
+                    message["content"], finish = out.content, out.finish_reason
+                    if out.calls:
+                        message["tool_calls"] = [_tool_call(c) for c in out.calls]
+                choices.append({"index": j.index, "message": message, "logprobs": None, "finish_reason": finish})
             return web.json_response(
                 {
                     "id": cid,
@@ -281,9 +299,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 d["usage"] = None
             return d
 
-        def chunk(idx: int, text: str | None, finish: str | None) -> dict:
-            delta = {"content": text} if text is not None else {}
+        def one(idx: int, delta: dict, finish: str | None) -> dict:
             return base([{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+        def chunk(idx: int, text: str | None, finish: str | None) -> dict | list[dict]:
+            if not tools:
+                return one(idx, {"content": text} if text is not None else {}, finish)
+            if text is not None:
+                shown = calls[idx].feed(text)
+                return [one(idx, {"content": shown}, None)] if shown else []
+            out = calls[idx].finish(finish or "stop")
+            chunks = [one(idx, {"content": out.rest}, None)] if out.rest else []
+            for c in out.calls:
+                # The first delta of a call names it; the next carries its arguments only (OpenAI's
+                # clients concatenate every fragment of id, name and arguments they receive).
+                chunks.append(
+                    one(
+                        idx,
+                        {
+                            "tool_calls": [
+                                {**_tool_call(c), "function": {"name": c.name, "arguments": ""}, "index": c.index}
+                            ]
+                        },
+                        None,
+                    )
+                )
+                chunks.append(
+                    one(idx, {"tool_calls": [{"index": c.index, "function": {"arguments": c.arguments}}]}, None)
+                )
+            chunks.append(one(idx, {}, out.finish_reason))
+            return chunks
 
         def usage_chunk(usage: dict) -> dict:
             d = base([])
@@ -295,7 +340,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 [
                     {
                         "index": j.index,
-                        "delta": {"role": "assistant", "content": ""},
+                        # With tools on, an answer may turn out to be calls only: content null, as OpenAI.
+                        "delta": {"role": "assistant", "content": None if tools else ""},
                         "logprobs": None,
                         "finish_reason": None,
                     }
@@ -316,6 +362,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     body = await _read_body(request)
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
+    if gp.tools is not None and gp.tools.tools:
+        raise invalid("'tools' is for /v1/chat/completions; /v1/completions takes none.", "tools")
     prompts_in = parse_prompts(body)
     remote = route(node, gp)
     if remote:
@@ -446,6 +494,17 @@ def route(node: Node, gp: GenerationParams) -> list | None:
     if mesh is None or not mesh.connected:
         return None
     peers = mesh.candidates(gp.model, gp.max_tokens)
+    if gp.tools is not None and gp.tools.active and peers:
+        # Tool calls are rendered and parsed by the serving peer: only peers announcing the feature.
+        able = [p for p in peers if "tools" in (p.announcement.get("features") or ())]
+        if not able and not node.find(gp.model):
+            raise invalid(
+                f"The peers serving '{gp.model}' do not support tool calling ('tools'); this node does not "
+                f"serve the model itself.",
+                "tools",
+                "mesh_unsupported",
+            )
+        peers = able
     if not peers:
         capped = mesh.candidates(gp.model, None)
         if capped and not node.find(gp.model):
