@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent
+from .events import EngineStopped, Failed, Finished, GenRequest, QueueFull, Text
 from .llama_model import LlamaContext, LlamaModel
 from .sampling import GrammarError, Sampler
 from .text import IncrementalDecoder, StopMatcher
@@ -58,7 +58,7 @@ class Scheduler:
         ctx: LlamaContext,
         max_queue: int,
         prompt_chunk: int = 256,
-        on_finished: Callable[[DoneEvent], None] | None = None,
+        on_finished: Callable[[Finished], None] | None = None,
         on_step: Callable[[], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -165,7 +165,7 @@ class Scheduler:
                 else "the node is shutting down; retry against a running node"
             )
             for r in waiting:
-                r.emit(ErrorEvent(why, "engine_stopped"))
+                r.emit(Failed(why, "engine_stopped"))
             for s in self.slots:
                 if s.req:
                     self._finish_error(s, why, "engine_stopped")
@@ -189,11 +189,11 @@ class Scheduler:
             try:
                 best.sampler = Sampler(req.params, self.model.vocab, self.model.n_vocab)
             except GrammarError as e:
-                req.emit(ErrorEvent(str(e), "invalid_grammar"))
+                req.emit(Failed(str(e), "invalid_grammar"))
                 continue
             except Exception as e:  # a sampler that cannot be built fails its request, not the engine
                 log.exception("could not build the sampler of a request")
-                req.emit(ErrorEvent(f"the sampling parameters could not be applied by llama.cpp: {e}", "engine_error"))
+                req.emit(Failed(f"the sampling parameters could not be applied by llama.cpp: {e}", "engine_error"))
                 continue
             best.req = req
             best.pending = list(req.prompt[keep:])
@@ -273,7 +273,7 @@ class Scheduler:
             s.generated += 1
             text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token, s.req.params.special_text)))
             if text:
-                s.req.emit(TokenEvent(text))
+                s.req.emit(Text(text))
             if s.stopper.stopped:
                 self._finish(s, "stop")
                 continue
@@ -292,11 +292,11 @@ class Scheduler:
             tail = s.stopper.feed(s.decoder.flush())
             tail += s.stopper.flush()
             if tail:
-                req.emit(TokenEvent(tail))
+                req.emit(Text(tail))
         end = time.perf_counter()
         first = s.first_token_at or end
         tps = (s.generated - 1) / (end - first) if s.generated > 1 and end > first else None
-        ev = DoneEvent(
+        ev = Finished(
             finish_reason=reason,
             prompt_tokens=len(req.prompt),
             completion_tokens=s.generated,
@@ -311,7 +311,7 @@ class Scheduler:
 
     def _finish_error(self, s: _Slot, message: str, code: str = "engine_error") -> None:
         if s.req is not None:
-            s.req.emit(ErrorEvent(message, code))
+            s.req.emit(Failed(message, code))
         self._release(s)
 
     def _release(self, s: _Slot) -> None:

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..api.errors import invalid
 from ..engine.grammar import schema_problems
+from ..errors import invalid
 
 MAX_TOOLS = 128  # OpenAI's own limit on 'tools'
 MAX_DESCRIPTION_CHARS = 10_000  # characters of one tool's description

@@ -14,7 +14,7 @@ import secrets
 import string
 from dataclasses import dataclass, replace
 
-from ..engine.events import SamplingParams
+from ..engine.events import Finished, GenEvent, SamplingParams, Text, ToolCallDelta
 from .formats import ToolCall, ToolFormat
 from .grammar import tool_grammar
 from .spec import ToolsSpec
@@ -86,3 +86,18 @@ class ToolCallStream:
         if parsed.content != whole:  # the generic protocol's {"response": ...}: nothing was streamed
             return Outcome(parsed.content, parsed.content or "", (), finish_reason)
         return Outcome(whole, self._pending, (), finish_reason)
+
+    def events(self, ev: GenEvent) -> list[GenEvent]:
+        """One event of the engine, as the answer's events: text that is content for sure, and at the end
+        the rest of the content, one ToolCallDelta per call (id, name and all of its arguments), and
+        Finished with the finish reason of a tool-calling answer. Other events pass through."""
+        if isinstance(ev, Text):
+            shown = self.feed(ev.text)
+            return [replace(ev, text=shown)] if shown else []
+        if isinstance(ev, Finished):
+            out = self.finish(ev.finish_reason)
+            evs: list[GenEvent] = [Text(out.rest)] if out.rest else []
+            evs += [ToolCallDelta(c.index, c.id, c.name, c.arguments) for c in out.calls]
+            evs.append(replace(ev, finish_reason=out.finish_reason))
+            return evs
+        return [ev]

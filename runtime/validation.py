@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
-from ..engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
-from ..engine.grammar import SchemaError, grammar_for_response_format
-from ..tools.spec import ToolsSpec, parse_assistant_tool_calls, parse_tool_call_id, parse_tools
+from .engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
+from .engine.grammar import SchemaError, grammar_for_response_format
 from .errors import APIError, invalid
+from .tools.spec import ToolsSpec, parse_assistant_tool_calls, parse_tool_call_id, parse_tools
 
 
 @dataclass(frozen=True)
