@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.api.errors import APIError
-from runtime.api.validation import parse_generation, parse_messages
+from runtime.errors import APIError
+from runtime.validation import parse_generation, parse_messages
 from runtime.tools.spec import MAX_TOOLS, parse_tools
 
 WEATHER = {
