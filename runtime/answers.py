@@ -14,7 +14,7 @@ from .errors import NodeError, invalid
 from .generation import Answer, fingerprint
 from .mesh.directory import Peer
 from .mesh.requester import MeshUnavailable
-from .mesh.router import route
+from .mesh.router import route, with_feature
 from .node import Node
 from .validation import GenerationParams, parse_prompts
 
@@ -60,6 +60,17 @@ def peers_for(node: Node, gp: GenerationParams) -> list[Peer] | None:
         return None
     peers = mesh.candidates(gp.model, gp.max_tokens)
     m = node.find(gp.model)
+    if gp.tools is not None and gp.tools.active and peers:
+        # Tool calls are rendered and parsed by the serving peer: only peers that announce it can.
+        able = with_feature(peers, "tools")
+        if not able and m is None:
+            raise invalid(
+                f"The peers serving '{gp.model}' do not support tool calling ('tools'), and this node does not "
+                f"serve the model itself. Send the request without 'tools', or to a node that supports them.",
+                "tools",
+                "mesh_unsupported",
+            )
+        peers = able
     return route(
         gp.model,
         peers,

@@ -89,6 +89,12 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # -100 or less (or -inf): banned
     grammar: str | None = None  # GBNF, rule "root"
+    # Lazy grammar: regular expressions (Python syntax) on the answer; the grammar applies from the first
+    # match (from its first group, if it has one) instead of from the first token. Tool calls in auto mode.
+    grammar_triggers: tuple[str, ...] = ()
+    # Write control tokens as their text in the answer: some models' tool-call markers (Mistral's
+    # [TOOL_CALLS]) are control tokens, which are otherwise left out of the text.
+    special_text: bool = False
 
     @property
     def greedy(self) -> bool:

@@ -271,7 +271,7 @@ class Scheduler:
                 self._finish(s, "stop")
                 continue
             s.generated += 1
-            text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token)))
+            text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token, s.req.params.special_text)))
             if text:
                 s.req.emit(Text(text))
             if s.stopper.stopped:

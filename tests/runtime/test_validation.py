@@ -303,7 +303,6 @@ def test_logit_bias_bad(bias, code):
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "logprobs"),
     ({"top_logprobs": 0}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"suffix": "end"}, "suffix"),
     ({"best_of": 2}, "best_of"),
@@ -388,7 +387,7 @@ def test_message_not_object(msg):
             code="invalid_type")
 
 
-@pytest.mark.parametrize("role", ["tool", "function"])
+@pytest.mark.parametrize("role", ["function"])
 def test_message_function_roles_unsupported(role):
     rejects(parse_messages, {"messages": [{"role": role, "content": "x"}]}, param="messages[0].role",
             code="unsupported_parameter")
