@@ -155,13 +155,13 @@ def test_a_hung_worker_is_stopped_and_restarted_and_an_idle_one_is_left_alone(mo
         os.kill(idle_pid, signal.SIGSTOP)
         assert c.done.wait(60), "a request hung with its engine"
         err = c.events[-1]
-        assert isinstance(err, ErrorEvent) and err.code == "engine_crashed"
+        assert isinstance(err, Failed) and err.code == "engine_crashed"
         assert "stopped responding" in err.message and "made no progress" in err.message
         wait_for(lambda: ("ready", None) in states, 60, what="the restart")
         assert states[0][0] == "restarting" and "hung" in states[0][1]
         assert e.restarts == 1 and e._proc.pid != idle_pid
         _, c2 = _request(e, 4)
-        assert c2.done.wait(60) and isinstance(c2.events[-1], DoneEvent)
+        assert c2.done.wait(60) and isinstance(c2.events[-1], Finished)
     finally:
         e.close()
 
