@@ -12,7 +12,7 @@ from typing import Any
 from .api.errors import APIError, invalid, model_not_found, overloaded
 from .api.validation import GenerationParams, parse_messages, parse_prompts, with_vocab
 from .engine.engine import ModelEngine
-from .engine.events import DoneEvent, EngineStopped, EngineUnavailable, GenRequest, QueueFull
+from .engine.events import DoneEvent, EngineStopped, EngineUnavailable, GenRequest, QueueFull, TokenLogprob
 from .models.manager import RESTARTING, ModelError
 from .node import Node
 
@@ -120,6 +120,7 @@ class Job:
     prompt_tokens: int
     done: DoneEvent | None = None
     text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked for them
 
 
 class LoopPump:

@@ -30,6 +30,7 @@ from ..generation import (
 from ..mesh.router import local_has_room
 from ..node import Node
 from .errors import APIError, invalid, model_not_found
+from .logprobs import chat_logprobs, completion_logprobs
 from .validation import (
     GenerationParams,
     parse_embedding_inputs,
@@ -174,6 +175,8 @@ async def _collect(gen: Generation) -> None:
         job = gen.jobs[idx]
         if isinstance(ev, TokenEvent):
             job.text.append(ev.text)
+            if ev.logprobs:
+                job.logprobs.extend(ev.logprobs)
         elif isinstance(ev, DoneEvent):
             job.done = ev
         elif isinstance(ev, ErrorEvent):
@@ -205,10 +208,10 @@ async def _stream(
             continue
         job = gen.jobs[idx]
         if isinstance(ev, TokenEvent):
-            await send(make_chunk(idx, ev.text, None))
+            await send(make_chunk(idx, ev.text, None, ev.logprobs))
         elif isinstance(ev, DoneEvent):
             job.done = ev
-            await send(make_chunk(idx, None, ev.finish_reason))
+            await send(make_chunk(idx, None, ev.finish_reason, None))
         elif isinstance(ev, ErrorEvent):
             gen.cancel()
             err = _engine_error(ev)
@@ -231,7 +234,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
     gp = parse_generation(body, None, None)
     parse_messages(body)  # a bad request is refused here, not after a trip through the mesh
-    remote = route(node, gp)
+    remote = _local_for_logprobs(node, gp, route(node, gp))
     if remote:
         from .mesh_routes import proxy
 
@@ -243,6 +246,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
     model_id = engine.id
+    wants_logprobs = gp.sampling.logprobs is not None
     gen.submit()
     try:
         if not gp.stream:
@@ -251,7 +255,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 {
                     "index": j.index,
                     "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
-                    "logprobs": None,
+                    "logprobs": chat_logprobs(j.logprobs if wants_logprobs else None),
                     "finish_reason": j.done.finish_reason,
                 }
                 for j in gen.jobs
@@ -281,9 +285,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 d["usage"] = None
             return d
 
-        def chunk(idx: int, text: str | None, finish: str | None) -> dict:
+        def chunk(idx: int, text: str | None, finish: str | None, logprobs: list | None) -> dict:
             delta = {"content": text} if text is not None else {}
-            return base([{"index": idx, "delta": delta, "logprobs": None, "finish_reason": finish}])
+            lp = chat_logprobs(logprobs or []) if wants_logprobs and finish is None else None
+            return base([{"index": idx, "delta": delta, "logprobs": lp, "finish_reason": finish}])
 
         def usage_chunk(usage: dict) -> dict:
             d = base([])
@@ -315,9 +320,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     body = await _read_body(request)
-    gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
+    gp = parse_generation(body, None, 16, "completion")  # OpenAI's default max_tokens for completions is 16
     prompts_in = parse_prompts(body)
-    remote = route(node, gp)
+    if gp.sampling.logprobs is not None and body.get("echo") is True:
+        raise invalid(
+            "'logprobs' with 'echo' (log probabilities of the prompt's tokens) is not supported; "
+            "send one or the other.",
+            "echo",
+            "unsupported_parameter",
+        )
+    remote = _local_for_logprobs(node, gp, route(node, gp))
     if remote:
         if len(prompts_in) > 1 or body.get("echo"):
             raise invalid(
@@ -336,6 +348,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
     prompt_text_for = lambda idx: texts[idx // gp.n]  # noqa: E731
+    wants_logprobs = gp.sampling.logprobs is not None
+    offsets = [0] * len(gen.jobs)  # characters streamed so far per choice: the legacy text_offset
     gen.submit()
     try:
         if not gp.stream:
@@ -344,7 +358,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 {
                     "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
                     "index": j.index,
-                    "logprobs": None,
+                    "logprobs": completion_logprobs(j.logprobs if wants_logprobs else None, 0),
                     "finish_reason": j.done.finish_reason,
                 }
                 for j in gen.jobs
@@ -374,15 +388,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 d["usage"] = None
             return d
 
-        def chunk(idx: int, text: str | None, finish: str | None) -> dict:
-            return base([{"text": text or "", "index": idx, "logprobs": None, "finish_reason": finish}])
+        def chunk(idx: int, text: str | None, finish: str | None, logprobs: list | None) -> dict:
+            lp = completion_logprobs(logprobs or [], offsets[idx]) if wants_logprobs and finish is None else None
+            offsets[idx] += len(text or "")
+            return base([{"text": text or "", "index": idx, "logprobs": lp, "finish_reason": finish}])
 
         def usage_chunk(usage: dict) -> dict:
             d = base([])
             d["usage"] = usage
             return d
 
-        first = [chunk(j.index, prompt_text_for(j.index), None) for j in gen.jobs] if echo else []
+        first = [chunk(j.index, prompt_text_for(j.index), None, None) for j in gen.jobs] if echo else []
         return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
     finally:
         gen.cancel()
@@ -438,6 +454,23 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 # -- routing between this node and the mesh ----------------------------------------------------------
+
+
+def _local_for_logprobs(node: Node, gp: GenerationParams, remote: list | None) -> list | None:
+    """The mesh's wire does not carry log probabilities yet: a request for them runs here when this node
+    serves the model (waiting in its queue if it is busy), and is refused otherwise, never answered
+    without them."""
+    if not remote or gp.sampling.logprobs is None:
+        return remote
+    m = node.find(gp.model)
+    if m is not None and m in node.manager.routable():
+        return None
+    raise invalid(
+        f"'{gp.model}' is served only by mesh peers here, and log probabilities are not carried over the "
+        f"mesh yet; remove 'logprobs' or ask a node that serves the model itself.",
+        "logprobs",
+        "mesh_unsupported",
+    )
 
 
 def route(node: Node, gp: GenerationParams) -> list | None:

@@ -84,15 +84,34 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # -100 or less (or -inf): banned
     grammar: str | None = None  # GBNF, rule "root"
+    # None: no log probabilities (nothing is computed). n >= 0: each sampled token's log probability and
+    # the n most likely alternatives at its step (OpenAI's top_logprobs / the completions' logprobs).
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log probability, from the log-softmax of the model's raw logits at its step
+    (before penalties, logit_bias, grammar and temperature), and the ``top`` most likely tokens there as
+    (token bytes, log probability), most likely first. Bytes, not text: a token can hold part of a UTF-8
+    character."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
 @dataclass
 class TokenEvent:
+    """Text released to the client. ``logprobs``: when the request asked for them, one entry per sampled
+    token whose text this event completes (an event may carry none, one or several)."""
+
     text: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass

@@ -9,7 +9,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from .events import SamplingParams
+from .events import SamplingParams, TokenLogprob
 
 PENALTY_LAST_N = 64
 
@@ -36,6 +36,33 @@ class GrammarDeadEnd(GrammarError):
 def effective_bias(bias: float) -> float:
     """The bias added to a token's logit: a ban (-100 or less) becomes BAN_BIAS (see above)."""
     return BAN_BIAS if bias <= -100 else bias
+
+
+def pick_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-softmax of ``logits`` at ``token``, and the ``top_n`` most likely tokens with theirs (most
+    likely first; ties by token id). Computed in float64: a log probability near 0 keeps its digits."""
+    raw = logits.astype(np.float64)
+    peak = raw.max()
+    log_total = peak + math.log(np.exp(raw - peak).sum())
+    top: list[tuple[int, float]] = []
+    if top_n > 0:
+        n = min(top_n, raw.shape[0])
+        part = np.argpartition(-raw, n - 1)[:n]
+        order = part[np.lexsort((part, -raw[part]))]
+        top = [(int(t), float(raw[t] - log_total)) for t in order]
+    return float(raw[token] - log_total), top
+
+
+def token_logprob(
+    ctx: llama_cpp.llama_context_p, batch_index: int, n_vocab: int, token: int, top_n: int, piece
+) -> TokenLogprob:
+    """The log probability of ``token``, sampled from the logits at ``batch_index`` of the last decode,
+    as OpenAI reports it: from the model's raw logits, before penalties, logit_bias, grammar and
+    temperature (the sampler chains copy the logits, so they are still raw here). ``piece``: token id
+    → its bytes. Called only for requests that ask for log probabilities."""
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,))
+    logprob, top = pick_logprobs(logits, token, top_n)
+    return TokenLogprob(piece(token), logprob, tuple((piece(t), lp) for t, lp in top))
 
 
 def _chain(samplers: list) -> llama_cpp.llama_sampler_p:
