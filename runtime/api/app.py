@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from ..node import Node
-from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes
+from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes, responses_routes
 from .errors import APIError, overloaded
 from .openai_routes import NODE_KEY, install_pump
 from .pressure import FD_PRESSURE, is_fd_exhaustion
@@ -133,6 +133,7 @@ def build_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     app.on_startup.append(install_pump)
     app.add_routes(openai_routes.routes)
+    app.add_routes(responses_routes.routes)
     app.add_routes(node_routes.routes)
     app.add_routes(control_routes.routes)
     app.add_routes(mesh_routes.routes)

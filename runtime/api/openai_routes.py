@@ -158,7 +158,7 @@ def _usage(jobs: list[Job]) -> dict:
     }
 
 
-def _engine_error(ev: ErrorEvent) -> APIError:
+def engine_error(ev: ErrorEvent) -> APIError:
     if ev.code == "invalid_grammar":
         return invalid(ev.message, "response_format")
     if ev.code == "overloaded":
@@ -181,7 +181,7 @@ async def _collect(gen: Generation) -> None:
             job.done = ev
         elif isinstance(ev, ErrorEvent):
             gen.cancel()
-            raise _engine_error(ev)
+            raise engine_error(ev)
 
 
 async def _stream(
@@ -214,7 +214,7 @@ async def _stream(
             await send(make_chunk(idx, None, ev.finish_reason, None))
         elif isinstance(ev, ErrorEvent):
             gen.cancel()
-            err = _engine_error(ev)
+            err = engine_error(ev)
             await send(err.body())
             await resp.write_eof()
             return resp

@@ -1,0 +1,154 @@
+"""POST /v1/responses (issue 13), end to end: openai-python's ``responses.create`` and
+``responses.stream()`` against a real node serving the real default model. The API is stateless here:
+``store`` is echoed false, and what needs stored responses is a 400 naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from ..schema_check import violations
+
+pytestmark = pytest.mark.e2e
+
+ORDER_TEXT = [
+    "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+    "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+    "response.output_item.done",
+]
+
+
+def check_order(types: list[str], last: str) -> None:
+    """The text answer's events in OpenAI's order: deltas repeat, everything else appears once."""
+    collapsed = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+    assert collapsed == ORDER_TEXT + [last], types
+
+
+def test_create_with_instructions_and_usage(openai_client, model_id):
+    r = openai_client.responses.create(
+        model=model_id, instructions="Answer in one short sentence.", input="What is the capital of France?",
+        max_output_tokens=60, temperature=0,
+    )
+    assert r.id.startswith("resp_") and r.object == "response" and r.model == model_id
+    assert r.status == "completed" and r.error is None and r.incomplete_details is None
+    assert r.store is False and r.instructions == "Answer in one short sentence." and r.max_output_tokens == 60
+    assert len(r.output) == 1 and r.output[0].type == "message" and r.output[0].role == "assistant"
+    assert r.output[0].status == "completed" and r.output[0].id.startswith("msg_")
+    assert r.output_text.strip() and r.output[0].content[0].type == "output_text"
+    u = r.usage
+    assert u.input_tokens > 10 and 0 < u.output_tokens <= 60 and u.total_tokens == u.input_tokens + u.output_tokens
+    # The same generation path as chat completions: the same greedy text.
+    chat = openai_client.chat.completions.create(
+        model=model_id, max_tokens=60, temperature=0,
+        messages=[{"role": "system", "content": "Answer in one short sentence."},
+                  {"role": "user", "content": "What is the capital of France?"}],
+    )
+    assert chat.choices[0].message.content == r.output_text
+
+
+def test_input_items_history(openai_client, model_id):
+    """Message items (easy and typed, text parts, a developer message) reach the model as the same
+    conversation a chat completion gets: the same greedy answer."""
+    r = openai_client.responses.create(
+        model=model_id, max_output_tokens=40, temperature=0,
+        input=[
+            {"role": "developer", "content": "You are terse."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello Ada."}]},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+    chat = openai_client.chat.completions.create(
+        model=model_id, max_tokens=40, temperature=0,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "My name is Ada."},
+                  {"role": "assistant", "content": "Hello Ada."}, {"role": "user", "content": "What is my name?"}],
+    )
+    assert r.output_text.strip() and r.output_text == chat.choices[0].message.content
+    assert r.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+
+
+def test_max_output_tokens_makes_it_incomplete(openai_client, model_id):
+    r = openai_client.responses.create(model=model_id, input="Write a long story.", max_output_tokens=5,
+                                       temperature=0)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 5 and r.output[0].status == "incomplete"
+
+
+def test_stream_helper_and_event_order(openai_client, model_id):
+    with openai_client.responses.stream(model=model_id, input="Say hello.", max_output_tokens=200,
+                                        temperature=0) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    check_order(types, "response.completed")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas and final.output_text == deltas
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == deltas
+    assert final.status == "completed" and final.usage.output_tokens > 0
+    ids = {e.response.id for e in events if hasattr(e, "response")}
+    assert ids == {final.id}
+
+
+def test_stream_incomplete(openai_client, model_id):
+    events = list(openai_client.responses.create(model=model_id, input="Write a long story.", max_output_tokens=4,
+                                                 temperature=0, stream=True))
+    check_order([e.type for e in events], "response.incomplete")
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+    assert events[-1].response.usage.output_tokens == 4
+
+
+def test_stream_wire_format(node, model_id):
+    """Server-sent events with an ``event:`` line naming each event's type, and no ``[DONE]``."""
+    with httpx.stream("POST", node.v1 + "/responses", timeout=300,
+                      json={"model": model_id, "input": "Hi", "max_output_tokens": 3, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    blocks = [b for b in raw.split("\n\n") if b.strip() and not b.startswith(":")]
+    for b in blocks:
+        event_line, data_line = b.split("\n")
+        assert event_line.startswith("event: ") and data_line.startswith("data: ")
+        assert json.loads(data_line[6:])["type"] == event_line[7:]
+    assert "[DONE]" not in raw
+
+
+def test_text_format_json_schema(openai_client, model_id):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                               "country": {"type": "string", "maxLength": 30}},
+              "required": ["city", "country"], "additionalProperties": False}
+    r = openai_client.responses.create(
+        model=model_id, input="Name a city and its country as JSON.", max_output_tokens=80, temperature=1,
+        text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}},
+    )
+    assert r.status == "completed"
+    assert violations(json.loads(r.output_text), schema) == []
+    assert r.text.format.type == "json_schema"
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"store": True}, "store"),
+    ({"previous_response_id": "resp_123"}, "previous_response_id"),
+    ({"tools": [{"type": "custom", "name": "apply_patch", "description": "x"}]}, "tools[0].type"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "a+"}}}},
+     "text.format"),
+    ({"max_output_tokens": 100000}, "max_output_tokens"),
+    ({"temperature": 3}, "temperature"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+     "input[0].content[0]"),
+])
+def test_bad_requests_are_400_naming_the_field(openai_client, model_id, kw, param):
+    body = {"model": model_id, "input": "Hi", **kw}
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.responses.create(**body)
+    assert e.value.body["param"] == param, e.value.body
+    assert e.value.body["message"]
+
+
+def test_unknown_model_is_404(openai_client):
+    with pytest.raises(openai.NotFoundError) as e:
+        openai_client.responses.create(model="gpt-9", input="Hi")
+    assert e.value.code == "model_not_found"
