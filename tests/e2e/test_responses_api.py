@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import httpx
 import openai
 import pytest
 
+from ..conftest import FILENAME, seed_home, start_node
 from ..schema_check import violations
 
 pytestmark = pytest.mark.e2e
@@ -152,3 +155,35 @@ def test_unknown_model_is_404(openai_client):
     with pytest.raises(openai.NotFoundError) as e:
         openai_client.responses.create(model="gpt-9", input="Hi")
     assert e.value.code == "model_not_found"
+
+
+@pytest.fixture
+def own_node(tmp_path, model_path):
+    """A node of its own: the test below crashes its engine."""
+    seed_home(tmp_path, model_path)
+    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--slots", "2",
+                   "--ctx-per-slot", "2048", "--keepalive", "0.5")
+    yield n
+    assert n.stop() == 0, n.log()[-3000:]
+
+
+def test_engine_crash_mid_stream_ends_with_response_failed(own_node, model_id):
+    """The engine's process dies while the answer streams: the stream ends with response.failed and its
+    error, never silently (openai-python's stream helper sees it as the last event)."""
+    n = own_node
+    client = openai.OpenAI(base_url=n.v1, api_key="x", timeout=300, max_retries=0)
+    status = httpx.get(n.base_url + "/api/status", timeout=10).json()
+    pid = next(m for m in status["models"] if m["id"] == model_id)["engine"]["pid"]
+    events = []
+    with client.responses.stream(model=model_id, input="Count from 1 to 1000, one number per line.",
+                                 max_output_tokens=1500, temperature=0) as stream:
+        for ev in stream:
+            events.append(ev)
+            if ev.type == "response.output_text.delta" and len(events) == 8:
+                os.kill(pid, signal.SIGSEGV)
+    types = [e.type for e in events]
+    assert types[:4] == ORDER_TEXT[:4] and types[-1] == "response.failed", types
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error"
+    assert "segmentation fault" in failed.error.message
+    assert [e.sequence_number for e in events] == list(range(len(events)))
