@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.engine.engine import ModelEngine  # noqa: E402
+from runtime.engine.events import EngineConfig, Finished, GenRequest, SamplingParams, Text  # noqa: E402
 from runtime.generation import LoopPump  # noqa: E402
-from runtime.engine.events import DoneEvent, EngineConfig, GenRequest, SamplingParams, TokenEvent  # noqa: E402
 from runtime.hardware import RuntimeCapability, default_threads, detect  # noqa: E402
 from runtime.models.embedded import ensure_default_model  # noqa: E402
 
@@ -78,10 +78,10 @@ def run_streams(engine, n: int, tokens: int, tag: str) -> float:
 
     def emitter(i: int):
         def emit(ev) -> None:
-            if isinstance(ev, TokenEvent):
+            if isinstance(ev, Text):
                 counts[i] += 1
             else:
-                if not isinstance(ev, DoneEvent):
+                if not isinstance(ev, Finished):
                     raise SystemExit(f"{tag}: {ev}")
                 done.release()
         return emit
@@ -104,10 +104,10 @@ def ttft(engine, tag: str, i: int) -> float:
     stamp: list[float] = []
 
     def emit(ev) -> None:
-        if isinstance(ev, TokenEvent) and not stamp:
+        if isinstance(ev, Text) and not stamp:
             stamp.append(time.perf_counter())
             first.set()
-        if not isinstance(ev, TokenEvent):
+        if not isinstance(ev, Text):
             finished.set()
 
     t0 = time.perf_counter()

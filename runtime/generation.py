@@ -1,60 +1,51 @@
-"""The generation pipeline shared by the OpenAI routes and the mesh's serving side: find (and load) the
-engine, check and tokenize a request against it, and run its choices through the engine's queue. No
-HTTP here: callers format the events (SSE, JSON, or encrypted mesh messages)."""
+"""The generation pipeline: find (and load) the engine, check and tokenize a request against it, and run
+its choices through the engine's queue. Used for this node's own answers and for the requests it
+serves to mesh peers. No HTTP here: an answer is a stream of the generation vocabulary
+(runtime/engine/events.py) that callers format (OpenAI JSON or SSE, or sealed mesh messages).
+
+``GenerationService`` is owned by the node; it sees of the node only its models, its capability and the
+model ids a request may name (for the 404 message), and it holds the one ``LoopPump``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from .api.errors import APIError, invalid, model_not_found, overloaded
-from .api.validation import GenerationParams, parse_messages, parse_prompts, with_vocab
+from . import __version__
 from .engine.engine import ModelEngine
-from .engine.events import DoneEvent, EngineStopped, EngineUnavailable, GenRequest, QueueFull, TokenLogprob
-from .models.manager import RESTARTING, ModelError
-from .node import Node
+from .engine.events import (
+    EngineEvent,
+    EngineStopped,
+    EngineUnavailable,
+    GenEvent,
+    GenRequest,
+    QueueFull,
+    Started,
+    is_final,
+)
+from .errors import APIError, invalid, model_not_found, overloaded
+from .models.manager import RESTARTING, ManagedModel, ModelError
+from .validation import GenerationParams, parse_messages, parse_prompts, with_vocab
 
 
-def available_models(node: Node) -> list[str]:
-    """Model ids a request may name here: local ones, then those only mesh peers serve."""
-    local = [m.id for m in node.manager.routable()]
-    seen = {m.lower() for m in local}
-    mesh = [mid for mid in node.mesh.directory.mesh_models() if mid.lower() not in seen] if node.mesh.connected else []
-    return local + mesh
+class Models(Protocol):
+    """The node's models, as generation needs them (runtime.models.manager.ModelManager)."""
+
+    def get(self, model_id: str) -> ManagedModel | None: ...
+
+    def routable(self) -> list[ManagedModel]: ...
+
+    async def ensure_loaded(self, model_id: str) -> ModelEngine: ...
 
 
-async def engine_for(node: Node, model: str) -> ModelEngine:
-    """The engine serving ``model``, loading it on first use."""
-    m = node.find(model)
-    if m is not None and m.state == RESTARTING:
-        raise APIError(
-            503,
-            f"The model '{m.id}' is restarting after its engine crashed; retry in a few seconds.",
-            "server_error",
-            "model",
-            "model_restarting",
-            retry_after=2,
-        )
-    if m is None or m not in node.manager.routable() and m.state != "downloading":
-        if m is not None and m.state == "error":
-            raise APIError(
-                503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model", "model_load_failed"
-            )
-        raise model_not_found(model, available_models(node))
-    if node.cap is None:
-        raise overloaded("The node is still starting; retry in a few seconds.", retry_after=2)
-    try:
-        return await node.manager.ensure_loaded(model)
-    except ModelError as e:
-        if e.status == 404:
-            raise APIError(
-                404, f"{str(e)[:1].upper()}{str(e)[1:]}.", "invalid_request_error", "model", "model_not_found"
-            ) from None
-        if e.status == 503:
-            raise APIError(503, str(e), "server_error", "model", e.code, retry_after=5) from None
-        raise APIError(e.status, str(e), "invalid_request_error", "model", e.code) from None
+def fingerprint(*parts: str) -> str:
+    """OpenAI's ``system_fingerprint``: which build answered (runtime version, model file, backend)."""
+    return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
 def check_text_fits(engine: ModelEngine, text: str, what: str, param: str) -> None:
@@ -111,18 +102,6 @@ def check_context(engine: ModelEngine, n_prompt: int, max_tokens: int | None, wh
         )
 
 
-@dataclass
-class Job:
-    """One choice being generated: the engine request and its event queue."""
-
-    index: int
-    req: GenRequest
-    prompt_tokens: int
-    done: DoneEvent | None = None
-    text: list[str] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked for them
-
-
 class LoopPump:
     """Hands engine events to the event loop in batches: the engine thread appends, and at most one
     wake-up of the loop is pending at a time (one syscall per decode step, not one per token)."""
@@ -152,40 +131,97 @@ class LoopPump:
             queue.put_nowait(item)
 
 
-class Generation:
-    """Submits a set of jobs to the engine and yields (index, event) in arrival order."""
+class Answer:
+    """The choices of one request as they are produced, here or on peers: (choice index, event) in
+    arrival order. Each choice starts with ``Started`` and ends with ``Finished`` or ``Failed``.
+    ``echo``: for a completion that asked for it, each choice's prompt text (sent before its text)."""
 
-    def __init__(self, engine: ModelEngine, prompts: list[list[int]], gp: GenerationParams, pump: LoopPump) -> None:
+    def __init__(self, n: int, echo: list[str] | None = None) -> None:
+        self.n = n
+        self.echo = echo
+        self.queue: asyncio.Queue[tuple[int, GenEvent] | None] = asyncio.Queue()
+        self._open = set(range(n))  # choices whose last event was not handed out yet
+
+    def put(self, index: int, ev: GenEvent) -> None:
+        self.queue.put_nowait((index, ev))
+
+    @property
+    def finished(self) -> bool:
+        return not self._open
+
+    async def next(self, timeout: float | None) -> list[tuple[int, GenEvent]]:
+        """Every event that has arrived, waiting ``timeout`` seconds for the first (raises TimeoutError).
+        Empty when woken by ``cancel``. Events of a choice after its last one are dropped."""
+        item = await asyncio.wait_for(self.queue.get(), timeout) if timeout is not None else await self.queue.get()
+        out: list[tuple[int, GenEvent]] = []
+        while True:
+            if item is not None and item[0] in self._open:
+                out.append(item)
+                if is_final(item[1]):
+                    self._open.discard(item[0])
+            if self.queue.empty():
+                return out
+            item = self.queue.get_nowait()
+
+    def cancel(self) -> None:
+        """Stop the unfinished choices (the client went away, or one choice failed). Nothing more comes
+        for them, so a waiter in next() is woken instead of waiting forever."""
+        self._stop()
+        self.queue.put_nowait(None)
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class LocalAnswer(Answer):
+    """An answer from this node's engine: one engine request per choice."""
+
+    def __init__(
+        self,
+        engine: ModelEngine,
+        prompts: list[list[int]],
+        gp: GenerationParams,
+        pump: LoopPump,
+        fingerprint: str,
+        echo: list[str] | None = None,
+    ) -> None:
+        super().__init__(len(prompts), echo)
         self.engine = engine
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.jobs: list[Job] = []
+        self.requests: list[GenRequest] = []
+        self._started = [Started(len(p), engine.id, fingerprint) for p in prompts]
         for i, prompt in enumerate(prompts):
             params = gp.sampling
             if i and params.seed is not None:
                 # Several choices from one seeded request differ from each other, reproducibly.
                 params = replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
-            req = GenRequest(
-                prompt=prompt, params=params, max_new_tokens=gp.max_tokens, stop=gp.stop, emit=self._emitter(pump, i)
+            self.requests.append(
+                GenRequest(
+                    prompt=prompt,
+                    params=params,
+                    max_new_tokens=gp.max_tokens,
+                    stop=gp.stop,
+                    emit=self._emitter(pump, i),
+                )
             )
-            self.jobs.append(Job(i, req, len(prompt)))
 
-    def _emitter(self, pump: LoopPump, index: int):
+    def _emitter(self, pump: LoopPump, index: int) -> Callable[[EngineEvent], None]:
         queue = self.queue
 
-        def emit(ev) -> None:
+        def emit(ev: EngineEvent) -> None:
             pump.put(queue, (index, ev))
 
         return emit
 
     def submit(self) -> None:
+        """Queue every choice on the engine (all or none), then report each one started."""
         submitted = []
         try:
-            for j in self.jobs:
-                self.engine.submit(j.req)
-                submitted.append(j)
+            for r in self.requests:
+                self.engine.submit(r)
+                submitted.append(r)
         except QueueFull:
-            for j in submitted:
-                self.engine.cancel(j.req)
+            for r in submitted:
+                self.engine.cancel(r)
             raise overloaded(
                 "The node is at capacity: every slot is busy and the queue is full. Retry after the indicated delay.",
                 retry_after=1,
@@ -195,24 +231,15 @@ class Generation:
                 503, "The model is shutting down; retry against a running node.", "server_error", None, "engine_stopped"
             ) from None
         except EngineUnavailable as e:
-            for j in submitted:
-                self.engine.cancel(j.req)
+            for r in submitted:
+                self.engine.cancel(r)
             raise APIError(503, str(e), "server_error", None, "model_restarting", retry_after=e.retry_after) from None
+        for i, st in enumerate(self._started):
+            self.put(i, st)
 
-    def cancel(self) -> None:
-        """Stop the unfinished choices. The engine sends nothing more for them, so a waiter in next() is
-        woken with (-1, None) instead of waiting forever."""
-        for j in self.jobs:
-            if j.done is None:
-                self.engine.cancel(j.req)
-        self.queue.put_nowait((-1, None))
-
-    @property
-    def finished(self) -> bool:
-        return all(j.done is not None for j in self.jobs)
-
-    async def next(self, timeout: float | None) -> tuple[int, Any]:
-        return await asyncio.wait_for(self.queue.get(), timeout)
+    def _stop(self) -> None:
+        for i in self._open:
+            self.engine.cancel(self.requests[i])
 
 
 async def _engine_call(call: Any) -> Any:
@@ -234,73 +261,141 @@ class Prepared:
     echo: bool = False
 
 
-async def prepare_chat(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
-    """Chat completion → tokens. ``continue_with``: the beginning of the answer already given (an answer
-    continued after its first peer was lost)."""
-    messages = parse_messages(body)
-    engine = await engine_for(node, gp.model)
-    gp = with_vocab(gp, body, engine.n_vocab)
-    check_capacity(engine, gp.n, "n")
+class GenerationService:
+    """Generation on this node's engines: check and tokenize a request (``prepare``), then run it
+    (``start``). ``capability``: the detected hardware, None while the node starts; ``available``: the
+    model ids a request may name, for the message of a 404."""
 
-    # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
-    # text, apart from the template's markup: nobody writes the model's control tokens through a message,
-    # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
-    def render() -> list[tuple[str, bool]] | str | None:
-        specials = engine.special_texts
-        if specials and any(t in m["content"] for m in messages for t in specials):
-            return engine.template.render_segments(messages, add_generation_prompt=True)
-        return engine.template.render(messages, add_generation_prompt=True)
+    def __init__(self, models: Models, capability: Callable[[], Any], available: Callable[[], list[str]]) -> None:
+        self.models = models
+        self._capability = capability
+        self._available = available
+        self._pump: LoopPump | None = None
 
-    try:
-        # Short conversations are scanned and rendered inline (a thread hop costs more than the work);
-        # long ones in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the
-        # engine's worker process.
-        if len(messages) < 64 and sum(len(m["content"]) for m in messages) < 20_000:
-            rendered = render()
-        else:
-            rendered = await asyncio.to_thread(render)
-    except ValueError as e:  # TemplateError: the template rejected these messages
-        raise invalid(str(e), "messages", "invalid_messages") from None
-    if isinstance(rendered, list):  # the template's markup and the contents apart
-        segments = rendered + [(continue_with, False)] if continue_with else rendered
-        check_text_fits(engine, "".join(text for text, _ in segments), "messages", "messages")
-        prompt = await _engine_call(engine.chat_prompt_segments(segments))
-    else:
-        if rendered is None:  # the template transformed the contents: the whole text, as before
-            rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
-        rendered += continue_with
-        check_text_fits(engine, rendered, "messages", "messages")
-        prompt = await _engine_call(engine.chat_prompt(rendered))
-    check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
-    return Prepared(engine, gp, [prompt] * gp.n)
+    @property
+    def pump(self) -> LoopPump:
+        """The one pump of the running loop (made on first use: a node is built before its loop runs)."""
+        loop = asyncio.get_running_loop()
+        if self._pump is None or self._pump.loop is not loop:
+            self._pump = LoopPump(loop)
+        return self._pump
 
-
-async def prepare_completion(node: Node, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
-    prompts_in = parse_prompts(body)
-    engine = await engine_for(node, gp.model)
-    gp = with_vocab(gp, body, engine.n_vocab)
-    check_capacity(engine, len(prompts_in) * gp.n, "prompt" if len(prompts_in) > 1 else "n")
-    echo = body.get("echo", False)
-    if not isinstance(echo, bool):
-        raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
-    prompts: list[list[int]] = []
-    texts: list[str] = []
-    tail = await _engine_call(engine.continuation_tokens(continue_with))
-    for i, p in enumerate(prompts_in):
-        if isinstance(p, str):
-            check_text_fits(engine, p, "prompt", "prompt")
-            toks = await _engine_call(engine.completion_prompt(p))
-            texts.append(p)
-        else:
-            if any(not (0 <= t < engine.n_vocab) for t in p):
-                raise invalid(
-                    f"'prompt' contains a token id outside this model's vocabulary (0..{engine.n_vocab - 1}).", "prompt"
+    async def engine_for(self, model: str) -> ModelEngine:
+        """The engine serving ``model``, loading it on first use."""
+        m = self.models.get(model)
+        if m is not None and m.state == RESTARTING:
+            raise APIError(
+                503,
+                f"The model '{m.id}' is restarting after its engine crashed; retry in a few seconds.",
+                "server_error",
+                "model",
+                "model_restarting",
+                retry_after=2,
+            )
+        if m is None or m not in self.models.routable() and m.state != "downloading":
+            if m is not None and m.state == "error":
+                raise APIError(
+                    503, f"The model '{m.id}' failed to load: {m.error}", "server_error", "model", "model_load_failed"
                 )
-            toks = p
-            texts.append(await _engine_call(engine.detokenize(p)))
-        if not toks:
-            raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
-        toks = toks + tail
-        check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
-        prompts.extend([toks] * gp.n)
-    return Prepared(engine, gp, prompts, texts, echo)
+            raise model_not_found(model, self._available())
+        if self._capability() is None:
+            raise overloaded("The node is still starting; retry in a few seconds.", retry_after=2)
+        try:
+            return await self.models.ensure_loaded(model)
+        except ModelError as e:
+            if e.status == 404:
+                raise APIError(
+                    404, f"{str(e)[:1].upper()}{str(e)[1:]}.", "invalid_request_error", "model", "model_not_found"
+                ) from None
+            if e.status == 503:
+                raise APIError(503, str(e), "server_error", "model", e.code, retry_after=5) from None
+            raise APIError(e.status, str(e), "invalid_request_error", "model", e.code) from None
+
+    async def prepare(self, kind: str, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
+        """``kind`` "chat" or "completion"; ``continue_with``: the beginning of the answer already given
+        (an answer continued after its first peer was lost)."""
+        if kind == "chat":
+            return await self.prepare_chat(body, gp, continue_with)
+        return await self.prepare_completion(body, gp, continue_with)
+
+    def start(self, prep: Prepared, choices: int | None = None) -> LocalAnswer:
+        """Run the prepared request (its first ``choices`` only, when given). Raises NodeError when the
+        engine cannot take it (full, restarting, stopping)."""
+        cap = self._capability()
+        fp = fingerprint(__version__, prep.engine.path.name, cap.backend if cap else "cpu")
+        prompts = prep.prompts[:choices] if choices is not None else prep.prompts
+        echo = [prep.texts[i // prep.gp.n] for i in range(len(prompts))] if prep.echo else None
+        answer = LocalAnswer(prep.engine, prompts, prep.gp, self.pump, fp, echo)
+        answer.submit()
+        return answer
+
+    async def prepare_chat(self, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
+        """Chat completion → tokens. ``continue_with``: the beginning of the answer already given (an answer
+        continued after its first peer was lost)."""
+        messages = parse_messages(body)
+        engine = await self.engine_for(gp.model)
+        gp = with_vocab(gp, body, engine.n_vocab)
+        check_capacity(engine, gp.n, "n")
+
+        # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
+        # text, apart from the template's markup: nobody writes the model's control tokens through a message,
+        # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
+        def render() -> list[tuple[str, bool]] | str | None:
+            specials = engine.special_texts
+            if specials and any(t in m["content"] for m in messages for t in specials):
+                return engine.template.render_segments(messages, add_generation_prompt=True)
+            return engine.template.render(messages, add_generation_prompt=True)
+
+        try:
+            # Short conversations are scanned and rendered inline (a thread hop costs more than the work);
+            # long ones in a thread so a huge prompt never stalls the event loop. Tokenizing happens in the
+            # engine's worker process.
+            if len(messages) < 64 and sum(len(m["content"]) for m in messages) < 20_000:
+                rendered = render()
+            else:
+                rendered = await asyncio.to_thread(render)
+        except ValueError as e:  # TemplateError: the template rejected these messages
+            raise invalid(str(e), "messages", "invalid_messages") from None
+        if isinstance(rendered, list):  # the template's markup and the contents apart
+            segments = rendered + [(continue_with, False)] if continue_with else rendered
+            check_text_fits(engine, "".join(text for text, _ in segments), "messages", "messages")
+            prompt = await _engine_call(engine.chat_prompt_segments(segments))
+        else:
+            if rendered is None:  # the template transformed the contents: the whole text, as before
+                rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
+            rendered += continue_with
+            check_text_fits(engine, rendered, "messages", "messages")
+            prompt = await _engine_call(engine.chat_prompt(rendered))
+        check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
+        return Prepared(engine, gp, [prompt] * gp.n)
+
+    async def prepare_completion(self, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
+        prompts_in = parse_prompts(body)
+        engine = await self.engine_for(gp.model)
+        gp = with_vocab(gp, body, engine.n_vocab)
+        check_capacity(engine, len(prompts_in) * gp.n, "prompt" if len(prompts_in) > 1 else "n")
+        echo = body.get("echo", False)
+        if not isinstance(echo, bool):
+            raise invalid("'echo' must be a boolean.", "echo", "invalid_type")
+        prompts: list[list[int]] = []
+        texts: list[str] = []
+        tail = await _engine_call(engine.continuation_tokens(continue_with))
+        for i, p in enumerate(prompts_in):
+            if isinstance(p, str):
+                check_text_fits(engine, p, "prompt", "prompt")
+                toks = await _engine_call(engine.completion_prompt(p))
+                texts.append(p)
+            else:
+                if any(not (0 <= t < engine.n_vocab) for t in p):
+                    raise invalid(
+                        f"'prompt' contains a token id outside this model's vocabulary (0..{engine.n_vocab - 1}).",
+                        "prompt",
+                    )
+                toks = p
+                texts.append(await _engine_call(engine.detokenize(p)))
+            if not toks:
+                raise invalid(f"prompt {i} is empty; it must contain text.", "prompt")
+            toks = toks + tail
+            check_context(engine, len(toks), gp.max_tokens, "prompt", "prompt")
+            prompts.extend([toks] * gp.n)
+        return Prepared(engine, gp, prompts, texts, echo)

@@ -17,7 +17,11 @@ from . import __version__
 from .config import Paths, ServeSettings, admin_token, node_id
 from .engine.events import EngineConfig
 from .engine.probe import BuildRegistry
+from .generation import GenerationService
 from .hardware import Capability, RuntimeCapability, default_threads, detect
+from .mesh.hub import Hub, HubError, add_member
+from .mesh.membership import MeshError
+from .mesh.mesh import Mesh, NodeServices
 from .models.embedded import DEFAULT_MODEL_ID
 from .models.manager import ERROR, READY, RESTARTING, ManagedModel, ModelError, ModelManager
 from .models.store import ModelSpecError, resolve
@@ -38,7 +42,7 @@ class Node:
     _load_task: asyncio.Task | None = None
     _listeners: set = field(default_factory=set)
     _started: bool = False
-    hub: object | None = None  # runtime.mesh.hub.Hub when this node hosts a private mesh (serve --hub)
+    hub: Hub | None = None  # when this node hosts a private mesh (serve --hub)
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -56,15 +60,14 @@ class Node:
             builds=BuildRegistry(self.paths.data / "llama-builds.json"),
         )
         self.manager.subscribe(self._broadcast)
-        from .mesh.mesh import Mesh, NodeServices  # the mesh is part of every node; joining is a setting
-        from .mesh.serving import prepare_on
-
+        self.generation = GenerationService(self.manager, lambda: self.cap, self.available_models)
+        # The mesh is part of every node; joining it is a setting.
         self.mesh = Mesh(
             self.paths.config,
             self.id,
             NodeServices(
                 models=self.manager,
-                prepare=prepare_on(self),
+                generation=self.generation,
                 publish=self._broadcast,
                 capability=lambda: self.runtime_cap.cap if self.runtime_cap else None,
                 hub=lambda: self.hub,
@@ -145,9 +148,6 @@ class Node:
         """serve --hub: run the private hub and make this node its first member."""
         if not self.settings.hub:
             return
-        from .mesh.hub import Hub, HubError, add_member
-        from .mesh.membership import MeshError
-
         hub = Hub(self.paths.data / "hub", self.id, host=self.settings.hub_host, port=self.settings.hub_port)
         try:
             await hub.start()
@@ -204,6 +204,14 @@ class Node:
 
     def find(self, model_id: str) -> ManagedModel | None:
         return self.manager.get(model_id)
+
+    def available_models(self) -> list[str]:
+        """Model ids a request may name here: local ones, then those only mesh peers serve."""
+        local = [m.id for m in self.manager.routable()]
+        if not self.mesh.connected:
+            return local
+        seen = {m.lower() for m in local}
+        return local + [mid for mid in self.mesh.directory.mesh_models() if mid.lower() not in seen]
 
     @property
     def ready(self) -> bool:

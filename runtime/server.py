@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .api.app import build_app
-from .api.errors import APIError
+from .api.app import build_app, error_response
 from .api.pressure import FD_PRESSURE, is_fd_exhaustion
+from .errors import APIError
 from .node import Node
 
 try:
@@ -258,7 +258,7 @@ class Connection(RequestHandler):
             log.debug("bad request from %s: %s", request.remote, exc)
         if request.writer.output_size > 0:
             raise ConnectionError("a response is already under way; the connection is closed instead")
-        resp = parser_error(status, exc, self.max_field_size).response()
+        resp = error_response(parser_error(status, exc, self.max_field_size))
         resp.force_close()
         return resp
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .errors import APIError
+from ..errors import APIError
 
 routes = web.RouteTableDef()
 

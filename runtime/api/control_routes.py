@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import APIError, invalid
 from ..models.manager import ModelError
-from .errors import APIError, invalid
-from .openai_routes import NODE_KEY
+from ..validation import parse_json_body
+from .context import NODE_KEY
 from .security import check_admin
-from .validation import parse_json_body
 
 routes = web.RouteTableDef()
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
-from .openai_routes import NODE_KEY
+from . import sse
+from .context import NODE_KEY
 
 routes = web.RouteTableDef()
 
@@ -28,19 +28,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: a full status snapshot first, then every state change as it happens."""
     node = request.app[NODE_KEY]
     q = node.subscribe()
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
+    resp = await sse.open_stream(request)
     try:
-        await resp.write(b"event: status\ndata: " + json.dumps(node.status()).encode() + b"\n\n")
+        await resp.write(sse.event("status", node.status()))
         while True:
             try:
                 ev = await asyncio.wait_for(q.get(), node.settings.keepalive_seconds)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+                await resp.write(sse.KEEPALIVE)
                 continue
             if ev is None:  # the node is shutting down
-                await resp.write_eof()
-                return resp
-            await resp.write(f"event: {ev['type']}\ndata: ".encode() + json.dumps(ev).encode() + b"\n\n")
+                return await sse.end(resp)
+            await resp.write(sse.event(ev["type"], ev))
     finally:
         node.unsubscribe(q)

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hashlib
-import json
 import logging
 import struct
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
+from ..answers import answer
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
-from ..engine.events import DoneEvent, EngineUnavailable, ErrorEvent, TokenEvent
-from ..generation import (
-    Generation,
-    Job,
-    LoopPump,
-    available_models,
-    check_text_fits,
-    engine_for,
-    prepare_chat,
-    prepare_completion,
-)
-from ..mesh.router import local_has_room
+from ..engine.events import EngineUnavailable, Failed, Text
+from ..errors import APIError, invalid, model_not_found
+from ..generation import Answer, check_text_fits
 from ..node import Node
-from .errors import APIError, invalid, model_not_found
-from .logprobs import chat_logprobs, completion_logprobs
-from .validation import (
+from ..validation import (
     GenerationParams,
     parse_embedding_inputs,
     parse_generation,
@@ -39,14 +24,12 @@ from .validation import (
     parse_messages,
     parse_prompts,
 )
+from . import openai_format as fmt
+from . import sse
+from .context import node_of
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-NODE_KEY = web.AppKey("node", Node)
-
-
-def _node(request: web.Request) -> Node:
-    return request.app[NODE_KEY]
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -94,9 +77,7 @@ def _mesh_object(node: Node, mid: str, info: dict) -> dict:
 
 def _all_models(node: Node) -> list[dict]:
     """Local models (marked local or local+mesh) and the models only peers serve."""
-    from .mesh_routes import mesh_model_objects
-
-    mesh = mesh_model_objects(node) if node.mesh.connected else {}
+    mesh = node.mesh.directory.model_summaries() if node.mesh.connected else {}
     lower = {k.lower(): k for k in mesh}
     out = []
     for m in node.manager.routable():
@@ -106,222 +87,41 @@ def _all_models(node: Node) -> list[dict]:
     return out
 
 
-def _available(node: Node) -> list[str]:
-    return available_models(node)
-
-
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": _all_models(_node(request))})
+    return web.json_response({"object": "list", "data": _all_models(node_of(request))})
 
 
 @routes.get("/v1/models/{model_id:.+}")
 async def get_model(request: web.Request) -> web.Response:
-    node = _node(request)
+    node = node_of(request)
     mid = request.match_info["model_id"]
     hit = next((o for o in _all_models(node) if o["id"].lower() == mid.lower()), None)
     if hit is None:
-        raise model_not_found(mid, _available(node))
+        raise model_not_found(mid, node.available_models())
     return web.json_response(hit)
 
 
-# -- shared generation machinery --------------------------------------------------------------------
+# -- chat and text completions ----------------------------------------------------------------------
 
 
 async def _read_body(request: web.Request) -> dict:
     return parse_json_body(await request.read())
 
 
-def _fingerprint(engine: ModelEngine, backend: str) -> str:
-    h = hashlib.sha256(f"{__version__}|{engine.path.name}|{backend}".encode()).hexdigest()[:10]
-    return f"fp_{h}"
-
-
-PUMP_KEY = web.AppKey("pump", LoopPump)
-
-
-async def install_pump(app: web.Application) -> None:
-    """on_startup: one pump per server, bound to the loop it runs on."""
-    app[PUMP_KEY] = LoopPump(asyncio.get_running_loop())
-
-
-def _usage(jobs: list[Job]) -> dict:
-    # n choices of one prompt share it: count each distinct prompt once, as OpenAI does.
-    prompt = sum({id(j.req.prompt): j.prompt_tokens for j in jobs}.values())
-    completion = sum(j.done.completion_tokens for j in jobs if j.done)
-    cached = min((j.done.cached_tokens for j in jobs if j.done), default=0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def engine_error(ev: ErrorEvent) -> APIError:
-    if ev.code == "invalid_grammar":
-        return invalid(ev.message, "response_format")
-    if ev.code == "overloaded":
-        return APIError(503, ev.message, "server_error", None, ev.code, retry_after=1)
-    if ev.code == "engine_crashed":
-        # Not retried: the SDKs retry 5xx by themselves unless told not to (x-should-retry: false).
-        return APIError(500, ev.message, "server_error", None, ev.code, retryable=False)
-    return APIError(503 if ev.code == "engine_stopped" else 500, ev.message, "server_error", None, ev.code)
-
-
-async def _collect(gen: Generation) -> None:
-    while not gen.finished:
-        idx, ev = await gen.next(None)
-        job = gen.jobs[idx]
-        if isinstance(ev, TokenEvent):
-            job.text.append(ev.text)
-            if ev.logprobs:
-                job.logprobs.extend(ev.logprobs)
-        elif isinstance(ev, DoneEvent):
-            job.done = ev
-        elif isinstance(ev, ErrorEvent):
-            gen.cancel()
-            raise engine_error(ev)
-
-
-async def _stream(
-    request: web.Request, gen: Generation, make_chunk, first_chunks: list[dict], include_usage: bool, usage_chunk
-) -> web.StreamResponse:
-    node = _node(request)
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    await resp.prepare(request)
-
-    async def send(obj: dict) -> None:
-        await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
-
-    for c in first_chunks:
-        await send(c)
-    keepalive = node.settings.keepalive_seconds
-    while not gen.finished:
-        try:
-            idx, ev = await gen.next(keepalive)
-        except TimeoutError:
-            # Waiting in the queue or reading a long prompt: keep proxies and clients from timing out.
-            await resp.write(b": keep-alive\n\n")
-            continue
-        job = gen.jobs[idx]
-        if isinstance(ev, TokenEvent):
-            await send(make_chunk(idx, ev.text, None, ev.logprobs))
-        elif isinstance(ev, DoneEvent):
-            job.done = ev
-            await send(make_chunk(idx, None, ev.finish_reason, None))
-        elif isinstance(ev, ErrorEvent):
-            gen.cancel()
-            err = engine_error(ev)
-            await send(err.body())
-            await resp.write_eof()
-            return resp
-    if include_usage:
-        await send(usage_chunk(_usage(gen.jobs)))
-    await resp.write(b"data: [DONE]\n\n")
-    await resp.write_eof()
-    return resp
-
-
-# -- chat completions -------------------------------------------------------------------------------
-
-
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
     body = await _read_body(request)
     gp = parse_generation(body, None, None)
     parse_messages(body)  # a bad request is refused here, not after a trip through the mesh
-    remote = _local_for_logprobs(node, gp, route(node, gp))
-    if remote:
-        from .mesh_routes import proxy
-
-        return await proxy(request, "chat", body, gp, remote)
-    prep = await prepare_chat(node, body, gp)
-    engine, gp = prep.engine, prep.gp
-    gen = Generation(engine, prep.prompts, gp, request.app[PUMP_KEY])
-    cid = f"chatcmpl-{uuid.uuid4()}"
-    created = int(time.time())
-    fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
-    model_id = engine.id
-    wants_logprobs = gp.sampling.logprobs is not None
-    gen.submit()
-    try:
-        if not gp.stream:
-            await _collect(gen)
-            choices = [
-                {
-                    "index": j.index,
-                    "message": {"role": "assistant", "content": "".join(j.text), "refusal": None},
-                    "logprobs": chat_logprobs(j.logprobs if wants_logprobs else None),
-                    "finish_reason": j.done.finish_reason,
-                }
-                for j in gen.jobs
-            ]
-            return web.json_response(
-                {
-                    "id": cid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model_id,
-                    "system_fingerprint": fp,
-                    "choices": choices,
-                    "usage": _usage(gen.jobs),
-                }
-            )
-
-        def base(choices: list) -> dict:
-            d = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model_id,
-                "system_fingerprint": fp,
-                "choices": choices,
-            }
-            if gp.include_usage:
-                d["usage"] = None
-            return d
-
-        def chunk(idx: int, text: str | None, finish: str | None, logprobs: list | None) -> dict:
-            delta = {"content": text} if text is not None else {}
-            lp = chat_logprobs(logprobs or []) if wants_logprobs and finish is None else None
-            return base([{"index": idx, "delta": delta, "logprobs": lp, "finish_reason": finish}])
-
-        def usage_chunk(usage: dict) -> dict:
-            d = base([])
-            d["usage"] = usage
-            return d
-
-        first = [
-            base(
-                [
-                    {
-                        "index": j.index,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            )
-            for j in gen.jobs
-        ]
-        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
-    finally:
-        gen.cancel()  # no-op for finished jobs; frees the slots of a client that went away
-
-
-# -- text completions -------------------------------------------------------------------------------
+    return await respond(request, "chat", gp, await answer(node_of(request), "chat", body, gp))
 
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
     body = await _read_body(request)
     gp = parse_generation(body, None, 16, "completion")  # OpenAI's default max_tokens for completions is 16
-    prompts_in = parse_prompts(body)
+    parse_prompts(body)
     if gp.sampling.logprobs is not None and body.get("echo") is True:
         raise invalid(
             "'logprobs' with 'echo' (log probabilities of the prompt's tokens) is not supported; "
@@ -329,79 +129,80 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "echo",
             "unsupported_parameter",
         )
-    remote = _local_for_logprobs(node, gp, route(node, gp))
-    if remote:
-        if len(prompts_in) > 1 or body.get("echo"):
-            raise invalid(
-                f"'{gp.model}' is served by mesh peers, which take one prompt per request and no "
-                f"echo; send the prompts as separate requests.",
-                "prompt",
-                "mesh_unsupported",
-            )
-        from .mesh_routes import proxy
+    return await respond(request, "completion", gp, await answer(node_of(request), "completion", body, gp))
 
-        return await proxy(request, "completion", body, gp, remote)
-    prep = await prepare_completion(node, body, gp)
-    engine, gp, prompts, texts, echo = prep.engine, prep.gp, prep.prompts, prep.texts, prep.echo
-    gen = Generation(engine, prompts, gp, request.app[PUMP_KEY])
-    cid = f"cmpl-{uuid.uuid4()}"
+
+async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: Answer) -> web.StreamResponse:
+    """Send an answer (from this node or the mesh) as one JSON body or, with ``stream``, as SSE chunks.
+    The stream opens once every choice has started: a failure before that is an HTTP error, one after it
+    an SSE ``data: {"error": ...}`` event that ends the stream (never a silent end)."""
     created = int(time.time())
-    fp = _fingerprint(engine, node.cap.backend if node.cap else "cpu")
-    prompt_text_for = lambda idx: texts[idx // gp.n]  # noqa: E731
-    wants_logprobs = gp.sampling.logprobs is not None
-    offsets = [0] * len(gen.jobs)  # characters streamed so far per choice: the legacy text_offset
-    gen.submit()
+    tally = fmt.Tally(ans.n, gp.n)
+    c: fmt.Completion | None = None
+    resp: web.StreamResponse | None = None
+    pending: list[tuple[int, Any]] = []  # events before the stream opened
+    sent = [len(e) for e in ans.echo] if ans.echo else [0] * ans.n  # characters streamed per choice
+
+    def chunks(i: int, ev: Any) -> list[dict]:
+        out = fmt.chunks(c, i, ev, sent[i]) if c is not None else []
+        if isinstance(ev, Text):
+            sent[i] += len(ev.text)
+        return out
+
+    keepalive = node_of(request).settings.keepalive_seconds
     try:
+        while not ans.finished:
+            try:
+                events = await ans.next(keepalive if resp is not None else None)
+            except TimeoutError:
+                # Waiting in the queue or reading a long prompt: keep proxies and clients from timing out.
+                assert resp is not None
+                await resp.write(sse.KEEPALIVE)
+                continue
+            out: list[bytes] = []
+            for i, ev in events:
+                if isinstance(ev, Failed):
+                    err = ev.error()
+                    if resp is None:
+                        raise err
+                    out.append(sse.data(err.body()))
+                    await resp.write(b"".join(out))
+                    return await sse.end(resp)
+                tally.add(i, ev)
+                if not gp.stream:
+                    continue
+                if resp is None:
+                    pending.append((i, ev))
+                    if not tally.all_started:
+                        continue
+                    c = _completion(kind, created, gp, tally)
+                    resp = await sse.open_stream(request)
+                    out += [sse.data(ch) for ch in fmt.opening_chunks(c, ans.n, ans.echo)]
+                    out += [sse.data(ch) for j, e in pending for ch in chunks(j, e)]
+                    pending.clear()
+                else:
+                    assert c is not None
+                    out += [sse.data(ch) for ch in chunks(i, ev)]
+            if out:
+                assert resp is not None
+                await resp.write(b"".join(out))
         if not gp.stream:
-            await _collect(gen)
-            choices = [
-                {
-                    "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
-                    "index": j.index,
-                    "logprobs": completion_logprobs(j.logprobs if wants_logprobs else None, 0),
-                    "finish_reason": j.done.finish_reason,
-                }
-                for j in gen.jobs
-            ]
-            return web.json_response(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": engine.id,
-                    "system_fingerprint": fp,
-                    "choices": choices,
-                    "usage": _usage(gen.jobs),
-                }
-            )
-
-        def base(choices: list) -> dict:
-            d = {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": engine.id,
-                "system_fingerprint": fp,
-                "choices": choices,
-            }
-            if gp.include_usage:
-                d["usage"] = None
-            return d
-
-        def chunk(idx: int, text: str | None, finish: str | None, logprobs: list | None) -> dict:
-            lp = completion_logprobs(logprobs or [], offsets[idx]) if wants_logprobs and finish is None else None
-            offsets[idx] += len(text or "")
-            return base([{"text": text or "", "index": idx, "logprobs": lp, "finish_reason": finish}])
-
-        def usage_chunk(usage: dict) -> dict:
-            d = base([])
-            d["usage"] = usage
-            return d
-
-        first = [chunk(j.index, prompt_text_for(j.index), None, None) for j in gen.jobs] if echo else []
-        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
+            return web.json_response(fmt.body(_completion(kind, created, gp, tally), tally, ans.echo))
+        assert resp is not None and c is not None
+        if gp.include_usage:
+            await resp.write(sse.data(fmt.usage_chunk(c, tally.usage())))
+        await resp.write(sse.DONE)
+        return await sse.end(resp)
     finally:
-        gen.cancel()
+        ans.cancel()  # no-op for finished choices; frees the slots (or peers) of a client that went away
+
+
+def _completion(kind: str, created: int, gp: GenerationParams, tally: fmt.Tally) -> fmt.Completion:
+    first = tally.first_started()
+    model = first.model if first is not None and first.model else gp.model
+    return fmt.Completion.new(
+        kind, created, model, first.fingerprint if first else None, gp.include_usage, gp.sampling.logprobs is not None
+    )
 
 
 # -- embeddings -------------------------------------------------------------------------------------
@@ -409,7 +210,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v1/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    node = _node(request)
+    node = node_of(request)
     body = await _read_body(request)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -419,7 +220,7 @@ async def embeddings(request: web.Request) -> web.Response:
             "missing_required_parameter",
         )
     items = parse_embedding_inputs(body)
-    engine = await engine_for(node, model.strip())
+    engine = await node.generation.engine_for(model.strip())
     fmt = body.get("encoding_format") or "float"
     data = []
     total = 0
@@ -451,54 +252,3 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.json_response(
         {"object": "list", "data": data, "model": engine.id, "usage": {"prompt_tokens": total, "total_tokens": total}}
     )
-
-
-# -- routing between this node and the mesh ----------------------------------------------------------
-
-
-def _local_for_logprobs(node: Node, gp: GenerationParams, remote: list | None) -> list | None:
-    """The mesh's wire does not carry log probabilities yet: a request for them runs here when this node
-    serves the model (waiting in its queue if it is busy), and is refused otherwise, never answered
-    without them."""
-    if not remote or gp.sampling.logprobs is None:
-        return remote
-    m = node.find(gp.model)
-    if m is not None and m in node.manager.routable():
-        return None
-    raise invalid(
-        f"'{gp.model}' is served only by mesh peers here, and log probabilities are not carried over the "
-        f"mesh yet; remove 'logprobs' or ask a node that serves the model itself.",
-        "logprobs",
-        "mesh_unsupported",
-    )
-
-
-def route(node: Node, gp: GenerationParams) -> list | None:
-    """None: run here. Otherwise the peers to try, best first (the mesh proxies the request)."""
-    mesh = node.mesh
-    if mesh is None or not mesh.connected:
-        return None
-    peers = mesh.candidates(gp.model, gp.max_tokens)
-    if not peers:
-        capped = mesh.candidates(gp.model, None)
-        if capped and not node.find(gp.model):
-            cap = max((p.announcement.get("limits") or {}).get("max_tokens") or 0 for p in capped)
-            raise invalid(
-                f"The peers serving '{gp.model}' accept at most {cap} tokens per mesh request; "
-                f"ask for max_tokens <= {cap}.",
-                "max_tokens",
-                "mesh_limit",
-            )
-        return None
-    m = node.find(gp.model)
-    if m is None or m not in node.manager.routable():
-        return peers
-    e = m.engine
-    if e is None:
-        return None  # served here, loads on first use
-    c = e.counts()
-    if local_has_room(c["slots"] - c["slots_busy"], c["queued"]):
-        return None
-    # This node is full: a peer with room takes the request, otherwise it waits in the local queue.
-    free = [p for p in peers if mesh.peer_has_room(p, gp.model)]
-    return free or None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..hardware import Capability, plan_offload, plan_slots
-from .events import DoneEvent, EngineConfig, GenRequest, ModelInfo
+from .events import EngineConfig, Finished, GenRequest, ModelInfo
 from .llama_model import LlamaContext, LlamaModel, ModelLoadError
 from .scheduler import Scheduler
 
@@ -35,7 +35,7 @@ class EngineCore:
         path: Path,
         cap: Capability,
         cfg: EngineConfig,
-        on_finished: Callable[[DoneEvent], None] | None = None,
+        on_finished: Callable[[Finished], None] | None = None,
         on_step: Callable[[], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:

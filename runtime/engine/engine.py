@@ -36,14 +36,14 @@ from ..hardware import Capability
 from ..stats import RequestSample, RollingStats
 from . import worker
 from .events import (
-    DoneEvent,
     EngineConfig,
     EngineStopped,
     EngineUnavailable,
-    ErrorEvent,
+    Failed,
+    Finished,
     GenRequest,
     QueueFull,
-    TokenEvent,
+    is_final,
 )
 from .probe import BuildRegistry, describe_exit, is_build_fault
 from .templates import ChatTemplate
@@ -224,10 +224,10 @@ class ModelEngine:
                 self._worker_steps = (steps, dsec, ssec)
                 for rid, ev in items:
                     with self._lock:
-                        req = self._reqs.get(rid) if isinstance(ev, TokenEvent) else self._reqs.pop(rid, None)
+                        req = self._reqs.pop(rid, None) if is_final(ev) else self._reqs.get(rid)
                     if req is None:
                         continue  # cancelled here already
-                    if isinstance(ev, DoneEvent):
+                    if isinstance(ev, Finished):
                         self.stats.add(RequestSample(ev.tokens_per_second, ev.ttft_ms))
                     req.emit(ev)
             elif op == "ret":
@@ -271,7 +271,7 @@ class ModelEngine:
                 self.state = "restarting"  # from here on, new requests get "restarting", not a broken pipe
         if self._closing:
             for r in reqs:
-                r.emit(ErrorEvent("the node is shutting down; retry against a running node", "engine_stopped"))
+                r.emit(Failed("the node is shutting down; retry against a running node", "engine_stopped"))
             for waiter in calls:
                 _resolve(waiter, False, ("stopped", "the model is shutting down", ()))
             self.state = "closed"
@@ -279,7 +279,7 @@ class ModelEngine:
         log.error("the engine of %s crashed (%s) with %d request(s) running; restarting it", self.id, reason, len(reqs))
         for r in reqs:
             r.emit(
-                ErrorEvent(
+                Failed(
                     f"The model's engine crashed while this request was running ({reason}). "
                     f"The request is not retried: it may be what crashed it. The engine restarts by itself.",
                     "engine_crashed",

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import NodeError
+
 # Defaults follow the OpenAI API where it defines one (temperature, top_p) and llama.cpp's otherwise.
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
@@ -93,48 +95,116 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One sampled token's log probability, from the log-softmax of the model's raw logits at its step
-    (before penalties, logit_bias, grammar and temperature), and the ``top`` most likely tokens there as
-    (token bytes, log probability), most likely first. Bytes, not text: a token can hold part of a UTF-8
-    character."""
+# -- the generation vocabulary ---------------------------------------------------------------------------
+#
+# One answer's events, whoever produces them: the engine worker (Text, Finished, Failed), the node's
+# generation service (adds Started for a local answer), the mesh requester (all of them, decoded from a
+# peer's messages by runtime/mesh/wire.py). The OpenAI formatter (runtime/api/openai_format.py) is their
+# one reader. Plain picklable dataclasses: they cross the worker's pipe as they are.
 
-    token: bytes
-    logprob: float
-    top: tuple[tuple[bytes, float], ...] = ()
+
+@dataclass(frozen=True)
+class Started:
+    """A choice has a prompt and an engine working on it (here or on a peer)."""
+
+    prompt_tokens: int
+    model: str  # the id of the model that answers (a peer's own spelling of it for a mesh answer)
+    fingerprint: str | None = None  # OpenAI's system_fingerprint of whoever answers; None: not known
 
 
 @dataclass
-class TokenEvent:
-    """Text released to the client. ``logprobs``: when the request asked for them, one entry per sampled
-    token whose text this event completes (an event may carry none, one or several)."""
+class Text:
+    """Generated text: one token's worth (or the held-back tail flushed at the end).
+
+    ``logprobs``: None unless the request asked for log probabilities (SamplingParams.logprobs); then one
+    entry per sampled token whose text this event completes (an event can complete none, one or several
+    tokens: text is held back for a partial UTF-8 character or a possible stop string). Each entry is
+    plain JSON data in OpenAI's chat shape — ``{"token", "logprob", "bytes", "top_logprobs": [{"token",
+    "logprob", "bytes"}]}`` — the log-softmax of the model's raw logits at that step (before penalties,
+    logit_bias, grammar and temperature); it crosses the worker's pipe and the mesh as it is.
+    ``token_ids``: room for the ids of those tokens (None today)."""
 
     text: str
-    logprobs: list[TokenLogprob] | None = None
+    token_ids: list[int] | None = None
+    logprobs: list | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call, as OpenAI streams them: ``id`` and ``name`` come with the call's first
+    delta, ``arguments_fragment`` pieces follow. (Room for the tool-calling work: nothing produces one
+    yet.)"""
+
+    index: int  # which tool call of the choice
+    id: str | None
+    name: str | None
+    arguments_fragment: str
 
 
 @dataclass
-class DoneEvent:
-    finish_reason: str  # "stop" | "length"
+class Finished:
+    """A choice ended. ``finish_reason``: "stop" | "length" (and, with tool calling, "tool_calls")."""
+
+    finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    cached_tokens: int
-    ttft_ms: float
-    tokens_per_second: float | None
+    cached_tokens: int = 0
+    ttft_ms: float = 0.0  # measured by a local engine; 0 for a mesh answer (not measured here)
+    tokens_per_second: float | None = None
+
+
+# Failures that end a request wherever it runs: the request may be what crashed the engine, so it is never
+# retried (not by the SDKs, not on another peer).
+FINAL_CODES = frozenset({"engine_crashed"})
 
 
 @dataclass
-class ErrorEvent:
-    """``code``: "engine_error", "invalid_grammar", "engine_stopped", "overloaded", or "engine_crashed" — the
-    engine's process died while this request ran: the request may be what killed it, so it is never retried
-    (not by the SDKs, not on another peer)."""
+class Failed:
+    """A choice failed. From an engine only ``message`` and ``code`` are set: "engine_error",
+    "invalid_grammar", "engine_stopped", "overloaded", or "engine_crashed" (see ``FINAL_CODES``), and
+    ``error()`` gives them their HTTP meaning. A failure that already has one (a peer's refusal, the mesh
+    being unavailable) carries its ``status``, ``type``, ``param`` and ``retry_after``."""
 
     message: str
     code: str = "engine_error"
+    status: int | None = None
+    type: str | None = None
+    param: str | None = None
+    retry_after: int | None = None
+
+    def error(self) -> NodeError:
+        """The failure as the node's error type: what the client sees."""
+        if self.status is not None:
+            return NodeError(
+                self.message,
+                status=self.status,
+                code=self.code,
+                type=self.type or ("invalid_request_error" if self.status < 500 else "server_error"),
+                param=self.param,
+                retry_after=self.retry_after,
+                retryable=False if self.code in FINAL_CODES else None,
+            )
+        if self.code == "invalid_grammar":
+            return NodeError(self.message, status=400, code="invalid_value", param="response_format")
+        if self.code == "overloaded":
+            return NodeError(self.message, status=503, code=self.code, retry_after=1)
+        if self.code in FINAL_CODES:
+            # Not retried: the SDKs retry 5xx by themselves unless told not to (x-should-retry: false).
+            return NodeError(self.message, status=500, code=self.code, retryable=False)
+        return NodeError(self.message, status=503 if self.code == "engine_stopped" else 500, code=self.code)
+
+    @classmethod
+    def of(cls, e: NodeError) -> Failed:
+        return cls(e.message, e.code or "error", e.status, e.type, e.param, e.retry_after)
 
 
-Event = TokenEvent | DoneEvent | ErrorEvent
+EngineEvent = Text | Finished | Failed  # what an engine emits for a request
+GenEvent = Started | Text | ToolCallDelta | Finished | Failed  # what an answer is made of
+
+
+def is_final(ev: GenEvent) -> bool:
+    """The last event of a choice."""
+    return isinstance(ev, Finished | Failed)
 
 
 @dataclass(eq=False)
@@ -143,7 +213,7 @@ class GenRequest:
     params: SamplingParams
     max_new_tokens: int | None  # None: until the slot's context is full
     stop: list[str]
-    emit: Callable[[Event], None]
+    emit: Callable[[EngineEvent], None]
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     rid: int = -1  # the request's number on its engine worker

@@ -9,7 +9,7 @@ import random
 import llama_cpp
 import numpy as np
 
-from .events import SamplingParams, TokenLogprob
+from .events import SamplingParams
 
 PENALTY_LAST_N = 64
 
@@ -55,14 +55,20 @@ def pick_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, li
 
 def token_logprob(
     ctx: llama_cpp.llama_context_p, batch_index: int, n_vocab: int, token: int, top_n: int, piece
-) -> TokenLogprob:
+) -> dict:
     """The log probability of ``token``, sampled from the logits at ``batch_index`` of the last decode,
     as OpenAI reports it: from the model's raw logits, before penalties, logit_bias, grammar and
     temperature (the sampler chains copy the logits, so they are still raw here). ``piece``: token id
-    → its bytes. Called only for requests that ask for log probabilities."""
+    → its bytes. The entry is plain data in OpenAI's chat shape (events.Text). Called only for requests
+    that ask for log probabilities."""
     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,))
     logprob, top = pick_logprobs(logits, token, top_n)
-    return TokenLogprob(piece(token), logprob, tuple((piece(t), lp) for t, lp in top))
+    return {**_token_entry(piece(token), logprob), "top_logprobs": [_token_entry(piece(t), lp) for t, lp in top]}
+
+
+def _token_entry(data: bytes, logprob: float) -> dict:
+    """A token as OpenAI shows it: its text (U+FFFD for a partial UTF-8 character) and exact bytes."""
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
 
 
 def _chain(samplers: list) -> llama_cpp.llama_sampler_p:

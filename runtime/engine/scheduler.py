@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import DoneEvent, EngineStopped, ErrorEvent, GenRequest, QueueFull, TokenEvent, TokenLogprob
+from .events import EngineStopped, Failed, Finished, GenRequest, QueueFull, Text
 from .llama_model import LlamaContext, LlamaModel
 from .sampling import GrammarError, Sampler, token_logprob
 from .text import IncrementalDecoder, StopMatcher
@@ -52,15 +52,15 @@ class LogprobQueue:
     ends the answer, tokens whose bytes all belong to the stop string (never shown) are dropped."""
 
     def __init__(self) -> None:
-        self._entries: list[tuple[int, TokenLogprob]] = []  # (end offset in sampled bytes, entry)
+        self._entries: list[tuple[int, dict]] = []  # (end offset in sampled bytes, entry)
         self._sampled = 0  # bytes of every sampled token so far
         self._released = 0  # bytes of text released in events so far
 
-    def add(self, entry: TokenLogprob) -> None:
-        self._sampled += len(entry.token)
+    def add(self, entry: dict) -> None:
+        self._sampled += len(entry["bytes"])
         self._entries.append((self._sampled, entry))
 
-    def release(self, text: str) -> list[TokenLogprob]:
+    def release(self, text: str) -> list[dict]:
         """The entries for an event releasing ``text``: every token whose bytes end within it."""
         self._released += len(text.encode("utf-8", "surrogatepass"))
         n = 0
@@ -69,13 +69,13 @@ class LogprobQueue:
         taken, self._entries = self._entries[:n], self._entries[n:]
         return [e for _, e in taken]
 
-    def rest(self, stopped: bool) -> list[TokenLogprob]:
+    def rest(self, stopped: bool) -> list[dict]:
         """At the end: the entries not yet released; after a stop string, only tokens that began before
         it (whose text was at least partly shown)."""
         if stopped:
             out, start = [], self._released
             for end, e in self._entries:
-                if end - len(e.token) < start:
+                if end - len(e["bytes"]) < start:
                     out.append(e)
             self._entries = []
             return out
@@ -99,7 +99,7 @@ class Scheduler:
         ctx: LlamaContext,
         max_queue: int,
         prompt_chunk: int = 256,
-        on_finished: Callable[[DoneEvent], None] | None = None,
+        on_finished: Callable[[Finished], None] | None = None,
         on_step: Callable[[], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -206,7 +206,7 @@ class Scheduler:
                 else "the node is shutting down; retry against a running node"
             )
             for r in waiting:
-                r.emit(ErrorEvent(why, "engine_stopped"))
+                r.emit(Failed(why, "engine_stopped"))
             for s in self.slots:
                 if s.req:
                     self._finish_error(s, why, "engine_stopped")
@@ -230,11 +230,11 @@ class Scheduler:
             try:
                 best.sampler = Sampler(req.params, self.model.vocab, self.model.n_vocab)
             except GrammarError as e:
-                req.emit(ErrorEvent(str(e), "invalid_grammar"))
+                req.emit(Failed(str(e), "invalid_grammar"))
                 continue
             except Exception as e:  # a sampler that cannot be built fails its request, not the engine
                 log.exception("could not build the sampler of a request")
-                req.emit(ErrorEvent(f"the sampling parameters could not be applied by llama.cpp: {e}", "engine_error"))
+                req.emit(Failed(f"the sampling parameters could not be applied by llama.cpp: {e}", "engine_error"))
                 continue
             best.req = req
             best.pending = list(req.prompt[keep:])
@@ -319,7 +319,7 @@ class Scheduler:
                 lpq.add(token_logprob(self.ctx.ctx, idx, self.model.n_vocab, token, top_n, self.model.token_bytes))
             text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token)))
             if text:
-                s.req.emit(TokenEvent(text, lpq.release(text) if lpq is not None else None))
+                s.req.emit(Text(text, logprobs=lpq.release(text) if lpq is not None else None))
             if s.stopper.stopped:
                 self._finish(s, "stop")
                 continue
@@ -340,15 +340,15 @@ class Scheduler:
             tail += s.stopper.flush()
             rest = lpq.rest(stopped=False) if lpq is not None else None
             if tail or rest:
-                req.emit(TokenEvent(tail, rest))
+                req.emit(Text(tail, logprobs=rest))
         elif lpq is not None:
             rest = lpq.rest(stopped=True)
             if rest:
-                req.emit(TokenEvent("", rest))
+                req.emit(Text("", logprobs=rest))
         end = time.perf_counter()
         first = s.first_token_at or end
         tps = (s.generated - 1) / (end - first) if s.generated > 1 and end > first else None
-        ev = DoneEvent(
+        ev = Finished(
             finish_reason=reason,
             prompt_tokens=len(req.prompt),
             completion_tokens=s.generated,
@@ -363,7 +363,7 @@ class Scheduler:
 
     def _finish_error(self, s: _Slot, message: str, code: str = "engine_error") -> None:
         if s.req is not None:
-            s.req.emit(ErrorEvent(message, code))
+            s.req.emit(Failed(message, code))
         self._release(s)
 
     def _release(self, s: _Slot) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..hardware import Capability
-from .events import EngineConfig, EngineStopped, ErrorEvent, Event, GenRequest, QueueFull, TokenEvent
+from .events import EngineConfig, EngineEvent, EngineStopped, Failed, GenRequest, QueueFull, is_final
 
 # A grammar nested deep enough overflows a thread's default stack inside llama.cpp; the engine threads of
 # the worker get a large one (the grammar checks refuse such schemas first; this is the second line).
@@ -119,11 +119,11 @@ class _Outbox:
     def __init__(self, conn: Channel, send_lock: threading.Lock) -> None:
         self.conn = conn
         self.lock = send_lock
-        self.items: list[tuple[int, Event]] = []
+        self.items: list[tuple[int, EngineEvent]] = []
         self.items_lock = threading.Lock()
         self.core: Any = None
 
-    def add(self, rid: int, ev: Event) -> None:
+    def add(self, rid: int, ev: EngineEvent) -> None:
         with self.items_lock:
             self.items.append((rid, ev))
 
@@ -204,9 +204,9 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
         if op == "gen":
             _, rid, prompt, params, max_new, stop = msg
 
-            def emit(ev: Event, rid: int = rid) -> None:
+            def emit(ev: EngineEvent, rid: int = rid) -> None:
                 outbox.add(rid, ev)
-                if not isinstance(ev, TokenEvent):  # done or failed: the request is over
+                if is_final(ev):  # done or failed: the request is over
                     requests.pop(rid, None)
 
             req = GenRequest(prompt=prompt, params=params, max_new_tokens=max_new, stop=stop, emit=emit, rid=rid)
@@ -217,7 +217,7 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 requests.pop(rid, None)
                 outbox.add(
                     rid,
-                    ErrorEvent(
+                    Failed(
                         "The node is at capacity: every slot is busy and the queue is full. "
                         "Retry after the indicated delay.",
                         "overloaded",
@@ -226,7 +226,7 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 outbox.flush()
             except EngineStopped:
                 requests.pop(rid, None)
-                outbox.add(rid, ErrorEvent("the model's engine stopped; retry in a few seconds", "engine_stopped"))
+                outbox.add(rid, Failed("the model's engine stopped; retry in a few seconds", "engine_stopped"))
                 outbox.flush()
         elif op == "cancel":
             req = requests.pop(msg[1], None)

@@ -144,6 +144,24 @@ class Directory:
                 out.setdefault(canon, []).append(p)
         return out
 
+    def model_summaries(self) -> dict[str, dict]:
+        """Models served by live peers → what /v1/models shows of them: how many peers, the smallest
+        context, the best measured speed and first-token time, the free slots of all."""
+        out = {}
+        for mid, peers in self.mesh_models().items():
+            entries = [p.model(mid) or {} for p in peers]
+            tps = [e.get("tokens_per_second_p50") for e in entries if e.get("tokens_per_second_p50")]
+            ttft = [e.get("ttft_ms_p50") for e in entries if e.get("ttft_ms_p50")]
+            ctx = [e.get("context_length") for e in entries if e.get("context_length")]
+            out[mid] = {
+                "peers": len(peers),
+                "context_length": min(ctx) if ctx else None,
+                "tokens_per_second_p50": max(tps) if tps else None,
+                "ttft_ms_p50": min(ttft) if ttft else None,
+                "free_slots": sum(e.get("free_slots") or 0 for e in entries),
+            }
+        return out
+
     def public(self, now: float | None = None) -> list[dict]:
         now = time.monotonic() if now is None else now
         return sorted((p.public(now) for p in self.peers.values()), key=lambda d: (d["name"], d["id"]))

@@ -22,7 +22,7 @@ from nats.errors import Error as NatsError
 
 from .directory import Peer
 from .identity import Identity
-from .protocol import ctl_subject, req_subject, request_headers, seal, seal_request, unseal
+from .protocol import PROTOCOL_VERSION, ctl_subject, req_subject, request_headers, seal, seal_request, unseal
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,15 @@ class NatsLink:
             raise PeerLost("this node is not connected to the mesh")
         rid = uuid.uuid4().hex
         sealed, key = seal_request(
-            peer.id, {"rid": rid, "kind": kind, "body": body, "prefix": prefix, "from": self.ident.public}
+            peer.id,
+            {
+                "v": PROTOCOL_VERSION,
+                "rid": rid,
+                "kind": kind,
+                "body": body,
+                "prefix": prefix,
+                "from": self.ident.public,
+            },
         )
         inbox = nc.new_inbox()  # _I.<this node>.…: the only place the peer will answer
         sub = await nc.subscribe(inbox, pending_msgs_limit=-1)

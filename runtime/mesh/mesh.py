@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 
+from ..engine.events import GenEvent
 from .announcer import Announcer
 from .config import MeshConfig
 from .directory import Directory, Peer
@@ -26,7 +27,7 @@ from .link import NatsLink
 from .membership import Membership, MeshError
 from .protocol import FEATURES, PROTOCOL_VERSION
 from .requester import Requester
-from .serving import LocalModels, Prepare, Serving
+from .serving import LocalGeneration, LocalModels, Serving
 from .watch import DirectoryWatch, expire_peers, keep_watching
 
 
@@ -35,7 +36,7 @@ class NodeServices:
     """What the mesh uses of its node, and nothing more."""
 
     models: LocalModels  # what this node serves: announced, and guarded (reserved slots) when serving
-    prepare: Prepare  # the generation pipeline: a peer's request checked and tokenized for a local engine
+    generation: LocalGeneration  # the generation pipeline: a peer's request checked, tokenized and run here
     publish: Callable[[dict], None]  # an event for the node's listeners (/api/events, the app)
     capability: Callable[[], Any]  # the detected hardware (hardware.Capability), None while starting
     hub: Callable[[], Any]  # the private hub this node hosts (runtime.mesh.hub.Hub), or None
@@ -106,7 +107,7 @@ class Mesh:
             self.ident,
             lambda: self.config.limits,
             services.models,
-            services.prepare,
+            services.generation,
             lambda: self.membership.nc,
             self.poke,
         )
@@ -226,6 +227,6 @@ class Mesh:
 
     def generate(
         self, kind: str, body: dict, model_id: str, max_tokens: int | None, first: list[Peer]
-    ) -> AsyncIterator[dict]:
+    ) -> AsyncIterator[GenEvent]:
         """One choice on the mesh, failing over between peers (Requester.generate)."""
         return self.requester.generate(kind, body, model_id, max_tokens, first)

@@ -35,10 +35,13 @@ from .identity import Identity, InvalidKey, box_public_key, verify
 # 2: requests are signed by the requester (CM-From/CM-Sig) and answered only on the signer's inbox;
 # announcements carry "features". A node speaking 1 can still serve a node speaking 2 (it ignores the
 # headers), but its own unsigned requests are dropped by nodes speaking 2.
-PROTOCOL_VERSION = 2
+# 3: requests and "start" messages carry "v"; answers are the generation vocabulary (wire.py), with room
+# for token ids and logprobs on "d" and tool-call deltas ("tc"). Only optional fields and a message type
+# are added: nodes speaking 2 and 3 serve each other.
+PROTOCOL_VERSION = 3
 # What this node can do beyond the base protocol, announced so that requesters route such requests
 # only to peers that can serve them (the agents work will add "tools", "logprobs", "responses").
-FEATURES: tuple[str, ...] = ()
+FEATURES: tuple[str, ...] = ("logprobs",)
 BUCKET = "closedmesh"
 JOIN_SUBJECT = "cm.hub.join"
 ANNOUNCE_TTL = 15.0  # seconds an announcement stays valid without a refresh

@@ -14,10 +14,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from ..engine.events import FINAL_CODES, Failed, Finished, GenEvent, Started, ToolCallDelta
+from ..errors import NodeError
 from .directory import Directory, Peer
 from .link import PeerBusy, PeerLink, PeerLost
 from .protocol import LIVENESS_TIMEOUT
 from .router import rank_peers
+from .wire import Texts, decode
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +39,38 @@ _RETRYABLE_CODES = {
     "internal_error",
     "model_not_ready",
 }
-# Errors that end the request here whatever their status: the request may be what crashed the serving
-# peer's engine, so sending it (or the rest of it) to the next peer could crash that one too, and so on
-# through the whole mesh. The client gets the error (500, x-should-retry: false).
-FINAL_CODES = {"engine_crashed"}
+# FINAL_CODES (events.py) end the request here whatever their status: the request may be what crashed the
+# serving peer's engine, so sending it (or the rest of it) to the next peer could crash that one too, and
+# so on through the whole mesh. The client gets the error (500, x-should-retry: false).
 
 
-class MeshUnavailable(Exception):
+class MeshUnavailable(NodeError):
     """No peer could take (or finish) the request."""
 
     def __init__(self, message: str, started: bool) -> None:
-        super().__init__(message)
+        super().__init__(message, status=503, code="mesh_unavailable", retry_after=5)
         self.started = started
 
 
-class RemoteError(Exception):
-    """The peer refused the request for a reason that another peer would share (a bad request)."""
+class RemoteError(NodeError):
+    """The peer refused the request for a reason that another peer would share (a bad request), or
+    failed in a way that must not be tried elsewhere (``FINAL_CODES``)."""
 
-    def __init__(self, status: int, error: dict) -> None:
-        super().__init__(error.get("message", "error"))
-        self.status = status
-        self.error = error
+    def __init__(self, failed: Failed) -> None:
+        e = failed.error()
+        super().__init__(
+            e.message,
+            status=e.status,
+            code=e.code,
+            type=e.type,
+            param=e.param,
+            retry_after=e.retry_after,
+            retryable=e.retryable,
+        )
+
+    @property
+    def error(self) -> dict:
+        return self.body()["error"]
 
 
 class Requester:
@@ -88,10 +102,11 @@ class Requester:
 
     async def generate(
         self, kind: str, body: dict, model_id: str, max_tokens: int | None, first: list[Peer]
-    ) -> AsyncIterator[dict]:
-        """Run one choice on the mesh: events {"t": "start", "prompt_tokens"}, {"t": "d", "pieces"} (one per token),
-        {"t": "done", "finish_reason", "usage"}. Fails over to the next peer when one is lost or refuses,
-        carrying the partial answer along so the client sees one unbroken answer."""
+    ) -> AsyncIterator[GenEvent]:
+        """Run one choice on the mesh: Started (once, the first leg's), Text (one per token), tool-call
+        deltas, then Finished with the usage of every leg. Fails over to the next peer when one is lost
+        or refuses, carrying the partial answer along so the client sees one unbroken answer. Raises
+        ``RemoteError`` (the client's to see) or ``MeshUnavailable`` (no peer could start or finish it)."""
         text = ""
         tokens_before = 0
         prompt_tokens: int | None = None
@@ -125,11 +140,7 @@ class Requester:
             tried.add(peer.id)
             remaining = None if max_tokens is None else max_tokens - tokens_before
             if remaining is not None and remaining <= 0:
-                yield {
-                    "t": "done",
-                    "finish_reason": "length",
-                    "usage": {"prompt_tokens": prompt_tokens or 0, "completion_tokens": tokens_before},
-                }
+                yield Finished("length", prompt_tokens or 0, tokens_before)
                 return
             req_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "n")}
             if remaining is not None:
@@ -138,28 +149,26 @@ class Requester:
             peer_tokens = 0
             try:
                 async for ev in self._call(peer, kind, req_body, text):
-                    if ev["t"] == "start":
+                    if isinstance(ev, Started):
                         if prompt_tokens is None:
-                            prompt_tokens = ev["p"]
-                            yield {"t": "start", "prompt_tokens": prompt_tokens, "model": ev.get("m") or model_id}
-                    elif ev["t"] == "d":
+                            prompt_tokens = ev.prompt_tokens
+                            yield Started(prompt_tokens, ev.model or model_id, ev.fingerprint)
+                    elif isinstance(ev, Texts):
                         started = True
-                        peer_tokens = ev.get("n", peer_tokens + 1)
-                        pieces = list(ev["x"])
-                        text += "".join(pieces)
-                        yield {"t": "d", "pieces": pieces}
-                    elif ev["t"] == "done":
-                        u = ev.get("u") or {}
-                        done = tokens_before + int(u.get("completion_tokens", peer_tokens))
-                        yield {
-                            "t": "done",
-                            "finish_reason": ev.get("f", "stop"),
-                            "usage": {
-                                "prompt_tokens": prompt_tokens or u.get("prompt_tokens", 0),
-                                "completion_tokens": done,
-                                "cached_tokens": int(u.get("cached_tokens", 0)) if not tokens_before else 0,
-                            },
-                        }
+                        peer_tokens = ev.produced
+                        for t in ev.items:
+                            text += t.text
+                            yield t
+                    elif isinstance(ev, ToolCallDelta):
+                        started = True
+                        yield ev
+                    elif isinstance(ev, Finished):
+                        yield Finished(
+                            ev.finish_reason,
+                            prompt_tokens or ev.prompt_tokens,
+                            tokens_before + ev.completion_tokens,
+                            ev.cached_tokens if not tokens_before else 0,
+                        )
                         return
             except PeerBusy as e:
                 last_error = str(e)
@@ -176,9 +185,11 @@ class Requester:
                 tokens_before += peer_tokens
                 continue
 
-    async def _call(self, peer: Peer, kind: str, body: dict, prefix: str) -> AsyncIterator[dict]:
-        """One peer's answer: its "start", "d" and "done" messages. Raises ``PeerBusy``/``PeerLost`` (try
-        another peer) or ``RemoteError`` (the client's to see)."""
+    async def _call(
+        self, peer: Peer, kind: str, body: dict, prefix: str
+    ) -> AsyncIterator[Started | Texts | ToolCallDelta | Finished]:
+        """One peer's answer, decoded (wire.py). Raises ``PeerBusy``/``PeerLost`` (try another peer) or
+        ``RemoteError`` (the client's to see)."""
         t0 = time.monotonic()
         call = await self.link.start(peer, kind, body, prefix)
         self.in_flight[peer.id] = self.in_flight.get(peer.id, 0) + 1
@@ -201,33 +212,28 @@ class Requester:
                     raise PeerLost(f"no word from {peer.name} for {LIVENESS_TIMEOUT:.0f} s") from None
                 last_ok = time.monotonic()
                 probed = False
-                t = m.get("t")
-                if t == "hb":
+                ev = decode(m)
+                if ev is None or ev == "hb":
                     continue
-                if t == "ack":
+                if ev == "ack":
                     lat = (time.monotonic() - t0) * 1000
                     peer.latency_ms = lat if peer.latency_ms is None else 0.8 * peer.latency_ms + 0.2 * lat
                     continue
-                if t == "err":
-                    err = m.get("error") or {}
-                    status = int(m.get("status", 500))
-                    if err.get("code") == "peer_busy":
+                if isinstance(ev, Failed):
+                    if ev.code == "peer_busy":
                         finished = True
                         raise PeerBusy(f"{peer.name} is busy")
-                    if err.get("code") in FINAL_CODES:
+                    if ev.code in FINAL_CODES:
                         finished = True
-                        log.warning(
-                            "mesh: %s: %s; not trying another peer with this request",
-                            peer.name,
-                            err.get("message", err.get("code")),
-                        )
-                        raise RemoteError(status, err)
-                    if status >= 500 or err.get("code") in _RETRYABLE_CODES:
-                        raise PeerLost(f"{peer.name}: {err.get('message', 'error')}")
+                        log.warning("mesh: %s: %s; not trying another peer with this request", peer.name, ev.message)
+                        raise RemoteError(ev)
+                    if (ev.status or 500) >= 500 or ev.code in _RETRYABLE_CODES:
+                        raise PeerLost(f"{peer.name}: {ev.message}")
                     finished = True
-                    raise RemoteError(status, err)
-                yield m
-                if t == "done":
+                    raise RemoteError(ev)
+                assert not isinstance(ev, str)
+                yield ev
+                if isinstance(ev, Finished):
                     finished = True
                     return
         finally:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import invalid
 from .directory import Peer
 
 
@@ -58,6 +60,41 @@ def local_has_room(free_slots: int | None, queued: int | None) -> bool:
     if free_slots is None:
         return True
     return free_slots > 0 and not queued
+
+
+def route(
+    model_id: str,
+    peers: list[Peer],
+    capped: list[Peer],
+    known_here: bool,
+    served_here: bool,
+    here: dict | None,
+    peer_has_room: Callable[[Peer], bool],
+) -> list[Peer] | None:
+    """Where a request runs: None for this node, otherwise the peers to try, best first.
+
+    ``peers``: the peers that take this request, ranked (``rank_peers``); ``capped``: when there are none,
+    those that serve the model but refuse this many tokens; ``known_here``/``served_here``: this node
+    knows / serves the model; ``here``: its engine's counts (``slots``, ``slots_busy``, ``queued``), None
+    while it is not loaded (it loads on first use). Local first while it has room; when it is full, a
+    peer with room takes the request, otherwise it waits in the local queue."""
+    if not peers:
+        if capped and not known_here:
+            cap = max((p.announcement.get("limits") or {}).get("max_tokens") or 0 for p in capped)
+            raise invalid(
+                f"The peers serving '{model_id}' accept at most {cap} tokens per mesh request; "
+                f"ask for max_tokens <= {cap}.",
+                "max_tokens",
+                "mesh_limit",
+            )
+        return None
+    if not served_here:
+        return peers
+    if here is None:
+        return None
+    if local_has_room(here["slots"] - here["slots_busy"], here["queued"]):
+        return None
+    return [p for p in peers if peer_has_room(p)] or None
 
 
 def _int(v, default: int) -> int:

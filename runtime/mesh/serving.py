@@ -8,27 +8,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import nats
 
-from ..api.errors import APIError
-from ..api.validation import GenerationParams, parse_generation
-from ..engine.events import DoneEvent, ErrorEvent, TokenEvent
-from ..generation import Generation, LoopPump, Prepared, prepare_chat, prepare_completion
+from ..engine.events import Failed, Finished, Started, Text
+from ..errors import NodeError
+from ..generation import Answer, Prepared
+from ..validation import GenerationParams, parse_generation
 from .config import MeshLimits
 from .drops import Drops
 from .identity import Identity
 from .protocol import HEARTBEAT_INTERVAL, JunkRequest, check_request, ctl_subject, req_subject, seal, unseal
+from .wire import ACK, HEARTBEAT, encode_failed, encode_finished, encode_started, encode_texts
 
 log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.04  # a serving peer batches the tokens of this long into one message
-
-# Checks and tokenizes a peer's request against a local engine: (kind, body, params, prefix).
-Prepare = Callable[[str, dict, GenerationParams, str], Awaitable[Prepared]]
 
 
 class LocalModels(Protocol):
@@ -39,13 +37,12 @@ class LocalModels(Protocol):
     def get(self, model_id: str) -> Any: ...
 
 
-def prepare_on(node: Any) -> Prepare:
-    """The generation pipeline's preparation for ``node``'s models (loading one on first use)."""
+class LocalGeneration(Protocol):
+    """The node's generation pipeline (runtime.generation.GenerationService), as serving uses it."""
 
-    async def prepare(kind: str, body: dict, gp: GenerationParams, prefix: str) -> Prepared:
-        return await (prepare_chat if kind == "chat" else prepare_completion)(node, body, gp, prefix)
+    async def prepare(self, kind: str, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared: ...
 
-    return prepare
+    def start(self, prep: Prepared, choices: int | None = None) -> Answer: ...
 
 
 @dataclass
@@ -55,7 +52,7 @@ class Served:
     rid: str
     key: bytes
     reply: str  # the signer's own inbox (checked by protocol.check_request)
-    gen: Any = None
+    gen: Answer | None = None
     cancelled: bool = False
     last_sent: float = field(default_factory=time.monotonic)
 
@@ -69,20 +66,19 @@ class Serving:
         ident: Identity,
         limits: Callable[[], MeshLimits],
         models: LocalModels,
-        prepare: Prepare,
+        generation: LocalGeneration,
         connection: Callable[[], nats.NATS | None],
         changed: Callable[[], None],
     ) -> None:
         self.ident = ident
         self._limits = limits
         self.models = models
-        self.prepare = prepare
+        self.generation = generation
         self._connection = connection
         self._changed = changed
         self.served: dict[str, Served] = {}
         self.served_total = 0  # mesh requests this node answered to the end
         self.dropped_requests = Drops("requests on this node's request subject")
-        self._pump: LoopPump | None = None
 
     async def subscribe(self, nc: nats.NATS) -> None:
         """Listen on this node's request and control subjects (on every new connection)."""
@@ -93,16 +89,7 @@ class Serving:
         """Node shutdown: tell requesters to go elsewhere and stop the work."""
         for s in list(self.served.values()):
             await self._send(
-                s,
-                {
-                    "t": "err",
-                    "status": 503,
-                    "error": {
-                        "message": "the serving node is shutting down",
-                        "type": "server_error",
-                        "code": "node_shutting_down",
-                    },
-                },
+                s, encode_failed(Failed("the serving node is shutting down", "node_shutting_down", 503, "server_error"))
             )
             if s.gen is not None:
                 s.gen.cancel()
@@ -148,8 +135,8 @@ class Serving:
         asyncio.get_running_loop().create_task(self._serve(s, req))
 
     async def _serve(self, s: Served, req: dict) -> None:
-        def refuse(status: int, message: str, code: str, kind: str = "server_error") -> dict:
-            return {"t": "err", "status": status, "error": {"message": message, "type": kind, "code": code}}
+        def refuse(status: int, message: str, code: str) -> dict:
+            return encode_failed(Failed(message, code, status, "server_error"))
 
         lim = self._limits()
         if len(self.served) >= lim.max_concurrent:
@@ -159,7 +146,7 @@ class Serving:
             return
         self.served[s.rid] = s
         self._changed()
-        await self._send(s, {"t": "ack"})
+        await self._send(s, ACK)
         beat = asyncio.get_running_loop().create_task(self._heartbeat(s))
         try:
             kind, body, prefix = req.get("kind"), dict(req.get("body") or {}), str(req.get("prefix") or "")
@@ -167,7 +154,8 @@ class Serving:
             body.pop("stream", None)
             body.pop("stream_options", None)
             try:
-                gp = parse_generation(body, None, 16 if kind == "completion" else None)
+                endpoint = "completion" if kind == "completion" else "chat"
+                gp = parse_generation(body, None, 16 if kind == "completion" else None, endpoint)
                 if gp.max_tokens is not None and gp.max_tokens > lim.max_tokens:
                     await self._send(
                         s,
@@ -176,7 +164,7 @@ class Serving:
                     return
                 if gp.max_tokens is None:
                     body["max_tokens"] = lim.max_tokens
-                    gp = parse_generation(body, None, None)
+                    gp = parse_generation(body, None, None, endpoint)
                 m = self.models.get(gp.model)
                 e = m.engine if m is not None else None
                 if e is not None:
@@ -187,62 +175,47 @@ class Serving:
                     ):
                         await self._send(s, refuse(503, "this peer's free slots are kept for its own use", "peer_busy"))
                         return
-                prep = await self.prepare(str(kind), body, gp, prefix)
-            except APIError as err:
-                await self._send(s, {"t": "err", "status": err.status, "error": err.body()["error"]})
+                prep = await self.generation.prepare(str(kind), body, gp, prefix)
+                if s.cancelled:
+                    return
+                gen = s.gen = self.generation.start(prep, choices=1)
+            except NodeError as err:
+                await self._send(s, encode_failed(Failed.of(err)))
                 return
-            if s.cancelled:
-                return
-            if self._pump is None:
-                self._pump = LoopPump(asyncio.get_running_loop())
-            gen = Generation(prep.engine, prep.prompts[:1], prep.gp, self._pump)
-            try:
-                gen.submit()
-            except APIError as err:
-                await self._send(s, {"t": "err", "status": err.status, "error": err.body()["error"]})
-                return
-            s.gen = gen
-            await self._send(s, {"t": "start", "p": len(prep.prompts[0]), "m": prep.engine.id})
             n = 0
-            pieces: list[str] = []
+            pieces: list[Text] = []
             flush_at = 0.0  # the first token goes out at once; later ones in batches (fewer messages)
             while not gen.finished and not s.cancelled:
                 timeout = None if not pieces else max(0.0, flush_at - time.monotonic())
                 try:
-                    _, ev = await gen.next(timeout)
+                    events = await gen.next(timeout)
                 except TimeoutError:
-                    ev = None
-                if isinstance(ev, TokenEvent):
-                    n += 1
-                    pieces.append(ev.text)
-                    if n > 1 and len(pieces) == 1:
-                        flush_at = time.monotonic() + COALESCE_SECONDS
-                    if n > 1 and time.monotonic() < flush_at:
-                        continue
-                if pieces:
-                    await self._send(s, {"t": "d", "x": pieces, "n": n})
+                    events = []
+                for _, ev in events:
+                    if isinstance(ev, Started):
+                        await self._send(s, encode_started(ev))
+                    elif isinstance(ev, Text):
+                        n += 1
+                        pieces.append(ev)
+                        if n > 1 and len(pieces) == 1:
+                            flush_at = time.monotonic() + COALESCE_SECONDS
+                    elif isinstance(ev, Finished):
+                        if pieces:
+                            await self._send(s, encode_texts(pieces, n))
+                            pieces = []
+                        self.served_total += 1
+                        await self._send(s, encode_finished(ev))
+                    elif isinstance(ev, Failed):
+                        if pieces:
+                            await self._send(s, encode_texts(pieces, n))
+                            pieces = []
+                        # engine_crashed: this request may be what crashed the engine; 500, and the
+                        # requester will not try it on another peer (events.FINAL_CODES)
+                        await self._send(s, encode_failed(ev))
+                        return
+                if pieces and (n == 1 or time.monotonic() >= flush_at):
+                    await self._send(s, encode_texts(pieces, n))
                     pieces = []
-                if isinstance(ev, DoneEvent):
-                    gen.jobs[0].done = ev
-                    self.served_total += 1
-                    await self._send(
-                        s,
-                        {
-                            "t": "done",
-                            "f": ev.finish_reason,
-                            "u": {
-                                "prompt_tokens": len(prep.prompts[0]),
-                                "completion_tokens": ev.completion_tokens,
-                                "cached_tokens": ev.cached_tokens,
-                            },
-                        },
-                    )
-                elif isinstance(ev, ErrorEvent):
-                    # engine_crashed: this request may be what crashed the engine; 500, and the
-                    # requester will not try it on another peer (requester.FINAL_CODES)
-                    status = 500 if ev.code == "engine_crashed" else 503
-                    await self._send(s, refuse(status, ev.message, ev.code or "engine_error"))
-                    return
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -259,4 +232,4 @@ class Serving:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL / 2)
             if time.monotonic() - s.last_sent >= HEARTBEAT_INTERVAL:
-                await self._send(s, {"t": "hb"})
+                await self._send(s, HEARTBEAT)

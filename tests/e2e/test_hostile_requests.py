@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from runtime.api.validation import LIMITS
+from runtime.validation import LIMITS
 from runtime.models.embedded import FILENAME
 from tests.conftest import seed_home, start_node, wait_for
 from tests.e2e.test_wire import assert_error

@@ -19,7 +19,7 @@ import pytest
 
 from runtime.engine import engine as engine_mod
 from runtime.engine.engine import EngineLoadError, ModelEngine
-from runtime.engine.events import DoneEvent, EngineConfig, ErrorEvent, GenRequest, SamplingParams, TokenEvent
+from runtime.engine.events import Finished, EngineConfig, Failed, GenRequest, SamplingParams, Text
 from runtime.engine.probe import BuildRegistry, describe_exit, is_build_fault
 from runtime.engine.variants import INSTALLED, LibraryVariant
 from runtime.hardware import RuntimeCapability, detect, installed_llama_lib_dir
@@ -71,12 +71,12 @@ class Collector:
 
     def __call__(self, ev) -> None:
         self.events.append(ev)
-        if not isinstance(ev, TokenEvent):
+        if not isinstance(ev, Text):
             self.done.set()
 
     @property
     def text(self) -> str:
-        return "".join(e.text for e in self.events if isinstance(e, TokenEvent))
+        return "".join(e.text for e in self.events if isinstance(e, Text))
 
 
 def _request(engine: ModelEngine, max_new: int, prompt_text: str = "Count from 1 to 100:") -> tuple[GenRequest, Collector]:
@@ -96,7 +96,7 @@ def test_generation_and_calls_through_the_worker(model_path, cap):
         _, c = _request(e, 8)
         assert c.done.wait(60)
         done = c.events[-1]
-        assert isinstance(done, DoneEvent) and done.completion_tokens == 8 and c.text
+        assert isinstance(done, Finished) and done.completion_tokens == 8 and c.text
         vec, n = asyncio.run(e.embed("a sentence"))
         assert n > 0 and abs(sum(v * v for v in vec) - 1.0) < 1e-3
         assert e.stats.summary()["samples"] == 1
@@ -116,12 +116,12 @@ def test_a_crash_fails_the_running_requests_and_the_worker_restarts(model_path, 
         os.kill(first_pid, signal.SIGSEGV)
         assert c.done.wait(30), "a request hung after its engine crashed"
         err = c.events[-1]
-        assert isinstance(err, ErrorEvent) and err.code == "engine_crashed" and "segmentation fault" in err.message
+        assert isinstance(err, Failed) and err.code == "engine_crashed" and "segmentation fault" in err.message
         wait_for(lambda: ("ready", None) in states, 60, what="the restart")
         assert states[0][0] == "restarting" and "segmentation fault" in states[0][1]
         assert e.restarts == 1 and e._proc.pid != first_pid
         _, c2 = _request(e, 4)
-        assert c2.done.wait(60) and isinstance(c2.events[-1], DoneEvent)
+        assert c2.done.wait(60) and isinstance(c2.events[-1], Finished)
         # One crash more than the window allows: given up, with the reason.
         for i in range(3):
             os.kill(e._proc.pid, signal.SIGKILL)
@@ -161,7 +161,7 @@ def test_probe_falls_back_from_a_build_that_traps_and_never_retries_it(model_pat
         assert "illegal instruction" in reg.fault(bad)
         assert e.status()["engine"]["llama_build"] == "avx2"
         _, c = _request(e, 4)
-        assert c.done.wait(60) and isinstance(c.events[-1], DoneEvent)
+        assert c.done.wait(60) and isinstance(c.events[-1], Finished)
     finally:
         e.close()
     # The next start does not run the bad build again (its constructor would kill the worker at once).

@@ -10,7 +10,7 @@ import logging
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine, LineTooLong
 
-from runtime.api.errors import APIError
+from runtime.errors import APIError
 from runtime.api.pressure import FdPressureLog, is_fd_exhaustion
 from runtime.server import _raw_response, parser_error
 

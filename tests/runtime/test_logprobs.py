@@ -1,5 +1,6 @@
 """Token log probabilities: the log-softmax and top-n pick (sampling.py), the pairing of entries with the
-text events that release their text (scheduler.LogprobQueue), and OpenAI's wire shapes (api/logprobs.py).
+text events that release their text (scheduler.LogprobQueue), and OpenAI's wire shapes
+(api/openai_format.py).
 End to end with the real model and the openai SDK: tests/e2e/test_logprobs.py."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.api.logprobs import chat_logprobs, completion_logprobs
-from runtime.engine.events import TokenLogprob
+from runtime.api import openai_format as fmt
+from runtime.engine.events import Finished, Text
 from runtime.engine.sampling import pick_logprobs
 from runtime.engine.scheduler import LogprobQueue
 
@@ -36,22 +37,29 @@ def test_pick_logprobs_keeps_digits_for_large_logits():
     assert top == [(7, lp)]
 
 
-def entry(text: bytes, lp: float = -0.5) -> TokenLogprob:
-    return TokenLogprob(text, lp, ())
+def entry(text: bytes, lp: float = -0.5, top: tuple = ()) -> dict:
+    """An entry as the engine makes it (events.Text): OpenAI's chat shape, plain data."""
+    def one(t: bytes, v: float) -> dict:
+        return {"token": t.decode("utf-8", errors="replace"), "logprob": v, "bytes": list(t)}
+    return {**one(text, lp), "top_logprobs": [one(t, v) for t, v in top]}
+
+
+def tokens(entries: list[dict]) -> list[bytes]:
+    return [bytes(e["bytes"]) for e in entries]
 
 
 def test_queue_pairs_entries_with_the_event_that_completes_their_text():
     q = LogprobQueue()
     q.add(entry(b"Hel"))
-    assert [e.token for e in q.release("Hel")] == [b"Hel"]
+    assert tokens(q.release("Hel")) == [b"Hel"]
     # A character split over two tokens: its first byte is held back by the decoder.
     q.add(entry("é".encode()[:1]))
     assert q.release("") == []
     q.add(entry("é".encode()[1:] + b"!"))
-    assert [e.token for e in q.release("é!")] == ["é".encode()[:1], "é".encode()[1:] + b"!"]
+    assert tokens(q.release("é!")) == ["é".encode()[:1], "é".encode()[1:] + b"!"]
     q.add(entry(b" wor"))
     q.add(entry(b"ld"))
-    assert [e.token for e in q.rest(stopped=False)] == [b" wor", b"ld"]
+    assert tokens(q.rest(stopped=False)) == [b" wor", b"ld"]
 
 
 def test_queue_drops_the_tokens_of_a_stop_string():
@@ -60,36 +68,48 @@ def test_queue_drops_the_tokens_of_a_stop_string():
     q.add(entry(b" so"))
     q.add(entry(b"x E"))
     q.add(entry(b"ND"))
-    assert [e.token for e in q.release(" sox ")] == [b" so"]
-    assert [e.token for e in q.rest(stopped=True)] == [b"x E"]
+    assert tokens(q.release(" sox ")) == [b" so"]
+    assert tokens(q.rest(stopped=True)) == [b"x E"]
 
 
-def test_chat_shape():
-    e = TokenLogprob(b"Hi", -0.25, ((b"Hi", -0.25), (b"\xe2\x80", -2.0)))
-    assert chat_logprobs(None) is None
-    assert chat_logprobs([e]) == {
-        "content": [
-            {
-                "token": "Hi",
-                "logprob": -0.25,
-                "bytes": [72, 105],
-                "top_logprobs": [
-                    {"token": "Hi", "logprob": -0.25, "bytes": [72, 105]},
-                    {"token": "\ufffd", "logprob": -2.0, "bytes": [0xE2, 0x80]},
-                ],
-            }
-        ],
-        "refusal": None,
-    }
+HI = entry(b"Hi", -0.25, ((b"Hi", -0.25), (b"\xe2\x80", -2.0)))
+THERE = entry(b" there", -1.5, ((b" here", -1.0),))  # sampled below the top: still listed (legacy)
+
+
+def completion(kind: str, logprobs: bool) -> fmt.Completion:
+    return fmt.Completion.new(kind, 0, "m", None, logprobs=logprobs)
+
+
+def test_chat_shape_in_bodies_and_chunks():
+    assert HI["top_logprobs"][1] == {"token": "\ufffd", "logprob": -2.0, "bytes": [0xE2, 0x80]}
+    tally = fmt.Tally(1, 1)
+    tally.add(0, Text("Hi", logprobs=[HI]))
+    tally.add(0, Text(" there", logprobs=[THERE]))
+    tally.add(0, Finished("stop", 3, 2))
+    body = fmt.body(completion("chat", True), tally, None)
+    assert body["choices"][0]["logprobs"] == {"content": [HI, THERE], "refusal": None}
+    assert fmt.body(completion("chat", False), tally, None)["choices"][0]["logprobs"] is None
+    c = completion("chat", True)
+    [ch] = fmt.chunks(c, 0, Text("Hi", logprobs=[HI]))
+    assert ch["choices"][0]["logprobs"] == {"content": [HI], "refusal": None}
+    [ch] = fmt.chunks(c, 0, Text("", logprobs=None))  # a held-back tail with no token of its own
+    assert ch["choices"][0]["logprobs"] == {"content": [], "refusal": None}
+    [end] = fmt.chunks(c, 0, Finished("stop", 3, 2))
+    assert end["choices"][0]["logprobs"] is None
 
 
 def test_completion_shape_has_offsets_and_always_the_sampled_token():
-    a = TokenLogprob(b" Par", -0.1, ((b" Par", -0.1), (b" Lon", -3.0)))
-    b = TokenLogprob(b"is", -1.5, ((b"ic", -1.0),))  # sampled below the top: still listed
-    assert completion_logprobs(None, 0) is None
-    assert completion_logprobs([a, b], 10) == {
-        "tokens": [" Par", "is"],
-        "token_logprobs": [-0.1, -1.5],
-        "top_logprobs": [{" Par": -0.1, " Lon": -3.0}, {"ic": -1.0, "is": -1.5}],
-        "text_offset": [10, 14],
+    want = {
+        "tokens": ["Hi", " there"],
+        "token_logprobs": [-0.25, -1.5],
+        "top_logprobs": [{"Hi": -0.25, "\ufffd": -2.0}, {" here": -1.0, " there": -1.5}],
+        "text_offset": [0, 2],
     }
+    tally = fmt.Tally(1, 1)
+    tally.add(0, Text("Hi", logprobs=[HI]))
+    tally.add(0, Text(" there", logprobs=[THERE]))
+    tally.add(0, Finished("length", 3, 2))
+    assert fmt.body(completion("completion", True), tally, None)["choices"][0]["logprobs"] == want
+    c = completion("completion", True)
+    [ch] = fmt.chunks(c, 0, Text(" there", logprobs=[THERE]), offset=2)
+    assert ch["choices"][0]["logprobs"]["text_offset"] == [2]

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from runtime.engine.events import Finished, Started, Text
 from runtime.mesh.directory import Directory, Peer
 from runtime.mesh.link import PeerLost
 from runtime.mesh.requester import MeshUnavailable, RemoteError, Requester
@@ -94,7 +95,7 @@ async def until(condition, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def run(r: Requester, first: list[Peer], body: dict = BODY, max_tokens: int | None = 50) -> list[dict]:
+async def run(r: Requester, first: list[Peer], body: dict = BODY, max_tokens: int | None = 50) -> list:
     return [ev async for ev in r.generate("chat", dict(body), MODEL, max_tokens, first)]
 
 
@@ -118,10 +119,9 @@ async def test_lost_after_10_tokens_continues_on_the_next_peer_with_the_partial_
     assert second_leg["body"] == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                                   "max_tokens": 40, "temperature": 0}
     # the client sees one answer: one start (the first leg's prompt), every token once, usage of both legs
-    assert [e for e in events if e["t"] == "start"] == [{"t": "start", "prompt_tokens": 7, "model": MODEL}]
-    assert "".join(p for e in events if e["t"] == "d" for p in e["pieces"]) == "".join(f"w{i} " for i in range(15))
-    assert events[-1] == {"t": "done", "finish_reason": "stop",
-                          "usage": {"prompt_tokens": 7, "completion_tokens": 15, "cached_tokens": 0}}
+    assert [e for e in events if isinstance(e, Started)] == [Started(prompt_tokens=7, model=MODEL)]
+    assert "".join(e.text for e in events if isinstance(e, Text)) == "".join(f"w{i} " for i in range(15))
+    assert events[-1] == Finished("stop", prompt_tokens=7, completion_tokens=15, cached_tokens=0)
     await until(lambda: r.in_flight == {"a": 0, "b": 0})
 
 
@@ -141,8 +141,7 @@ async def test_lost_when_every_token_was_produced_ends_with_length_and_calls_no_
     link = FakeLink({"a": [lost], "b": [answer(7, 10, 1)]})
     events = await run(requester(link, a, b), [a], max_tokens=10)
     assert [s["peer"] for s in link.started] == ["a"]
-    assert events[-1] == {"t": "done", "finish_reason": "length",
-                          "usage": {"prompt_tokens": 7, "completion_tokens": 10}}
+    assert events[-1] == Finished("length", prompt_tokens=7, completion_tokens=10)
 
 
 async def test_busy_twice_then_free_waits_and_retries_the_same_peer():
@@ -156,8 +155,7 @@ async def test_busy_twice_then_free_waits_and_retries_the_same_peer():
     assert [s["peer"] for s in link.started] == ["a", "a", "a"]
     assert all(s["prefix"] == "" and s["body"]["max_tokens"] == 50 for s in link.started)
     assert [c.closed_with_cancel for c in link.calls[:2]] == [False, False]  # a refusal needs no cancel
-    assert events[-1] == {"t": "done", "finish_reason": "stop",
-                          "usage": {"prompt_tokens": 5, "completion_tokens": 4, "cached_tokens": 2}}
+    assert events[-1] == Finished("stop", prompt_tokens=5, completion_tokens=4, cached_tokens=2)
 
 
 async def test_busy_past_the_wait_fails_as_not_started():
@@ -202,8 +200,8 @@ async def test_no_responders_moves_to_the_next_peer_with_the_whole_request():
     events = await run(requester(link, a, b), [a, b])
     assert [s["peer"] for s in link.started] == ["a", "b"]
     assert link.started[1]["prefix"] == "" and link.started[1]["body"]["max_tokens"] == 50
-    assert events[0] == {"t": "start", "prompt_tokens": 6, "model": MODEL}
-    assert events[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "cached_tokens": 0}
+    assert events[0] == Started(prompt_tokens=6, model=MODEL)
+    assert (events[-1].prompt_tokens, events[-1].completion_tokens, events[-1].cached_tokens) == (6, 3, 0)
 
 
 async def test_a_retryable_server_error_moves_on_and_every_peer_lost_says_so():
@@ -223,7 +221,7 @@ async def test_the_client_going_away_cancels_the_work_on_the_peer():
     r = requester(link, a)
     gen = r.generate("chat", dict(BODY), MODEL, 50, [a])
     seen = [await gen.__anext__() for _ in range(2)]  # start, first token
-    assert seen[1]["t"] == "d"
+    assert isinstance(seen[1], Text)
     await gen.aclose()
     await until(lambda: link.calls[0].closed_with_cancel is not None)
     assert link.calls[0].closed_with_cancel is True

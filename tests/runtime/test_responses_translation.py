@@ -1,13 +1,15 @@
-"""The Responses API as pure translation (runtime/responses.py): request → chat completions body, and
-generation events → the Response object and its ordered stream events. End to end with the openai SDK:
-tests/e2e/test_responses_api.py."""
+"""The Responses API as pure translation: request → chat completions body (runtime/responses.py), and
+generation events → the Response object and its ordered stream events (runtime/api/responses_format.py).
+End to end with the openai SDK: tests/e2e/test_responses_api.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from runtime.api.errors import APIError
-from runtime.responses import ResponseBuilder, responses_param, responses_usage, translate_request
+from runtime.api.responses_format import ResponseBuilder, responses_usage
+from runtime.engine.events import Failed, Finished, Started, Text, ToolCallDelta
+from runtime.errors import APIError
+from runtime.responses import responses_param, translate_request
 
 M = "SmolLM2-135M-Instruct"
 
@@ -213,3 +215,22 @@ def test_function_calls_after_text():
     assert out[1] == {"type": "function_call", "id": added["id"], "call_id": "call_a", "name": "weather",
                       "arguments": '{"city":"Paris"}', "status": "completed"}
     assert out[2]["call_id"] == "call_b" and out[2]["arguments"] == "{}"
+
+
+def test_feed_reads_the_generation_vocabulary():
+    """What the route does: every event of the answer goes through feed()."""
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start()
+    for ev in [Started(12, M), Text("Hi"), ToolCallDelta(0, "call_x", "f", '{"a":1}'),
+               Finished("tool_calls", 12, 5, 2)]:
+        events += b.feed(ev)
+    assert kinds(events)[-1] == "response.completed"
+    final = events[-1]["response"]
+    assert final["usage"] == responses_usage(12, 5, 2)
+    assert [o["type"] for o in final["output"]] == ["message", "function_call"]
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start() + b.feed(Text("x")) + b.feed(Failed("the model's engine stopped", "engine_stopped"))
+    assert events[-1]["response"]["error"] == {"code": "server_error", "message": "the model's engine stopped"}
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start() + b.feed(Failed("no token fits the grammar", "invalid_grammar"))
+    assert events[-1]["response"]["error"]["code"] == "invalid_prompt"

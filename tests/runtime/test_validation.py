@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from runtime.api.errors import APIError
-from runtime.api.validation import (
+from runtime.errors import APIError
+from runtime.validation import (
     LIMITS,
     parse_embedding_inputs,
     parse_generation,

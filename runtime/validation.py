@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
-from ..engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
-from ..engine.grammar import SchemaError, grammar_for_response_format
+from .engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
+from .engine.grammar import SchemaError, grammar_for_response_format
 from .errors import APIError, invalid
 
 
