@@ -172,7 +172,7 @@ def decode(m: dict) -> Decoded | None:
     if t == "tc":
         return ToolCallDelta(_int(m, "i", hi=1024), _str(m, "id"), _str(m, "name"), _str(m, "a", MAX_TEXT, False) or "")
     if t == "done":
-        u = m.get("u") or {}
+        u = m.get("u", {})
         if not isinstance(u, dict):
             raise BadMessage("'u' must be an object")
         return Finished(
@@ -182,7 +182,7 @@ def decode(m: dict) -> Decoded | None:
             _int(u, "cached_tokens", 0),
         )
     if t == "err":
-        err = m.get("error") or {}
+        err = m.get("error", {})
         if not isinstance(err, dict):
             raise BadMessage("'error' must be an object")
         status = _int(m, "status", 500, 100, 599)

@@ -201,7 +201,7 @@ def test_a_file_llama_cpp_refuses_is_a_clean_load_error(cap, tmp_path):
 def test_importing_the_node_does_not_load_llama_cpp():
     """The node's process imports everything it serves with, and llama.cpp is not among it."""
     code = ("import sys, runtime.cli, runtime.api.app, runtime.node, runtime.server, runtime.generation, "
-            "runtime.mesh.mesh, runtime.api.validation; print(sorted(m for m in sys.modules if m.startswith('llama_cpp')))")
+            "runtime.mesh.mesh, runtime.validation; print(sorted(m for m in sys.modules if m.startswith('llama_cpp')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
