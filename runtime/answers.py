@@ -14,7 +14,7 @@ from .errors import NodeError, invalid
 from .generation import Answer, fingerprint
 from .mesh.directory import Peer
 from .mesh.requester import MeshUnavailable
-from .mesh.router import route
+from .mesh.router import route, with_feature
 from .node import Node
 from .validation import GenerationParams, parse_prompts
 
@@ -53,9 +53,19 @@ class MeshAnswer(Answer):
             t.cancel()  # a client that went away cancels the work on the serving peers
 
 
+# What each feature a request can need is, in words for an error message (mesh/protocol.py FEATURES).
+FEATURE_NAMES = {"tools": "tool calling", "logprobs": "log probabilities"}
+
+
 def needed_features(gp: GenerationParams) -> list[str]:
-    """The announced features (mesh/protocol.py FEATURES) a peer needs to answer this request."""
-    return ["logprobs"] if gp.sampling.logprobs is not None else []
+    """The announced features a peer needs to answer this request: tool calls are rendered and parsed by
+    the serving peer, and log probabilities computed by its engine."""
+    out = []
+    if gp.tools is not None and gp.tools.active:
+        out.append("tools")
+    if gp.sampling.logprobs is not None:
+        out.append("logprobs")
+    return out
 
 
 def peers_for(node: Node, gp: GenerationParams) -> list[Peer] | None:
@@ -68,11 +78,12 @@ def peers_for(node: Node, gp: GenerationParams) -> list[Peer] | None:
     peers = mesh.candidates(gp.model, gp.max_tokens)
     m = node.find(gp.model)
     for feature in needed_features(gp):
-        able = [p for p in peers if feature in (p.announcement.get("features") or [])]
-        if peers and not able and (m is None or m not in node.manager.routable()):
+        able = with_feature(peers, feature)
+        if peers and not able and m is None:
             raise invalid(
-                f"The mesh peers serving '{gp.model}' do not support '{feature}' (they run an older "
-                f"version); remove it from the request, or ask a node that serves the model itself.",
+                f"The peers serving '{gp.model}' do not support '{feature}' ({FEATURE_NAMES[feature]}), and this "
+                f"node does not serve the model itself. Send the request without '{feature}', or to a node that "
+                f"supports it.",
                 feature,
                 "mesh_unsupported",
             )

@@ -30,6 +30,9 @@ from .engine.events import (
 )
 from .errors import APIError, invalid, model_not_found, overloaded
 from .models.manager import RESTARTING, ManagedModel, ModelError
+from .tools.formats import GENERIC, ToolFormat, detect_format
+from .tools.prompt import render_with_tools
+from .tools.stream import ToolCallStream, tool_sampling
 from .validation import GenerationParams, parse_messages, parse_prompts, with_vocab
 
 
@@ -184,9 +187,14 @@ class LocalAnswer(Answer):
         pump: LoopPump,
         fingerprint: str,
         echo: list[str] | None = None,
+        tool_format: ToolFormat = GENERIC,
     ) -> None:
         super().__init__(len(prompts), echo)
         self.engine = engine
+        # With tools on, each choice's text is parsed into content and tool calls as it arrives (here, so that
+        # a serving mesh peer sends the requester tool-call events: it alone has the model's template).
+        tools = gp.tools if gp.tools is not None and gp.tools.active else None
+        self._tool_streams = [ToolCallStream(tools, tool_format) for _ in prompts] if tools else None
         self.requests: list[GenRequest] = []
         self._started = [Started(len(p), engine.id, fingerprint) for p in prompts]
         for i, prompt in enumerate(prompts):
@@ -206,6 +214,14 @@ class LocalAnswer(Answer):
 
     def _emitter(self, pump: LoopPump, index: int) -> Callable[[EngineEvent], None]:
         queue = self.queue
+        if self._tool_streams is not None:
+            stream = self._tool_streams[index]
+
+            def emit_parsed(ev: EngineEvent) -> None:  # called on the engine link's thread, in order
+                for out in stream.events(ev):
+                    pump.put(queue, (index, out))
+
+            return emit_parsed
 
         def emit(ev: EngineEvent) -> None:
             pump.put(queue, (index, ev))
@@ -259,6 +275,12 @@ class Prepared:
     prompts: list[list[int]]  # one per choice
     texts: list[str] = field(default_factory=list)  # completions: each prompt's text (for echo)
     echo: bool = False
+    tool_format: ToolFormat = GENERIC  # chat: how the model writes tool calls
+
+
+def tool_format(engine: ModelEngine) -> ToolFormat:
+    """The tool format the engine's chat template teaches (the generic protocol for the ChatML fallback)."""
+    return GENERIC if engine.template.is_fallback else detect_format(engine.template.source)
 
 
 class GenerationService:
@@ -325,7 +347,7 @@ class GenerationService:
         fp = fingerprint(__version__, prep.engine.path.name, cap.backend if cap else "cpu")
         prompts = prep.prompts[:choices] if choices is not None else prep.prompts
         echo = [prep.texts[i // prep.gp.n] for i in range(len(prompts))] if prep.echo else None
-        answer = LocalAnswer(prep.engine, prompts, prep.gp, self.pump, fp, echo)
+        answer = LocalAnswer(prep.engine, prompts, prep.gp, self.pump, fp, echo, prep.tool_format)
         answer.submit()
         return answer
 
@@ -336,15 +358,26 @@ class GenerationService:
         engine = await self.engine_for(gp.model)
         gp = with_vocab(gp, body, engine.n_vocab)
         check_capacity(engine, gp.n, "n")
+        fmt = tool_format(engine)
+        gp = replace(gp, sampling=tool_sampling(gp.sampling, gp.tools, fmt))
 
         # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
         # text, apart from the template's markup: nobody writes the model's control tokens through a message,
         # and llama.cpp's special-token scan (quadratic in their number) never runs over a user's text.
-        def render() -> list[tuple[str, bool]] | str | None:
+        # With tools, the template (or our generic protocol's instructions) offers them (runtime/tools/prompt.py).
+        def render_one(
+            msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        ) -> list[tuple[str, bool]] | str | None:
             specials = engine.special_texts
-            if specials and any(t in m["content"] for m in messages for t in specials):
-                return engine.template.render_segments(messages, add_generation_prompt=True)
-            return engine.template.render(messages, add_generation_prompt=True)
+            if specials and any(t in m["content"] for m in msgs for t in specials):
+                return engine.template.render_segments(msgs, add_generation_prompt=True, tools=tools)
+            return engine.template.render(msgs, add_generation_prompt=True, tools=tools)
+
+        def render_whole(msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+            return engine.template.render(msgs, add_generation_prompt=True, tools=tools)
+
+        def render() -> list[tuple[str, bool]] | str | None:
+            return render_with_tools(render_one, messages, gp.tools, fmt)
 
         try:
             # Short conversations are scanned and rendered inline (a thread hop costs more than the work);
@@ -362,12 +395,12 @@ class GenerationService:
             prompt = await _engine_call(engine.chat_prompt_segments(segments))
         else:
             if rendered is None:  # the template transformed the contents: the whole text, as before
-                rendered = await asyncio.to_thread(engine.template.render, messages, add_generation_prompt=True)
+                rendered = await asyncio.to_thread(render_with_tools, render_whole, messages, gp.tools, fmt)
             rendered += continue_with
             check_text_fits(engine, rendered, "messages", "messages")
             prompt = await _engine_call(engine.chat_prompt(rendered))
         check_context(engine, len(prompt), gp.max_tokens, "messages", "messages")
-        return Prepared(engine, gp, [prompt] * gp.n)
+        return Prepared(engine, gp, [prompt] * gp.n, tool_format=fmt)
 
     async def prepare_completion(self, body: dict, gp: GenerationParams, continue_with: str = "") -> Prepared:
         prompts_in = parse_prompts(body)

@@ -318,5 +318,7 @@ def responses_param(param: str | None) -> str | None:
         return None
     if param.startswith("messages"):
         return "input"
+    if param.startswith(("tools", "tool_choice")):
+        return param.replace(".function.", ".", 1).replace(".function", "", 1)  # Responses tools are flat
     head = param.partition(".")[0]
     return CHAT_TO_RESPONSES_PARAM.get(head, param)

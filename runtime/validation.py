@@ -11,6 +11,7 @@ from typing import Any
 from .engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
 from .engine.grammar import SchemaError, grammar_for_response_format
 from .errors import APIError, invalid
+from .tools.spec import ToolsSpec, parse_assistant_tool_calls, parse_tool_call_id, parse_tools
 
 
 @dataclass(frozen=True)
@@ -250,13 +251,6 @@ def _logprobs(body: dict, endpoint: str) -> int | None:
 
 
 def _unsupported(body: dict) -> None:
-    if body.get("tools") or body.get("functions"):
-        key = "tools" if body.get("tools") else "functions"
-        raise invalid(
-            f"'{key}' (function calling) is not supported by this node yet; remove it from the request.",
-            key,
-            "unsupported_parameter",
-        )
     if body.get("suffix") not in (None, ""):
         raise invalid(
             "'suffix' (insertion) is not supported; remove it from the request.", "suffix", "unsupported_parameter"
@@ -277,6 +271,7 @@ class GenerationParams:
     stream: bool
     include_usage: bool
     extra: dict = field(default_factory=dict)
+    tools: ToolsSpec | None = None  # 'tools', 'tool_choice', 'parallel_tool_calls' (None: no tools sent)
 
 
 def parse_generation(
@@ -325,6 +320,14 @@ def parse_generation(
         grammar = grammar_for_response_format(rf)
     except SchemaError as e:
         raise invalid(str(e), "response_format") from None
+    tools = parse_tools(body)
+    if grammar is not None and tools is not None and tools.active:
+        raise invalid(
+            "'response_format' together with active 'tools' is not supported: the tool-call grammar already "
+            "shapes the answer. Send one of them, or 'tool_choice': 'none'.",
+            "response_format",
+            "unsupported_parameter",
+        )
     lb = body.get("logit_bias")
     if isinstance(lb, dict) and len(lb) > LIMITS.logit_bias:  # bounded even before the vocabulary is known
         raise too_many("logit_bias", "entries", len(lb), LIMITS.logit_bias)
@@ -342,7 +345,7 @@ def parse_generation(
         grammar=grammar,
         logprobs=logprobs,
     )
-    return GenerationParams(model, sampling, max_tokens, _stop(body), n, stream, include_usage)
+    return GenerationParams(model, sampling, max_tokens, _stop(body), n, stream, include_usage, tools=tools)
 
 
 def with_vocab(gp: GenerationParams, body: dict, n_vocab: int) -> GenerationParams:
@@ -353,10 +356,12 @@ def with_vocab(gp: GenerationParams, body: dict, n_vocab: int) -> GenerationPara
     return replace(gp, sampling=replace(gp.sampling, logit_bias=bias))
 
 
-VALID_ROLES = {"system", "developer", "user", "assistant"}
+VALID_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
-def parse_messages(body: dict) -> list[dict[str, str]]:
+def parse_messages(body: dict) -> list[dict[str, Any]]:
+    """{role, content} per message (content as one string); an assistant message may add 'tool_calls'
+    (then its content may be empty), a 'tool' message carries 'tool_call_id'."""
     msgs = body.get("messages")
     if msgs is None:
         raise invalid(
@@ -377,16 +382,25 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise invalid(f"'{p}' must be an object with 'role' and 'content'.", p, "invalid_type")
         role = m.get("role")
-        if role == "tool" or role == "function":
+        if role == "function":
             raise invalid(
-                f"'{p}.role' '{role}' needs function calling, which this node does not support yet.",
+                f"'{p}.role' 'function' is OpenAI's deprecated form of tool results; send role 'tool' with "
+                f"'tool_call_id'.",
                 f"{p}.role",
                 "unsupported_parameter",
             )
         if role not in VALID_ROLES:
             raise invalid(
-                f"'{p}.role' must be one of 'system', 'developer', 'user', 'assistant'; got {role!r}.", f"{p}.role"
+                f"'{p}.role' must be one of 'system', 'developer', 'user', 'assistant', 'tool'; got {role!r}.",
+                f"{p}.role",
             )
+        extra: dict[str, Any] = {}
+        if role == "tool":
+            extra["tool_call_id"] = parse_tool_call_id(m, p)
+        elif role == "assistant" and m.get("tool_calls") is not None:
+            extra["tool_calls"] = parse_assistant_tool_calls(m["tool_calls"], p)
+            for c in extra["tool_calls"]:
+                budget.take(c["function"]["name"] + c["function"]["arguments"], f"{p}.tool_calls")
         content = m.get("content")
         if content is None:
             if role == "assistant":
@@ -417,7 +431,7 @@ def parse_messages(body: dict) -> list[dict[str, str]]:
                 f"{p}.content",
                 "invalid_type",
             )
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        out.append({"role": "system" if role == "developer" else role, "content": content, **extra})
     return out
 
 

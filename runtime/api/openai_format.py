@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from ..engine.events import Finished, GenEvent, Started, Text
+from ..engine.events import Finished, GenEvent, Started, Text, ToolCallDelta
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Choice:
     started: Started | None = None
     finished: Finished | None = None
     logprobs: list[dict] = field(default_factory=list)  # when the request asked for them
+    tool_calls: list[dict] = field(default_factory=list)  # OpenAI-shaped, assembled from ToolCallDelta
 
 
 class Tally:
@@ -48,6 +49,12 @@ class Tally:
             c.started = ev
         elif isinstance(ev, Finished):
             c.finished = ev
+        elif isinstance(ev, ToolCallDelta):
+            if ev.id is not None:
+                fn = {"name": ev.name or "", "arguments": ""}
+                c.tool_calls.append({"id": ev.id, "type": "function", "function": fn})
+            if c.tool_calls:
+                c.tool_calls[-1]["function"]["arguments"] += ev.arguments_fragment
 
     @property
     def all_started(self) -> bool:
@@ -91,6 +98,7 @@ class Completion:
     model: str
     fingerprint: str | None
     include_usage: bool = False
+    tools: bool = False  # the model may answer with tool calls: a chat stream opens with content null
     logprobs: bool = False
 
     @classmethod
@@ -101,10 +109,13 @@ class Completion:
         model: str,
         fingerprint: str | None,
         include_usage: bool = False,
+        tools: bool = False,
         logprobs: bool = False,
     ) -> Completion:
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        return cls(kind, f"{prefix}-{uuid.uuid4()}", created, model, fingerprint, include_usage, logprobs)
+        return cls(
+            kind, f"{prefix}-{uuid.uuid4()}", created, model, fingerprint, include_usage, tools=tools, logprobs=logprobs
+        )
 
 
 def _head(c: Completion, obj: str) -> dict:
@@ -164,7 +175,14 @@ def opening_chunks(c: Completion, n: int, echo: list[str] | None) -> list[dict]:
         return [
             _chunk(
                 c,
-                [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": None if c.tools else ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
             )
             for i in range(n)
         ]
@@ -179,7 +197,27 @@ def chunks(c: Completion, index: int, ev: GenEvent, offset: int = 0) -> list[dic
         return [chunk(c, index, ev.text, None, ev.logprobs, offset)]
     if isinstance(ev, Finished):
         return [chunk(c, index, None, ev.finish_reason)]
+    if isinstance(ev, ToolCallDelta):
+        return tool_call_chunks(c, index, ev)
     return []
+
+
+def tool_call_chunks(c: Completion, index: int, ev: ToolCallDelta) -> list[dict]:
+    """A call's first delta carries its index, id, type, name and empty arguments; later deltas only the
+    index and argument fragments. openai-python's stream helper concatenates every id, name and arguments
+    piece it receives, so none is ever repeated."""
+
+    def one(call: dict) -> dict:
+        delta = {"tool_calls": [call]}
+        return _chunk(c, [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    out = []
+    if ev.id is not None:
+        fn = {"name": ev.name or "", "arguments": ""}
+        out.append(one({"index": ev.index, "id": ev.id, "type": "function", "function": fn}))
+    if ev.arguments_fragment:
+        out.append(one({"index": ev.index, "function": {"arguments": ev.arguments_fragment}}))
+    return out
 
 
 def usage_chunk(c: Completion, u: dict) -> dict:
@@ -196,14 +234,12 @@ def body(c: Completion, tally: Tally, echo: list[str] | None) -> dict:
         text = "".join(ch.text)
         finish = ch.finished.finish_reason if ch.finished else None
         if c.kind == "chat":
-            choices.append(
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": chat_logprobs(ch.logprobs) if c.logprobs else None,
-                    "finish_reason": finish,
-                }
-            )
+            message: dict = {"role": "assistant", "content": text, "refusal": None}
+            if ch.tool_calls:  # as OpenAI: content null unless the model also wrote words
+                message["content"] = text or None
+                message["tool_calls"] = ch.tool_calls
+            lp = chat_logprobs(ch.logprobs) if c.logprobs else None
+            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
         else:
             head = echo[i] if echo else ""
             lp = completion_logprobs(ch.logprobs, len(head)) if c.logprobs else None

@@ -14,7 +14,7 @@ from ..answers import answer
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.events import EngineUnavailable, Failed, Text
 from ..errors import APIError, invalid, model_not_found
-from ..generation import Answer, check_text_fits
+from ..generation import Answer, check_text_fits, tool_format
 from ..node import Node
 from ..validation import (
     GenerationParams,
@@ -52,6 +52,8 @@ def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
             "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
             "ttft_ms_p50": stats.get("ttft_ms_p50"),
             "samples": stats.get("samples", 0),
+            # How this model writes tool calls, from its chat template (runtime/tools/formats.py).
+            "tool_format": tool_format(e).name if e else None,
         },
     }
 
@@ -121,6 +123,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
     gp = parse_generation(body, None, 16, "completion")  # OpenAI's default max_tokens for completions is 16
+    if gp.tools is not None and gp.tools.tools:
+        raise invalid("'tools' is for /v1/chat/completions; /v1/completions takes none.", "tools")
     parse_prompts(body)
     if gp.sampling.logprobs is not None and body.get("echo") is True:
         raise invalid(
@@ -200,8 +204,10 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
 def _completion(kind: str, created: int, gp: GenerationParams, tally: fmt.Tally) -> fmt.Completion:
     first = tally.first_started()
     model = first.model if first is not None and first.model else gp.model
+    tools = kind == "chat" and gp.tools is not None and gp.tools.active
+    fingerprint = first.fingerprint if first else None
     return fmt.Completion.new(
-        kind, created, model, first.fingerprint if first else None, gp.include_usage, gp.sampling.logprobs is not None
+        kind, created, model, fingerprint, gp.include_usage, tools, gp.sampling.logprobs is not None
     )
 
 

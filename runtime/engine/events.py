@@ -89,6 +89,12 @@ class SamplingParams:
     # None: no log probabilities (nothing is computed). n >= 0: each sampled token's log probability and
     # the n most likely alternatives at its step (OpenAI's top_logprobs / the completions' logprobs).
     logprobs: int | None = None
+    # Lazy grammar: regular expressions (Python syntax) on the answer; the grammar applies from the first
+    # match (from its first group, if it has one) instead of from the first token. Tool calls in auto mode.
+    grammar_triggers: tuple[str, ...] = ()
+    # Write control tokens as their text in the answer: some models' tool-call markers (Mistral's
+    # [TOOL_CALLS]) are control tokens, which are otherwise left out of the text.
+    special_text: bool = False
 
     @property
     def greedy(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+import re
 
 import llama_cpp
 import numpy as np
@@ -93,12 +94,19 @@ class Sampler:
       grammar is told about it. Otherwise the grammar has reached a dead end and the request fails
       with GrammarDeadEnd, where ``llama_sampler_sample`` would have made llama.cpp throw inside
       ``accept`` (or GGML_ABORT on an end-of-generation token) and end the process.
+
+    A lazy grammar (tool calls in auto mode) is triggered here, in Python, not by llama.cpp's own lazy
+    grammar (``llama_sampler_init_grammar_lazy_patterns``, which llama-cpp-python 0.3.36 binds): that one
+    feeds the text after its trigger to the grammar unchecked, and throws across the C boundary (ending
+    the process) when the token that completed the trigger carries text the grammar refuses. Here each
+    token is checked first (``_accept_free``).
     """
 
     def __init__(self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> None:
         self.chain = None
         self.n_vocab = n_vocab
         self._grammar = None
+        self._awaiting = False
         if params.grammar is not None:
             try:
                 text = params.grammar.encode("utf-8")
@@ -137,9 +145,13 @@ class Sampler:
         if self._grammar is None:
             self.chain = _chain(pre + select)
             return
-        # Nested chains: ``chain`` owns (and frees) all three parts; the parts are applied one by one.
+        # Three parts, each owned (and freed) here, applied one by one: penalties and bias, the grammar,
+        # the selector. A lazy grammar (``grammar_triggers``) is left out until its trigger appears.
         self._pre, self._select = _chain(pre), _chain(select)
-        self.chain = _chain([self._pre, self._grammar, self._select])
+        self._vocab = vocab
+        self._triggers = [re.compile(p.encode("utf-8")) for p in params.grammar_triggers]
+        self._awaiting = bool(self._triggers)
+        self._seen = b""  # the answer so far, while a lazy grammar waits for its trigger
         self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._array = llama_cpp.llama_token_data_array()
@@ -155,17 +167,16 @@ class Sampler:
         arr = self._fill(logits)
         llama_cpp.llama_sampler_apply(self._pre, ctypes.byref(arr))
         llama_cpp.llama_sampler_apply(self._select, ctypes.byref(arr))
+        if self._awaiting and 0 <= arr.selected < arr.size:
+            return self._accept_free(int(arr.data[arr.selected].id))
         if 0 <= arr.selected < arr.size:
             chosen = arr.data[arr.selected]
-            one = self._one_array
-            self._one[0].id, self._one[0].logit, self._one[0].p = chosen.id, chosen.logit, 0.0
-            one.size, one.selected, one.sorted = 1, -1, False
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
-            if self._one[0].logit > -math.inf:
+            if self._grammar_allows(int(chosen.id), chosen.logit):
                 return self._accept(int(chosen.id))
         # The chain's own choice breaks the grammar: choose again among what the grammar allows.
         arr = self._fill(logits)
-        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        for part in (self._pre, self._grammar, self._select):
+            llama_cpp.llama_sampler_apply(part, ctypes.byref(arr))
         # Read through the array's own pointer: a sampler may point it at storage of its own. The grammar
         # marks what it rejects with -inf (+inf is possible: repeat_penalty 0 divides by zero).
         if not (0 <= arr.selected < arr.size) or not arr.data[arr.selected].logit > -math.inf:
@@ -185,11 +196,79 @@ class Sampler:
         arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
         return arr
 
+    def _grammar_allows(self, token: int, logit: float = 0.0) -> bool:
+        """Whether the grammar, in its current state, accepts ``token`` next (asked on a copy of one
+        candidate: the grammar's state does not change)."""
+        one = self._one_array
+        cand = self._one[0]
+        cand.id = token  # type: ignore[assignment]  # ctypes converts the int
+        cand.logit, cand.p = logit, 0.0
+        one.size, one.selected, one.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
+        return bool(self._one[0].logit > -math.inf)
+
     def _accept(self, token: int) -> int:
-        llama_cpp.llama_sampler_accept(self.chain, token)  # penalties' history, the grammar's state
+        for part in (self._pre, self._grammar, self._select):  # penalties' history, the grammar's state
+            llama_cpp.llama_sampler_accept(part, token)
         return token
+
+    def _accept_free(self, token: int) -> int:
+        """A token chosen while a lazy grammar waits: accepted without the grammar, then the answer so
+        far is searched for a trigger. From a trigger on, the grammar is fed the text from the trigger's
+        start (its first group, if it has one); tokens it would refuse never reach llama.cpp (which
+        would throw across the C boundary): then this trigger is passed over and the wait goes on."""
+        for part in (self._pre, self._select):
+            llama_cpp.llama_sampler_accept(part, token)
+        self._seen += _piece(self._vocab, token)
+        for pattern in self._triggers:
+            m = pattern.search(self._seen)
+            if m is None:
+                continue
+            start = m.start(1) if m.re.groups and m.start(1) >= 0 else m.start()
+            if self._feed(self._seen[start:]):
+                self._awaiting = False
+                self._seen = b""
+                return token
+            self._seen = self._seen[start + 1 :]  # not a call this grammar can hold: look further on
+        return token
+
+    def _feed(self, text: bytes) -> bool:
+        """Feed ``text`` to the grammar as tokens, each checked first. False (and a fresh grammar) when
+        the text is not a prefix the grammar accepts."""
+        tokens = _tokenize(self._vocab, text)
+        if b"".join(_piece(self._vocab, t) for t in tokens) == text and all(self._feed_one(t) for t in tokens):
+            return True
+        llama_cpp.llama_sampler_reset(self._grammar)
+        return False
+
+    def _feed_one(self, token: int) -> bool:
+        if not self._grammar_allows(token):
+            return False
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        return True
 
     def close(self) -> None:
         if self.chain:
             llama_cpp.llama_sampler_free(self.chain)
             self.chain = None
+        if self._grammar is not None:
+            for part in (self._pre, self._grammar, self._select):
+                llama_cpp.llama_sampler_free(part)
+            self._grammar = None
+
+
+def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:
+    """The text of ``token`` as the grammar reads it (special tokens written out)."""
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, True)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, -n, 0, True)
+    return buf.raw[:n]
+
+
+def _tokenize(vocab: llama_cpp.llama_vocab_p, text: bytes) -> list[int]:
+    n_max = len(text) + 8
+    arr = (llama_cpp.llama_token * n_max)()
+    n = llama_cpp.llama_tokenize(vocab, text, len(text), arr, n_max, False, True)
+    return list(arr[: max(n, 0)])

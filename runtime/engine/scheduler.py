@@ -317,7 +317,7 @@ class Scheduler:
             if lpq is not None:
                 top_n = s.req.params.logprobs or 0
                 lpq.add(token_logprob(self.ctx.ctx, idx, self.model.n_vocab, token, top_n, self.model.token_bytes))
-            text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token)))
+            text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token, s.req.params.special_text)))
             if text:
                 s.req.emit(Text(text, logprobs=lpq.release(text) if lpq is not None else None))
             if s.stopper.stopped:

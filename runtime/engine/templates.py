@@ -11,6 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -57,7 +58,7 @@ class ChatTemplate:
         return cls(CHATML_TEMPLATE, bos, eos, is_fallback=True)
 
     def render_segments(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict] | None = None
     ) -> list[tuple[str, bool]] | None:
         """The prompt as (text, is_template_markup) pieces: each message's content apart from the template's
         own text, so the content can be tokenized as plain text (a user cannot write the model's control
@@ -66,7 +67,9 @@ class ChatTemplate:
         once each and in order (the caller then tokenizes the whole text as before)."""
         nonce = secrets.token_hex(8)
         marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
-        rendered = self.render([{**m, "content": marks[i]} for i, m in enumerate(messages)], add_generation_prompt)
+        rendered = self.render(
+            [{**m, "content": marks[i]} for i, m in enumerate(messages)], add_generation_prompt, tools
+        )
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", rendered)
         found = [int(x) for x in pieces[1::2]]
         if found != list(range(len(messages))):
@@ -80,13 +83,19 @@ class ChatTemplate:
                 out.append((messages[int(text)]["content"], False))
         return out
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> str:
+        """The prompt text. ``tools``: OpenAI-shaped tool definitions for templates that offer tools
+        themselves (left undefined when None, as templates test ``tools is defined``)."""
+        extra = {"tools": tools} if tools is not None else {}
         try:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except TemplateError:
             raise

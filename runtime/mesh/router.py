@@ -54,6 +54,11 @@ def rank_peers(
     return [p for _, p in ranked]
 
 
+def with_feature(peers: list[Peer], feature: str) -> list[Peer]:
+    """The peers whose announcement lists ``feature`` (protocol.FEATURES), in the same order."""
+    return [p for p in peers if feature in (p.announcement.get("features") or ())]
+
+
 def local_has_room(free_slots: int | None, queued: int | None) -> bool:
     """Local first when this node serves the model and a slot is free (or the model is not loaded yet:
     it loads on demand)."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import nats
 
-from ..engine.events import Failed, Finished, Started, Text
+from ..engine.events import Failed, Finished, Started, Text, ToolCallDelta
 from ..errors import NodeError
 from ..generation import Answer, Prepared
 from ..validation import GenerationParams, parse_generation
@@ -22,7 +22,7 @@ from .config import MeshLimits
 from .drops import Drops
 from .identity import Identity
 from .protocol import HEARTBEAT_INTERVAL, JunkRequest, check_request, ctl_subject, req_subject, seal, unseal
-from .wire import ACK, HEARTBEAT, encode_failed, encode_finished, encode_started, encode_texts
+from .wire import ACK, HEARTBEAT, encode_failed, encode_finished, encode_started, encode_texts, encode_tool_call
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,11 @@ class Serving:
                         pieces.append(ev)
                         if n > 1 and len(pieces) == 1:
                             flush_at = time.monotonic() + COALESCE_SECONDS
+                    elif isinstance(ev, ToolCallDelta):  # parsed here: only this node has the template
+                        if pieces:
+                            await self._send(s, encode_texts(pieces, n))
+                            pieces = []
+                        await self._send(s, encode_tool_call(ev))
                     elif isinstance(ev, Finished):
                         if pieces:
                             await self._send(s, encode_texts(pieces, n))

@@ -136,6 +136,8 @@ def test_store_false_is_accepted_and_echoed():
 @pytest.mark.parametrize("chat, responses", [
     ("messages", "input"), ("messages[3].content", "input"), ("max_tokens", "max_output_tokens"),
     ("response_format", "text.format"), ("temperature", "temperature"), ("tools", "tools"), (None, None),
+    ("tools[1].function.parameters", "tools[1].parameters"), ("tool_choice.function.name", "tool_choice.name"),
+    ("tools[0].function", "tools[0]"),
 ])
 def test_chat_params_are_renamed_in_errors(chat, responses):
     assert responses_param(chat) == responses

@@ -300,7 +300,6 @@ def test_logit_bias_bad(bias, code):
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"suffix": "end"}, "suffix"),
     ({"best_of": 2}, "best_of"),
@@ -414,7 +413,7 @@ def test_message_not_object(msg):
             code="invalid_type")
 
 
-@pytest.mark.parametrize("role", ["tool", "function"])
+@pytest.mark.parametrize("role", ["function"])
 def test_message_function_roles_unsupported(role):
     rejects(parse_messages, {"messages": [{"role": role, "content": "x"}]}, param="messages[0].role",
             code="unsupported_parameter")
