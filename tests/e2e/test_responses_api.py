@@ -187,3 +187,89 @@ def test_engine_crash_mid_stream_ends_with_response_failed(own_node, model_id):
     assert failed.status == "failed" and failed.error.code == "server_error"
     assert "segmentation fault" in failed.error.message
     assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+# -- function tools (the tool-calling path of chat completions, runtime/tools/) ------------------------
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                            "unit": {"type": "string", "enum": ["c", "f"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+CLOCK = {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 40}},
+         "required": ["timezone"], "additionalProperties": False}
+TOOLS = [
+    {"type": "function", "name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER,
+     "strict": True},
+    {"type": "function", "name": "get_time", "description": "Current time in a timezone", "parameters": CLOCK,
+     "strict": True},
+]
+SCHEMAS = {"get_weather": WEATHER, "get_time": CLOCK}
+ASK_TOOLS = "What is the weather in Paris, in celsius? And the time in Tokyo?"
+
+
+def calls_of(response) -> list:
+    calls = [o for o in response.output if o.type == "function_call"]
+    for c in calls:
+        assert c.name in SCHEMAS and c.call_id and c.id.startswith("fc_") and c.status == "completed"
+        assert violations(json.loads(c.arguments), SCHEMAS[c.name]) == [], (c.name, c.arguments)
+    return calls
+
+
+def test_required_tool_choice_gives_schema_valid_function_calls(openai_client, model_id):
+    r = openai_client.responses.create(model=model_id, input=ASK_TOOLS, tools=TOOLS, tool_choice="required",
+                                       max_output_tokens=200, temperature=0)
+    assert r.status == "completed"
+    assert calls_of(r)
+    assert r.tool_choice == "required" and [t.name for t in r.tools] == ["get_weather", "get_time"]
+
+
+def test_named_tool_choice_calls_that_tool(openai_client, model_id):
+    r = openai_client.responses.create(model=model_id, input=ASK_TOOLS, tools=TOOLS, max_output_tokens=200,
+                                       temperature=0, tool_choice={"type": "function", "name": "get_time"})
+    calls = calls_of(r)
+    assert calls and {c.name for c in calls} == {"get_time"}
+
+
+def test_stream_of_function_calls(openai_client, model_id):
+    with openai_client.responses.stream(model=model_id, input=ASK_TOOLS, tools=TOOLS, tool_choice="required",
+                                        max_output_tokens=200, temperature=0) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    calls = calls_of(final)
+    assert calls
+    # Per call: added, argument deltas, arguments done, item done — the deltas adding up to the arguments.
+    for idx, call in enumerate(final.output):
+        if call.type != "function_call":
+            continue
+        mine = [e for e in events if getattr(e, "output_index", None) == idx]
+        kinds = [e.type for e in mine]
+        assert kinds[0] == "response.output_item.added" and kinds[-2:] == [
+            "response.function_call_arguments.done", "response.output_item.done"]
+        assert set(kinds[1:-2]) <= {"response.function_call_arguments.delta"}
+        assert "".join(e.delta for e in mine[1:-2]) == mine[-2].arguments == call.arguments
+        assert mine[0].item.call_id == call.call_id and mine[0].item.name == call.name
+
+
+def test_a_function_call_round_trip(openai_client, model_id):
+    """The calls and their outputs go back as input items; the next answer is a message (tool_choice
+    none), as an agent loop does it."""
+    first = openai_client.responses.create(model=model_id, input=ASK_TOOLS, tools=TOOLS, tool_choice="required",
+                                           max_output_tokens=200, temperature=0)
+    calls = calls_of(first)
+    history = [{"role": "user", "content": ASK_TOOLS}]
+    for c in calls:
+        history.append({"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments})
+        history.append({"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21 C"})
+    second = openai_client.responses.create(model=model_id, input=history, tools=TOOLS, tool_choice="none",
+                                            max_output_tokens=60, temperature=0)
+    assert second.output and second.output[0].type == "message" and second.output_text.strip()
+    assert not [o for o in second.output if o.type == "function_call"]
+
+
+def test_a_tool_choice_naming_an_unknown_tool_is_a_400(openai_client, model_id):
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.responses.create(model=model_id, input="x", tools=TOOLS,
+                                       tool_choice={"type": "function", "name": "nope"})
+    assert e.value.body["param"] == "tool_choice" and "nope" in e.value.body["message"], e.value.body
