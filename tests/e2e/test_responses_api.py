@@ -273,3 +273,40 @@ def test_a_tool_choice_naming_an_unknown_tool_is_a_400(openai_client, model_id):
         openai_client.responses.create(model=model_id, input="x", tools=TOOLS,
                                        tool_choice={"type": "function", "name": "nope"})
     assert e.value.body["param"] == "tool_choice" and "nope" in e.value.body["message"], e.value.body
+
+
+# -- LangChain over the Responses API ------------------------------------------------------------------
+
+
+def test_langchain_use_responses_api(node, model_id):
+    """LangChain's ChatOpenAI with use_responses_api=True: plain and streamed answers, structured output
+    (text.format json_schema), and bind_tools(tool_choice="any") giving a schema-valid call."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    llm = ChatOpenAI(base_url=node.v1, api_key="x", model=model_id, temperature=0, max_tokens=60, timeout=300,
+                     max_retries=0, use_responses_api=True)
+    msgs = [SystemMessage("You are terse."), HumanMessage("What is the capital of France?")]
+    reply = llm.invoke(msgs)
+    assert reply.text.strip()
+    assert reply.usage_metadata["output_tokens"] > 0 and reply.usage_metadata["input_tokens"] > 0
+    streamed = "".join(chunk.text for chunk in llm.stream(msgs))
+    assert streamed == reply.text
+
+    class City(BaseModel):
+        name: str = Field(max_length=40)
+        country: str = Field(max_length=40)
+
+    roomy = ChatOpenAI(base_url=node.v1, api_key="x", model=model_id, temperature=0, max_tokens=120, timeout=300,
+                       max_retries=0, use_responses_api=True)
+    out = roomy.with_structured_output(City, method="json_schema", strict=True).invoke("Describe Paris.")
+    assert isinstance(out, City)
+
+    def get_weather(city: str, unit: str) -> str:
+        """Current weather in a city; unit is 'c' or 'f'."""
+        return "sunny"
+
+    called = llm.bind_tools([get_weather], tool_choice="any").invoke("What is the weather in Paris?")
+    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
+    assert set(called.tool_calls[0]["args"]) == {"city", "unit"}
