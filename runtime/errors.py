@@ -15,7 +15,8 @@ from typing import Any
 
 # Exit codes of the CLI (sysexits-like, so scripts can tell a usage mistake from a failure).
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # what was asked for does not exist (a model to serve, …)
+EXIT_UNAVAILABLE = 3  # a service could not start (the HTTP port or the hub's port is taken, …)
 
 
 class NodeError(Exception):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -79,7 +80,7 @@ class Node:
             self.manager.add_pinned(mid, path, embedded_default=embedded)
             self.pinned.append(mid)
 
-    def _resolve_served(self, ref: str) -> tuple[str, object, bool]:
+    def _resolve_served(self, ref: str) -> tuple[str, Path | None, bool]:
         """A `--model` argument → (id, path or None, is the embedded default). Accepts a GGUF path, the
         id of a model on this machine (pulled or found in the models folder) and a catalog name of a
         downloaded model; anything else is a clear error (raises ModelSpecError)."""

@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .api.app import build_app, error_response
 from .api.pressure import FD_PRESSURE, is_fd_exhaustion
-from .errors import APIError
+from .errors import EXIT_UNAVAILABLE, APIError, NodeError
 from .node import Node
 
 try:
@@ -48,8 +48,12 @@ MIN_BODY_BYTES_PER_SECOND = 1024
 KEEPALIVE_TIMEOUT = 75.0
 
 
-class PortInUse(RuntimeError):
-    pass
+class PortInUse(NodeError):
+    """The HTTP port is taken (by another node or another program)."""
+
+    default_status = 503
+    default_code = "port_in_use"
+    exit_code = EXIT_UNAVAILABLE
 
 
 def _who_holds(host: str, port: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeGuard, overload
 
 from .engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
 from .engine.grammar import SchemaError, grammar_for_response_format
@@ -143,6 +143,14 @@ def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float
     if not (lo <= v <= hi):
         raise invalid(f"'{key}' must be between {lo} and {hi}; got {v}.", key)
     return float(v)
+
+
+@overload
+def _integer(body: dict, key: str, default: int, lo: int, hi: int | None = None) -> int: ...
+
+
+@overload
+def _integer(body: dict, key: str, default: None, lo: int, hi: int | None = None) -> int | None: ...
 
 
 def _integer(body: dict, key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
@@ -435,7 +443,7 @@ def parse_messages(body: dict) -> list[dict[str, Any]]:
     return out
 
 
-def _is_token_id(x: Any) -> bool:
+def _is_token_id(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 

@@ -63,7 +63,7 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
             )
         )
     if request.method == "OPTIONS" and origin:
-        resp = web.Response(
+        preflight = web.Response(
             status=204,
             headers={
                 "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
@@ -71,8 +71,9 @@ async def guard(request: web.Request, handler) -> web.StreamResponse:
                 "Access-Control-Max-Age": "600",
             },
         )
-        _cors(resp, origin)
-        return resp
+        _cors(preflight, origin)
+        return preflight
+    resp: web.StreamResponse
     try:
         if request.content_length is not None and request.content_length > s.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(s.max_body_bytes, request.content_length)  # before reading it

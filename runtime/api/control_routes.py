@@ -6,7 +6,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import APIError, invalid
-from ..models.manager import ModelError
 from ..validation import parse_json_body
 from .context import NODE_KEY
 from .security import check_admin
@@ -18,11 +17,6 @@ def _admin(request: web.Request):
     node = request.app[NODE_KEY]
     check_admin(request, node.admin_token)
     return node
-
-
-def _error(e: ModelError) -> APIError:
-    kind = "invalid_request_error" if e.status < 500 else "server_error"
-    return APIError(e.status, str(e), kind, "model", e.code)
 
 
 def _listing_params(node) -> tuple[int, int]:
@@ -48,10 +42,7 @@ async def pull(request: web.Request) -> web.Response:
             "model",
             "missing_required_parameter",
         )
-    try:
-        m = node.manager.start_pull(ref.strip())
-    except ModelError as e:
-        raise _error(e) from None
+    m = node.manager.start_pull(ref.strip())
     return web.json_response(m.public(), status=202)
 
 
@@ -76,10 +67,7 @@ async def delete(request: web.Request) -> web.Response:
             "model",
             "model_pinned",
         )
-    try:
-        await node.manager.delete(mid)
-    except ModelError as e:
-        raise _error(e) from None
+    await node.manager.delete(mid)
     return web.json_response({"id": mid, "deleted": True})
 
 
@@ -87,11 +75,8 @@ async def delete(request: web.Request) -> web.Response:
 async def load_or_unload(request: web.Request) -> web.Response:
     node = _admin(request)
     mid = request.match_info["model_id"]
-    try:
-        if request.match_info["action"] == "load":
-            await node.manager.ensure_loaded(mid)
-        else:
-            await node.manager.unload(mid)
-    except ModelError as e:
-        raise _error(e) from None
+    if request.match_info["action"] == "load":
+        await node.manager.ensure_loaded(mid)
+    else:
+        await node.manager.unload(mid)
     return web.json_response(node.manager.get(mid).public())

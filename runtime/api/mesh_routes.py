@@ -9,16 +9,11 @@ from aiohttp import web
 
 from ..errors import APIError, invalid
 from ..mesh.hub import create_invite
-from ..mesh.membership import MeshError
 from ..validation import parse_json_body
 from .context import NODE_KEY
 from .security import check_admin
 
 routes = web.RouteTableDef()
-
-
-def _mesh_error(e: MeshError) -> APIError:
-    return APIError(e.status, str(e), "invalid_request_error" if e.status < 500 else "server_error", None, e.code)
 
 
 @routes.get("/api/mesh")
@@ -48,10 +43,7 @@ async def join(request: web.Request) -> web.Response:
             "missing_required_parameter",
         )
     name = body.get("name")
-    try:
-        return web.json_response(await node.mesh.join(target, name if isinstance(name, str) else None))
-    except MeshError as e:
-        raise _mesh_error(e) from None
+    return web.json_response(await node.mesh.join(target, name if isinstance(name, str) else None))
 
 
 @routes.post("/api/mesh/leave")
@@ -66,10 +58,7 @@ async def limits(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     check_admin(request, node.admin_token)
     body = parse_json_body(await request.read())
-    try:
-        return web.json_response(node.mesh.set_limits(body))
-    except MeshError as e:
-        raise _mesh_error(e) from None
+    return web.json_response(node.mesh.set_limits(body))
 
 
 @routes.post("/api/mesh/invite")

@@ -36,7 +36,7 @@ class Peer:
 
     def public(self, now: float) -> dict:
         a = self.announcement
-        tps = [m.get("tokens_per_second_p50") for m in self.models if m.get("tokens_per_second_p50")]
+        tps = [v for m in self.models if (v := m.get("tokens_per_second_p50"))]
         age = now - self.last_seen
         return {
             "id": self.id,
@@ -150,9 +150,9 @@ class Directory:
         out = {}
         for mid, peers in self.mesh_models().items():
             entries = [p.model(mid) or {} for p in peers]
-            tps = [e.get("tokens_per_second_p50") for e in entries if e.get("tokens_per_second_p50")]
-            ttft = [e.get("ttft_ms_p50") for e in entries if e.get("ttft_ms_p50")]
-            ctx = [e.get("context_length") for e in entries if e.get("context_length")]
+            tps = [v for e in entries if (v := e.get("tokens_per_second_p50"))]
+            ttft = [v for e in entries if (v := e.get("ttft_ms_p50"))]
+            ctx = [v for e in entries if (v := e.get("context_length"))]
             out[mid] = {
                 "peers": len(peers),
                 "context_length": min(ctx) if ctx else None,

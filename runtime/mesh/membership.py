@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 import nats
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
 
+from ..errors import NodeError
 from .config import MeshConfig
 from .identity import Identity, verify
 from .protocol import (
@@ -39,13 +41,11 @@ OFF, CONNECTING, JOINED, RECONNECTING, ERROR = "off", "connecting", "joined", "r
 SAVED = "(the saved mesh)"  # join() target: the mesh this node was last in
 
 
-class MeshError(RuntimeError):
+class MeshError(NodeError):
     """A join or leave that failed, in words for the user. ``status`` is the HTTP status to answer."""
 
     def __init__(self, message: str, status: int = 502, code: str = "mesh_unavailable") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+        super().__init__(message, status=status, code=code)
 
 
 class Session(Protocol):
@@ -90,7 +90,7 @@ class Membership:
         self.state = OFF
         self.error: str | None = None
         self.nc: nats.NATS | None = None
-        self.kv = None
+        self.kv: KeyValue | None = None
         self._rejoin_task: asyncio.Task | None = None
         self._closing = False
         self._join_lock = asyncio.Lock()

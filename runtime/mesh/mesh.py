@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ class Mesh:
 
     def status(self, with_peers: bool = True) -> dict:
         nc = self.membership.nc
-        d = {
+        d: dict[str, Any] = {
             "state": self.membership.state,
             "url": nc.connected_url.geturl()
             if nc is not None and nc.connected_url and nc.is_connected
@@ -219,7 +220,7 @@ class Mesh:
 
     # -- requesting -----------------------------------------------------------------------------------
 
-    def candidates(self, model_id: str, max_tokens: int | None, exclude: set[str] = frozenset()) -> list[Peer]:
+    def candidates(self, model_id: str, max_tokens: int | None, exclude: AbstractSet[str] = frozenset()) -> list[Peer]:
         return self.requester.candidates(model_id, max_tokens, exclude)
 
     def peer_has_room(self, peer: Peer, model_id: str) -> bool:

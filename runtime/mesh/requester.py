@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 
 from ..engine.events import FINAL_CODES, Failed, Finished, GenEvent, Started, ToolCallDelta
 from ..errors import NodeError
@@ -90,7 +91,7 @@ class Requester:
         self.busy_wait_seconds = busy_wait_seconds
         self.in_flight: dict[str, int] = {}
 
-    def candidates(self, model_id: str, max_tokens: int | None, exclude: set[str] = frozenset()) -> list[Peer]:
+    def candidates(self, model_id: str, max_tokens: int | None, exclude: AbstractSet[str] = frozenset()) -> list[Peer]:
         if not self._connected():
             return []
         return rank_peers(list(self.directory.peers.values()), model_id, self.in_flight, max_tokens, set(exclude))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from ..errors import invalid
@@ -21,7 +22,7 @@ def rank_peers(
     model_id: str,
     in_flight: dict[str, int],
     max_tokens: int | None = None,
-    exclude: set[str] = frozenset(),
+    exclude: AbstractSet[str] = frozenset(),
     rng: random.Random | None = None,
 ) -> list[Peer]:
     """Peers that serve ``model_id``, best first.
@@ -31,7 +32,7 @@ def rank_peers(
     tok/s, then the lowest latency we measured; ties are broken at random so that equal peers share the
     load. Peers whose share limits refuse this request (max tokens per mesh request) are left out.
     """
-    rng = rng or random
+    draw = rng.random if rng is not None else random.random
     ranked = []
     for p in peers:
         if p.id in exclude:
@@ -49,7 +50,7 @@ def rank_peers(
         tps = m.get("tokens_per_second_p50") or 0.0
         lat = p.latency_ms if p.latency_ms is not None else 50.0
         # tok/s in coarse buckets: a 3% difference in a noisy measurement should not beat a free slot
-        ranked.append(((0 if free > 0 else 1, queued, -round(float(tps) / 10), round(lat / 25), rng.random()), p))
+        ranked.append(((0 if free > 0 else 1, queued, -round(float(tps) / 10), round(lat / 25), draw()), p))
     ranked.sort(key=lambda t: t[0])
     return [p for _, p in ranked]
 

@@ -2,9 +2,9 @@
 
 Why the transfer is ours and not ``huggingface_hub.hf_hub_download``: that function gives no progress
 callback and cannot be cancelled, and it does not check the file's sha256 — a corrupted body is
-accepted silently (DESIGN.md §6). A user pulling a multi-gigabyte model over a home connection needs
-all three, so Hugging Face specifics (endpoint, token, cache) live in :mod:`runtime.models.hf` and the
-bytes are moved here.
+accepted silently (tried: a body corrupted in transit is kept as is). A user pulling a multi-gigabyte
+model over a home connection needs all three, so Hugging Face specifics (endpoint, token, cache) live in
+:mod:`runtime.models.hf` and the bytes are moved here.
 
 What a pull does
     1. ``HEAD`` the URL, following redirects one by one. Hugging Face answers the ``/resolve/`` URL with
@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -60,6 +61,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from .. import __version__
+from ..errors import NodeError
 from .integrity import HASH_BLOCK, HashStopped, is_verified, mark_verified, sha256_file
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,25 @@ _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 # -- errors --------------------------------------------------------------------------------------------
 
 
-class DownloadError(RuntimeError):
+class DownloadError(NodeError):
     """A pull failed. The message is written for the user: what happened and what to do."""
+
+    default_status = 502
+    default_code = "download_failed"
 
 
 class AccessDenied(DownloadError):
     """HTTP 401/403: the file needs a (different) Hugging Face token."""
 
+    default_status = 403
+    default_code = "access_denied"
+
 
 class RemoteNotFound(DownloadError):
     """HTTP 404: no such repository, file or revision."""
+
+    default_status = 404
+    default_code = "model_not_found"
 
 
 class RemoteFileMismatch(DownloadError):
@@ -107,6 +118,9 @@ class ChecksumMismatch(DownloadError):
 
 class DiskFullError(DownloadError):
     """Not enough free disk space, found before the transfer or when a write failed with ENOSPC."""
+
+    default_status = 507
+    default_code = "disk_full"
 
 
 class DownloadCancelled(DownloadError):
@@ -484,8 +498,9 @@ class Downloader:
             active = _Active(job)
             self._active[job.id] = active
             active.task = asyncio.create_task(self._run(active), name=f"download {job.id}")
-            active.task.add_done_callback(lambda task, a=active: self._finished(a))
+            active.task.add_done_callback(functools.partial(self._finished, active))
         task = active.task
+        assert task is not None  # set with the entry, in the same turn of the loop
         active.waiters += 1
         try:
             return await asyncio.shield(task)
@@ -541,7 +556,7 @@ class Downloader:
             except Exception:  # a broken listener must not break the download
                 log.exception("download progress listener failed")
 
-    def _finished(self, active: _Active) -> None:
+    def _finished(self, active: _Active, _task: asyncio.Task) -> None:
         if self._active.get(active.job.id) is active:
             del self._active[active.job.id]
         task = active.task

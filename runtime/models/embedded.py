@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..errors import NodeError
 from .integrity import is_verified, mark_verified, sha256_file
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-class ModelFetchError(RuntimeError):
-    pass
+class ModelFetchError(NodeError):
+    """The embedded default model could not be fetched or checked."""
+
+    default_code = "model_fetch_failed"
 
 
 def ensure_default_model(models_dir: Path) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 from ..engine.engine import ModelEngine
 from ..engine.events import EngineConfig
 from ..engine.probe import BuildRegistry
+from ..errors import NodeError
 from ..hardware import Capability
 from . import hf
 from .catalog import CatalogEntry, ModelRef, UnknownModelError, load_catalog, resolve_reference
@@ -69,13 +70,11 @@ def _check_integrity(path: Path, sha256: str | None, models_dir: Path) -> None:
     )
 
 
-class ModelError(Exception):
+class ModelError(NodeError):
     """A model operation that cannot be done; ``status`` is the HTTP status the API answers with."""
 
     def __init__(self, message: str, status: int = 400, code: str = "model_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+        super().__init__(message, status=status, code=code, param="model")
 
 
 @dataclass

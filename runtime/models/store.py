@@ -7,12 +7,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import EXIT_USAGE, NodeError
 from .embedded import DEFAULT_MODEL_ID
 from .embedded import FILENAME as DEFAULT_FILENAME
 
 
-class ModelSpecError(ValueError):
-    pass
+class ModelSpecError(NodeError):
+    """A model to serve that is neither a GGUF file, nor on this machine, nor the embedded default."""
+
+    default_status = 404
+    default_code = "model_not_found"
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Request-body validation (runtime/api/validation.py)."""
+"""Request-body validation (runtime/validation.py)."""
 
 from __future__ import annotations
 
