@@ -142,3 +142,22 @@ def test_completions_bad_logprobs_are_400(openai_client, model_id):
     with pytest.raises(openai.BadRequestError) as e:
         openai_client.completions.create(model=model_id, prompt="x", max_tokens=4, logprobs=1, echo=True)
     assert e.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize("stop", [" Paris", "Par", "France is"])
+def test_stop_string_tokens_have_no_entries(openai_client, model_id, stop):
+    """Tokens wholly inside the stop string (never shown) have no entry; a token partly shown keeps its
+    entry. The greedy answer is "The capital of France is Paris." (checked first)."""
+    full = openai_client.chat.completions.create(model=model_id, messages=Q, max_tokens=24, temperature=0)
+    assert full.choices[0].message.content.startswith("The capital of France is Paris")
+    r = openai_client.chat.completions.create(
+        model=model_id, messages=Q, max_tokens=24, temperature=0, stop=[stop], logprobs=True
+    )
+    c = r.choices[0]
+    assert c.finish_reason == "stop" and stop not in c.message.content
+    tokens = [e.token for e in c.logprobs.content]
+    joined = "".join(tokens)
+    assert joined.startswith(c.message.content)
+    assert len("".join(tokens[:-1])) < len(c.message.content)  # the last entry's token was at least partly shown
+    if stop == " Paris":  # a stop string on token boundaries: the entries spell exactly the content
+        assert joined == c.message.content
