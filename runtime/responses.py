@@ -257,8 +257,9 @@ def translate_request(body: dict) -> ResponsesRequest:
         )
     if body.get("background"):
         raise _unsupported("'background' mode is not supported; send the request and wait for it.", "background")
-    if body.get("top_logprobs"):
-        raise _unsupported("'top_logprobs' is not supported on /v1/responses yet.", "top_logprobs")
+    include = body.get("include")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(x, str) for x in include)):
+        raise invalid("'include' must be an array of strings.", "include", "invalid_type")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -273,6 +274,14 @@ def translate_request(body: dict) -> ResponsesRequest:
             chat[key] = body[key]
     if mot is not None:
         chat["max_tokens"] = mot
+    # Log probabilities: asked for with include "message.output_text.logprobs" (top_logprobs alternatives,
+    # 0-20, checked on the chat side); other include values name things this node never produces
+    # (reasoning, tool outputs of built-in tools), so there is nothing to add for them.
+    top = body.get("top_logprobs")
+    if "message.output_text.logprobs" in (include or []) or top is not None:
+        chat["logprobs"] = True
+        if top is not None:
+            chat["top_logprobs"] = top
     tools = _tools(body)
     if tools:
         chat["tools"] = tools
@@ -300,6 +309,7 @@ def translate_request(body: dict) -> ResponsesRequest:
         "store": False,
         "previous_response_id": None,
         "background": False,
+        "top_logprobs": top,
     }
     return ResponsesRequest(chat, stream, echo)
 

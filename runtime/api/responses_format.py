@@ -32,13 +32,18 @@ class _Item:
     kind: str  # "message" | "function_call"
     id: str
     text: list[str] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)  # a message's, when the request asked for them
     call_id: str = ""
     name: str = ""
     done: bool = False
 
+    def part(self) -> dict:
+        """A message's output_text part as it stands."""
+        return {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": self.logprobs}
+
     def body(self, status: str) -> dict:
         if self.kind == "message":
-            content = [{"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}]
+            content = [self.part()]
             return {
                 "type": "message",
                 "id": self.id,
@@ -79,7 +84,7 @@ class ResponseBuilder:
         """One event of the answer (its only choice) → the stream events it makes (Started makes none:
         ``start`` opens the stream)."""
         if isinstance(ev, Text):
-            return self.text(ev.text)
+            return self.text(ev.text, ev.logprobs)
         if isinstance(ev, ToolCallDelta):
             return self.tool_call(ev.index, ev.id, ev.name, ev.arguments_fragment)
         if isinstance(ev, Finished):
@@ -124,7 +129,7 @@ class ResponseBuilder:
         item.done = True
         whole = "".join(item.text)
         if item.kind == "message":
-            part = {"type": "output_text", "text": whole, "annotations": [], "logprobs": []}
+            part = item.part()
             out = [
                 self._event(
                     "response.output_text.done",
@@ -132,7 +137,7 @@ class ResponseBuilder:
                     output_index=idx,
                     content_index=0,
                     text=whole,
-                    logprobs=[],
+                    logprobs=item.logprobs,
                 ),
                 self._event(
                     "response.content_part.done", item_id=item.id, output_index=idx, content_index=0, part=part
@@ -157,17 +162,22 @@ class ResponseBuilder:
             out += self._close(idx, status)
         return out
 
-    def text(self, delta: str) -> list[dict]:
-        """Answer text. It opens a message item, unless one is open as the last item."""
+    def text(self, delta: str, logprobs: list[dict] | None = None) -> list[dict]:
+        """Answer text (with its tokens' log probabilities when the request asked for them). It opens a
+        message item, unless one is open as the last item."""
+        last = self.items[-1] if self.items else None
         if not delta:
+            if logprobs and last is not None and last.kind == "message" and not last.done:
+                last.logprobs.extend(logprobs)  # a held-back tail's tokens: in the done events and the object
             return []
         out: list[dict] = []
-        last = self.items[-1] if self.items else None
         if last is None or last.kind != "message" or last.done:
             out += self._close_open("completed")
             out += self._open(_Item("message", new_id("msg")))
             last = self.items[-1]
         last.text.append(delta)
+        if logprobs:
+            last.logprobs.extend(logprobs)
         idx = len(self.items) - 1
         out.append(
             self._event(
@@ -176,7 +186,7 @@ class ResponseBuilder:
                 output_index=idx,
                 content_index=0,
                 delta=delta,
-                logprobs=[],
+                logprobs=logprobs or [],
             )
         )
         return out

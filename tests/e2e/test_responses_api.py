@@ -310,3 +310,22 @@ def test_langchain_use_responses_api(node, model_id):
     called = llm.bind_tools([get_weather], tool_choice="any").invoke("What is the weather in Paris?")
     assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
     assert set(called.tool_calls[0]["args"]) == {"city", "unit"}
+
+
+def test_logprobs_with_include(openai_client, model_id):
+    """include ["message.output_text.logprobs"] with top_logprobs: per token, in the deltas, the done
+    event and the output_text part; greedy, so each sampled token is the most likely one."""
+    kw = dict(model=model_id, input="What is the capital of France?", max_output_tokens=20, temperature=0,
+              include=["message.output_text.logprobs"], top_logprobs=3)
+    r = openai_client.responses.create(**kw)
+    part = r.output[0].content[0]
+    assert "".join(e.token for e in part.logprobs) == part.text == r.output_text
+    for e in part.logprobs:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+    assert r.top_logprobs == 3
+    events = list(openai_client.responses.create(stream=True, **kw))
+    streamed = [e for ev in events if ev.type == "response.output_text.delta" for e in ev.logprobs]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4))
+                                                                  for e in part.logprobs]
+    plain = openai_client.responses.create(model=model_id, input="Hi", max_output_tokens=4, temperature=0)
+    assert plain.output[0].content[0].logprobs == []

@@ -236,3 +236,26 @@ def test_feed_reads_the_generation_vocabulary():
     b = ResponseBuilder(M, {}, 0)
     events = b.start() + b.feed(Failed("no token fits the grammar", "invalid_grammar"))
     assert events[-1]["response"]["error"]["code"] == "invalid_prompt"
+
+
+def test_logprobs_are_asked_with_include_or_top_logprobs():
+    inc = {"model": M, "input": "x", "include": ["message.output_text.logprobs", "reasoning.encrypted_content"]}
+    assert translate_request(inc).chat_body["logprobs"] is True
+    assert "top_logprobs" not in translate_request(inc).chat_body
+    rr = translate_request({**inc, "top_logprobs": 4})
+    assert (rr.chat_body["logprobs"], rr.chat_body["top_logprobs"], rr.echo["top_logprobs"]) == (True, 4, 4)
+    assert "logprobs" not in translate_request({"model": M, "input": "x", "include": []}).chat_body
+    rejects({"input": "x", "include": "message.output_text.logprobs"}, "include", "invalid_type")
+
+
+def test_logprobs_ride_on_the_text_events():
+    lp = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    tail = [{"token": "!", "logprob": -2.0, "bytes": [33], "top_logprobs": []}]
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start() + b.feed(Text("Hi", logprobs=lp)) + b.feed(Text("", logprobs=tail))
+    events += b.feed(Finished("stop", 3, 2))
+    delta = next(e for e in events if e["type"] == "response.output_text.delta")
+    assert delta["logprobs"] == lp
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert done["logprobs"] == lp + tail
+    assert events[-1]["response"]["output"][0]["content"][0]["logprobs"] == lp + tail
