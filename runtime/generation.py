@@ -31,7 +31,7 @@ from .engine.events import (
 from .errors import APIError, invalid, model_not_found, overloaded
 from .models.manager import RESTARTING, ManagedModel, ModelError
 from .tools.formats import GENERIC, ToolFormat, detect_format
-from .tools.prompt import render_with_tools
+from .tools.prompt import control_text_in_tool_parts, render_with_tools
 from .tools.stream import ToolCallStream, tool_sampling
 from .validation import GenerationParams, parse_messages, parse_prompts, with_vocab
 
@@ -360,6 +360,10 @@ class GenerationService:
         check_capacity(engine, gp.n, "n")
         fmt = tool_format(engine)
         gp = replace(gp, sampling=tool_sampling(gp.sampling, gp.tools, fmt))
+        if fmt.native and engine.special_texts:
+            bad = control_text_in_tool_parts(messages, engine.special_texts)
+            if bad is not None:
+                raise invalid(f"'{bad[0]}' contains {bad[1]!r}, a control token of this model.", bad[0])
 
         # A content that holds the text of a special token (e.g. "<|im_start|>system") is tokenized as plain
         # text, apart from the template's markup: nobody writes the model's control tokens through a message,

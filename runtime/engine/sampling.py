@@ -114,7 +114,7 @@ class Sampler:
                 text = b""  # an unencodable grammar is refused below like an unparsable one
             self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, text, b"root") if text else None
             if not self._grammar:
-                raise GrammarError("the grammar derived from response_format could not be parsed by llama.cpp")
+                raise GrammarError("the grammar derived from response_format or tools could not be parsed by llama.cpp")
         pre = []
         if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
             # llama-cpp-python 0.3.36 binds the five-argument form (n_vocab first).
@@ -181,7 +181,7 @@ class Sampler:
         # marks what it rejects with -inf (+inf is possible: repeat_penalty 0 divides by zero).
         if not (0 <= arr.selected < arr.size) or not arr.data[arr.selected].logit > -math.inf:
             raise GrammarDeadEnd(
-                "the response_format grammar allows no token at this point of the answer "
+                "the grammar of response_format or tools allows no token at this point of the answer "
                 "(with this request's logit_bias); no valid JSON can be completed"
             )
         return self._accept(int(arr.data[arr.selected].id))

@@ -20,7 +20,7 @@ from ..errors import NodeError
 from .directory import Directory, Peer
 from .link import PeerBusy, PeerLink, PeerLost
 from .protocol import LIVENESS_TIMEOUT
-from .router import rank_peers
+from .router import rank_peers, with_feature
 from .wire import Texts, decode
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,13 @@ class Requester:
         busy: set[str] = set()
         busy_deadline = time.monotonic() + self.busy_wait_seconds
         pause = 0.02  # a slot freed a moment ago is often the one we wait for
+        # A request with tools continues only on peers that can serve it (they render and parse the calls).
+        needs_tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
         while True:
             if not queue:
                 queue = self.candidates(model_id, None if max_tokens is None else max_tokens - tokens_before, tried)
+                if needs_tools:
+                    queue = with_feature(queue, "tools")
             if not queue and busy and time.monotonic() < busy_deadline:
                 # Every peer that is still there is busy: wait for room instead of failing the request.
                 await asyncio.sleep(pause)
@@ -148,6 +152,7 @@ class Requester:
                 req_body["max_tokens"] = remaining
                 req_body.pop("max_completion_tokens", None)
             peer_tokens = 0
+            calls: list[ToolCallDelta] = []  # a leg's tool calls, handed on with its end: never half a set
             try:
                 async for ev in self._call(peer, kind, req_body, text):
                     if isinstance(ev, Started):
@@ -162,8 +167,10 @@ class Requester:
                             yield t
                     elif isinstance(ev, ToolCallDelta):
                         started = True
-                        yield ev
+                        calls.append(ev)
                     elif isinstance(ev, Finished):
+                        for c in calls:
+                            yield c
                         yield Finished(
                             ev.finish_reason,
                             prompt_tokens or ev.prompt_tokens,

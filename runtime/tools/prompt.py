@@ -121,6 +121,24 @@ def _with_instructions(messages: list[dict[str, Any]], text: str, as_system: boo
     return [*messages[:at], merged, *messages[at + 1 :]]
 
 
+def control_text_in_tool_parts(messages: list[dict[str, Any]], specials: list[str]) -> tuple[str, str] | None:
+    """(param, special text) of the first call id, function name or arguments in the history that holds the
+    text of one of the model's control tokens, or None. Contents are tokenized apart from the template's
+    markup (they cannot write control tokens); these parts are written into the markup by native templates,
+    so a control token in them is refused instead."""
+    for i, m in enumerate(messages):
+        parts = [(f"messages[{i}].tool_call_id", m.get("tool_call_id") or "")]
+        for j, c in enumerate(m.get("tool_calls") or ()):
+            p = f"messages[{i}].tool_calls[{j}]"
+            parts += [(f"{p}.id", c["id"]), (f"{p}.function.name", c["function"]["name"])]
+            parts.append((f"{p}.function.arguments", c["function"]["arguments"]))
+        for param, text in parts:
+            hit = next((t for t in specials if t and t in text), None)
+            if hit is not None:
+                return param, hit
+    return None
+
+
 def render_with_tools(
     render: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], T],
     messages: list[dict[str, Any]],

@@ -88,7 +88,9 @@ def _type_name(v: Any) -> str:
     )
 
 
-def _tool(raw: Any, i: int) -> FunctionTool:
+def _tool(raw: Any, i: int, flat: bool) -> FunctionTool:
+    """One tool; ``flat``: the Responses API's shape (the function's fields beside ``type``, strict by
+    default) instead of chat's ``{"type": "function", "function": {...}}``."""
     p = f"tools[{i}]"
     if not isinstance(raw, dict):
         raise invalid(f'\'{p}\' must be an object such as {{"type": "function", "function": {{...}}}}.', p)
@@ -99,29 +101,30 @@ def _tool(raw: Any, i: int) -> FunctionTool:
             f"{p}.type",
             "unsupported_tool_type",
         )
-    fn = raw.get("function")
+    fn = raw if flat else raw.get("function")
     if not isinstance(fn, dict):
         raise invalid(f"'{p}.function' must be an object with a 'name'.", f"{p}.function", "invalid_type")
+    fp = p if flat else f"{p}.function"
     name = fn.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise invalid(
-            f"'{p}.function.name' must be 1 to 64 letters, digits, underscores or dashes; got {name!r}.",
-            f"{p}.function.name",
+            f"'{fp}.name' must be 1 to 64 letters, digits, underscores or dashes; got {name!r}.",
+            f"{fp}.name",
         )
     desc = fn.get("description")
     if desc is not None and not isinstance(desc, str):
-        raise invalid(f"'{p}.function.description' must be a string.", f"{p}.function.description", "invalid_type")
+        raise invalid(f"'{fp}.description' must be a string.", f"{fp}.description", "invalid_type")
     if desc is not None and len(desc) > MAX_DESCRIPTION_CHARS:
         raise invalid(
-            f"'{p}.function.description' is {len(desc)} characters; this node accepts at most {MAX_DESCRIPTION_CHARS}.",
-            f"{p}.function.description",
+            f"'{fp}.description' is {len(desc)} characters; this node accepts at most {MAX_DESCRIPTION_CHARS}.",
+            f"{fp}.description",
             "string_above_max_length",
         )
     strict = fn.get("strict")
     if strict is not None and not isinstance(strict, bool):
-        raise invalid(f"'{p}.function.strict' must be a boolean.", f"{p}.function.strict", "invalid_type")
+        raise invalid(f"'{fp}.strict' must be a boolean.", f"{fp}.strict", "invalid_type")
     params = fn.get("parameters")
-    pp = f"{p}.function.parameters"
+    pp = f"{fp}.parameters"
     if params is None:
         params = EMPTY_PARAMETERS
     if not isinstance(params, dict):
@@ -138,6 +141,7 @@ def _tool(raw: Any, i: int) -> FunctionTool:
             pp,
             "string_above_max_length",
         )
+    strict = strict if strict is not None else flat
     problems = schema_problems(params)
     if problems and strict:
         shown = "; ".join(str(x) for x in problems[:5])
@@ -146,7 +150,7 @@ def _tool(raw: Any, i: int) -> FunctionTool:
             pp,
             "unsupported_schema",
         )
-    return FunctionTool(name, desc, params, bool(strict), not problems)
+    return FunctionTool(name, desc, params, strict, not problems)
 
 
 def _choice(raw: Any, names: list[str]) -> ToolChoice:
@@ -163,7 +167,7 @@ def _choice(raw: Any, names: list[str]) -> ToolChoice:
         return ToolChoice(raw)  # type: ignore[arg-type]  # checked just above
     if isinstance(raw, dict):
         fn = raw.get("function")
-        name = fn.get("name") if isinstance(fn, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else raw.get("name")  # chat's shape, or Responses'
         if raw.get("type") != "function" or not isinstance(name, str):
             raise invalid(
                 '\'tool_choice\' as an object must be {"type": "function", "function": {"name": "..."}}.',
@@ -180,9 +184,10 @@ def _choice(raw: Any, names: list[str]) -> ToolChoice:
     raise invalid(f"'tool_choice' must be a string or an object, not {_type_name(raw)}.", "tool_choice", "invalid_type")
 
 
-def parse_tools(body: dict[str, Any]) -> ToolsSpec | None:
-    """The request's tools (chat completions field names), or None when it sends none. Bounded before
-    any schema is walked: the number of tools, then each tool's size."""
+def parse_tools(body: dict[str, Any], responses: bool = False) -> ToolsSpec | None:
+    """The request's tools, or None when it sends none. Bounded before any schema is walked: the number
+    of tools, then each tool's size. ``responses``: the body is a Responses API request (flat function
+    tools, strict unless said otherwise; ``tool_choice`` as ``{"type": "function", "name": ...}``)."""
     raw = body.get("tools")
     if body.get("functions") or body.get("function_call"):
         key = "functions" if body.get("functions") else "function_call"
@@ -216,7 +221,7 @@ def parse_tools(body: dict[str, Any]) -> ToolsSpec | None:
             "tools",
             "string_above_max_length",
         )
-    tools = [_tool(t, i) for i, t in enumerate(raw)]
+    tools = [_tool(t, i, responses) for i, t in enumerate(raw)]
     names = [t.name for t in tools]
     dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if dup is not None:

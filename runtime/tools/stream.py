@@ -14,7 +14,7 @@ import secrets
 import string
 from dataclasses import dataclass, replace
 
-from ..engine.events import Finished, GenEvent, SamplingParams, Text, ToolCallDelta
+from ..engine.events import Failed, Finished, GenEvent, SamplingParams, Text, ToolCallDelta
 from .formats import ToolCall, ToolFormat
 from .grammar import tool_grammar
 from .spec import ToolsSpec
@@ -100,4 +100,7 @@ class ToolCallStream:
             evs += [ToolCallDelta(c.index, c.id, c.name, c.arguments) for c in out.calls]
             evs.append(replace(ev, finish_reason=out.finish_reason))
             return evs
+        if isinstance(ev, Failed) and ev.code == "invalid_grammar" and ev.status is None:
+            # The grammar that failed is the tools' (response_format is refused beside active tools).
+            return [replace(ev, code="invalid_value", status=400, type="invalid_request_error", param="tools")]
         return [ev]

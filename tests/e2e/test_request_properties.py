@@ -262,3 +262,60 @@ def test_generated_requests_never_break_the_node(own_node, http, params, complet
 
 def test_node_still_answers_after_everything(own_node, http):
     assert_alive(own_node, http)
+
+
+# -- property-based: generated tools (the tool-call grammars run the same llama.cpp grammar code) -------
+
+_tool_name = st.from_regex(r"[a-zA-Z0-9_-]{1,12}", fullmatch=True)
+_tool = st.builds(
+    lambda name, params, strict: {"type": "function",
+                                  "function": {"name": name, "parameters": params, "strict": strict}},
+    _tool_name,
+    st.one_of(_object(_schemas(_supported_leaves)), _object(_schemas(st.one_of(_supported_leaves,
+                                                                              _unsupported_leaves)))),
+    st.booleans(),
+)
+_tools = st.lists(_tool, min_size=1, max_size=3, unique_by=lambda t: t["function"]["name"])
+
+
+def _tool_request(tools, choice, parallel, extra):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Use a tool."}], "tools": tools, **extra}
+    if choice == "named":
+        body["tool_choice"] = {"type": "function", "function": {"name": tools[-1]["function"]["name"]}}
+    elif choice is not None:
+        body["tool_choice"] = choice
+    if parallel is not None:
+        body["parallel_tool_calls"] = parallel
+    return body
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(tools=_tools, choice=st.sampled_from([None, "auto", "required", "none", "named", "bogus"]),
+       parallel=st.sampled_from([None, True, False]),
+       extra=st.fixed_dictionaries({}, optional={"temperature": st.floats(0, 2), "seed": st.integers(0, 99),
+                                                 "logit_bias": st.just(_brace_ban), "stream": st.booleans(),
+                                                 "max_tokens": st.integers(1, 60)}))
+def test_generated_tool_requests_never_break_the_node(own_node, http, tools, choice, parallel, extra):
+    """Tools with generated schemas (some unenforceable), every tool_choice form, parallel on and off,
+    banned braces: a 200 whose calls match their tools' schemas, or a 4xx; the node never dies."""
+    body = _tool_request(tools, choice, parallel, {"max_tokens": 40, **extra})
+    if body.get("stream"):
+        _send(http, "/chat/completions", body)
+    else:
+        r = http.post("/chat/completions", content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
+        event(f"tools: status {r.status_code}")
+        if r.status_code == 200:
+            schemas = {t["function"]["name"]: t["function"] for t in tools}
+            for c in r.json()["choices"]:
+                for call in c["message"].get("tool_calls") or []:
+                    fn = schemas[call["function"]["name"]]
+                    args = json.loads(call["function"]["arguments"])
+                    if fn["strict"]:  # a strict tool's schema is enforced (an unenforceable one is a 400)
+                        assert violations(args, fn["parameters"]) == [], (args, fn)
+                    event(f"tools: {c['finish_reason']} with calls")
+        else:
+            err = r.json()["error"]
+            assert err["param"] in ("tool_choice", "messages", "max_tokens") or err["param"].startswith("tools"), err
+    assert own_node.proc.poll() is None, f"the node died:\n{own_node.log()[-3000:]}"

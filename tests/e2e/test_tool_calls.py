@@ -122,7 +122,7 @@ def test_a_tool_round_trip(openai_client, model_id):
     first = create(openai_client, model_id, tool_choice=NAMED)
     call = first.choices[0].message.tool_calls[0]
     history = ASK + [
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        first.choices[0].message,  # the SDK's own message object, as OpenAI's guide (and our README) pass it
         {"role": "tool", "tool_call_id": call.id, "content": "14:05"},
     ]
     r = create(openai_client, model_id, messages=history, tool_choice="auto")

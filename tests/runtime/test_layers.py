@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "services",
         {"mesh": ("runtime.mesh",), "models": ("runtime.models",), "generation": ("runtime.generation",)},
     ),
-    ("requests", {"validation": ("runtime.validation", "runtime.responses")}),
+    ("requests", {"validation": ("runtime.validation", "runtime.responses"), "tools": ("runtime.tools",)}),
     ("engine", {"engine": ("runtime.engine",)}),
     (
         "platform",
@@ -45,6 +45,7 @@ SAME_LAYER = {
     ("cli", "server"): "the CLI's `serve` runs the HTTP server",
     ("mesh", "generation"): "the serving side runs peers' requests through the generation pipeline",
     ("generation", "models"): "generation finds (and loads) the engine of a model through the model manager",
+    ("validation", "tools"): "request parsing reads the tool fields with the tools' own checks",
 }
 
 

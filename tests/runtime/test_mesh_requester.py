@@ -233,3 +233,49 @@ async def test_ack_measures_the_peers_latency():
     assert a.latency_ms is None
     await run(requester(FakeLink({"a": [answer(7, 0, 1)]}), a), [a])
     assert a.latency_ms is not None and a.latency_ms >= 0
+
+
+TOOL_BODY = {**BODY, "tools": [{"type": "function", "function": {"name": "f"}}]}
+
+
+def tool_peer(pid: str) -> Peer:
+    p = peer(pid)
+    p.announcement["features"] = ["tools"]
+    return p
+
+
+async def test_lost_after_10_tokens_around_a_tool_call_hands_on_only_the_next_peers_calls():
+    """The first peer streams 10 tokens of content and the start of its calls, then is lost before its end:
+    its calls are dropped (never half a set), the next peer continues after the content, and the client
+    gets that peer's calls once, whole."""
+    from runtime.engine.events import ToolCallDelta
+
+    a, b = tool_peer("a"), tool_peer("b")
+    call_a = {"t": "tc", "i": 0, "id": "call_a", "name": "f", "a": '{"x": 1}'}
+    lost = [{"t": "ack"}, {"t": "start", "p": 7, "m": MODEL}] + tokens(0, 10) + [call_a, SILENCE]
+    done = {"t": "done", "f": "tool_calls", "u": {"prompt_tokens": 17, "completion_tokens": 4}}
+    second = [{"t": "ack"}, {"t": "start", "p": 17, "m": MODEL},
+              {"t": "tc", "i": 0, "id": "call_b", "name": "f", "a": '{"x": 2}'}, done]
+    link = FakeLink({"a": [lost], "b": [second]})
+    r = requester(link, a, b)
+
+    events = await run(r, [a], body=TOOL_BODY)
+
+    assert link.started[1]["prefix"] == "".join(f"w{i} " for i in range(10))
+    calls = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert calls == [ToolCallDelta(0, "call_b", "f", '{"x": 2}')]
+    assert events[-1].finish_reason == "tool_calls" and events[-2] == calls[0]
+
+
+async def test_a_request_with_tools_fails_over_only_to_peers_announcing_them():
+    a, b = tool_peer("a"), peer("b")  # b serves the model but announces no features
+    lost = [{"t": "ack"}, {"t": "start", "p": 7, "m": MODEL}, SILENCE]
+    link = FakeLink({"a": [lost], "b": [answer(7, 0, 3)]})
+    r = requester(link, a, b)
+    with pytest.raises(MeshUnavailable):
+        await run(r, [a], body=TOOL_BODY)
+    assert [s["peer"] for s in link.started] == ["a"]
+    # without tools in play, b takes the continuation
+    link = FakeLink({"a": [lost], "b": [answer(7, 0, 3)]})
+    await run(requester(link, a, b), [a], body={**TOOL_BODY, "tool_choice": "none"})
+    assert [s["peer"] for s in link.started] == ["a", "b"]

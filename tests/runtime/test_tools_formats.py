@@ -216,3 +216,15 @@ def test_streamable_content_stops_before_a_marker_and_its_possible_start():
     assert GENERIC.streamable('{"response": "hi"}', SPEC) == 0
     required = parse_tools({"tools": SPEC_TOOLS, "tool_choice": "required"})
     assert HERMES.streamable("Hello", required) == 0
+
+
+def test_control_token_texts_in_tool_parts_of_the_history_are_found():
+    from runtime.tools.prompt import control_text_in_tool_parts
+
+    specials = ["<|im_start|>", "<|im_end|>"]
+    assert control_text_in_tool_parts(HISTORY, specials) is None
+    bad = [dict(HISTORY[2], tool_calls=[{"id": "c1", "type": "function",
+                                         "function": {"name": "f", "arguments": '{"a": "<|im_start|>system"}'}}])]
+    assert control_text_in_tool_parts(bad, specials) == ("messages[0].tool_calls[0].function.arguments", "<|im_start|>")
+    tool = [{"role": "tool", "content": "<|im_end|> fine in content", "tool_call_id": "x<|im_end|>"}]
+    assert control_text_in_tool_parts(tool, specials) == ("messages[0].tool_call_id", "<|im_end|>")

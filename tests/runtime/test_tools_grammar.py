@@ -16,7 +16,7 @@ import pytest
 
 from runtime.engine.events import SamplingParams
 from runtime.engine.llama_model import LlamaContext, LlamaModel
-from runtime.engine.sampling import Sampler
+from runtime.engine.sampling import GrammarDeadEnd, Sampler
 from runtime.tools.formats import FORMATS, GENERIC, HERMES, LLAMA3, MISTRAL, PHI4, QWEN_XML
 from runtime.tools.grammar import tool_grammar
 from runtime.tools.spec import parse_tools
@@ -186,7 +186,7 @@ def test_lazy_grammar_holds_the_text_from_its_trigger_on(model, ctx, temperature
     params = SamplingParams(
         temperature=temperature, seed=seed, grammar=schema_to_gbnf(OBJ), grammar_triggers=(r"\{",)
     )
-    text = model.detokenize(generate(model, ctx, params, 120))
+    text = model.detokenize(generate(model, ctx, params, 60))
     if "{" in text:
         tail = text[text.index("{") :]
         assert json.loads(tail) == {"kind": "cat"}, text
@@ -200,7 +200,7 @@ def test_a_trigger_whose_text_the_grammar_refuses_is_passed_over_not_fatal(model
     from runtime.engine.grammar import schema_to_gbnf
 
     params = SamplingParams(temperature=1.0, seed=3, grammar=schema_to_gbnf(OBJ), grammar_triggers=(r"(\S)",))
-    text = model.detokenize(generate(model, ctx, params, 120))
+    text = model.detokenize(generate(model, ctx, params, 60))
     assert text
     if "{" in text:
         assert json.loads(text[text.index("{") :]) == {"kind": "cat"}
@@ -220,3 +220,57 @@ def test_a_sampler_with_a_lazy_grammar_closes_cleanly(model):
     s = Sampler(SamplingParams(grammar='root ::= "x"', grammar_triggers=("x",)), model.vocab, model.n_vocab)
     s.close()
     s.close()  # twice is harmless
+
+
+# -- property-based: lazy tool grammars triggered anywhere, with whatever follows the marker -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_leaf = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"enum": ["a", 1, None]},
+                         {"type": "string", "maxLength": 3}, {"type": "array", "items": {"type": "integer"}}])
+_params = st.builds(lambda props, req: {"type": "object", "properties": props, "required": list(props)[:req]},
+                    st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), _leaf, max_size=3),
+                    st.integers(0, 3))
+_junk = st.text(st.sampled_from(list('{}[]":, \nabc1<>/_=')), max_size=12)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(params=_params, fmt=st.sampled_from([HERMES, PHI4, QWEN_XML, LLAMA3, MISTRAL]), before=_junk, after=_junk,
+       temperature=st.sampled_from([0.0, 1.0]), parallel=st.booleans())
+def test_lazy_tool_grammars_triggered_anywhere_never_break_the_process(model, ctx, params, fmt, before, after,
+                                                                        temperature, parallel):
+    """The model is made to have written ``before`` + the format's marker + ``after`` (fed to the sampler as
+    its own tokens), then samples on: the trigger is taken or passed over, never a llama.cpp abort; a
+    taken trigger holds the rest to the grammar."""
+    s = parse_tools({"tools": [{"type": "function", "function": {"name": "f", "parameters": params}}],
+                     "parallel_tool_calls": parallel})
+    g = tool_grammar(s, fmt)
+    assert g is not None and g.triggers
+    marker = fmt.open if fmt is not LLAMA3 else '{"name"'
+    prefix = (before if fmt is not LLAMA3 else "") + marker + after
+    prompt = model.tokenize(PROMPT, False, True)
+    ctx.seq_remove(0, len(prompt) - 1, -1)
+    assert ctx.decode([(prompt[-1], len(prompt) - 1, 0, True)]) == 0
+    sampler = Sampler(SamplingParams(temperature=temperature, seed=5, grammar=g.gbnf, grammar_triggers=g.triggers),
+                      model.vocab, model.n_vocab)
+    pos = len(prompt)
+    try:
+        forced = model.tokenize(prefix, add_special=False, parse_special=True)
+        for tok in forced:  # as if sampled: the sampler's own path for a chosen token
+            sampler._accept_free(tok)  # noqa: SLF001
+            assert ctx.decode([(tok, pos, 0, True)]) == 0
+            pos += 1
+        out: list[int] = []
+        for _ in range(12):
+            tok = sampler.sample(ctx.ctx, 0)
+            if model.is_eog(tok):
+                break
+            out.append(tok)
+            assert ctx.decode([(tok, pos, 0, True)]) == 0
+            pos += 1
+    except GrammarDeadEnd:
+        pass  # a refusal of this request, not a crash
+    finally:
+        sampler.close()

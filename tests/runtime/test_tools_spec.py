@@ -180,3 +180,28 @@ def test_bad_history_parts_name_the_field(msg, param):
     with pytest.raises(APIError) as e:
         parse_messages({"messages": [msg]})
     assert e.value.status == 400 and e.value.param == param
+
+
+# -- the Responses API's shape (flat function tools), read by the same checks -----------------------
+
+
+def test_responses_shape_flat_tools_strict_by_default():
+    flat = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    spec = parse_tools({"tools": [flat], "tool_choice": {"type": "function", "name": "get_weather"}}, responses=True)
+    assert spec.tools[0].name == "get_weather" and spec.tools[0].strict and spec.choice.name == "get_weather"
+    assert parse_tools({"tools": [{**flat, "strict": False}]}, responses=True).tools[0].strict is False
+
+
+@pytest.mark.parametrize(
+    "tool, param, code",
+    [
+        ({"type": "custom", "name": "apply_patch"}, "tools[0].type", "unsupported_tool_type"),
+        ({"type": "function", "name": "bad name"}, "tools[0].name", "invalid_value"),
+        ({"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"a": {"pattern": "x"}}}},
+         "tools[0].parameters", "unsupported_schema"),  # strict by default: enforceable or refused
+    ],
+)
+def test_responses_shape_errors_name_its_own_fields(tool, param, code):
+    with pytest.raises(APIError) as e:
+        parse_tools({"tools": [tool]}, responses=True)
+    assert e.value.param == param and e.value.code == code

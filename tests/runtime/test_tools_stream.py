@@ -85,3 +85,13 @@ def test_tool_sampling_sets_the_grammar_only_when_tools_are_on():
     assert lazy.temperature == 0.5
     forced = tool_sampling(base, AUTO, GENERIC)
     assert forced.grammar and forced.grammar_triggers == () and not forced.special_text
+
+
+def test_a_grammar_failure_names_the_tools():
+    from runtime.engine.events import Failed
+
+    (ev,) = ToolCallStream(AUTO, GENERIC).events(Failed("the grammar allows no token", "invalid_grammar"))
+    err = ev.error()
+    assert err.status == 400 and err.param == "tools"
+    other = Failed("engine broke", "engine_error")
+    assert ToolCallStream(AUTO, GENERIC).events(other) == [other]
