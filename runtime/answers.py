@@ -53,21 +53,38 @@ class MeshAnswer(Answer):
             t.cancel()  # a client that went away cancels the work on the serving peers
 
 
+# What each feature a request can need is, in words for an error message (mesh/protocol.py FEATURES).
+FEATURE_NAMES = {"tools": "tool calling", "logprobs": "log probabilities"}
+
+
+def needed_features(gp: GenerationParams) -> list[str]:
+    """The announced features a peer needs to answer this request: tool calls are rendered and parsed by
+    the serving peer, and log probabilities computed by its engine."""
+    out = []
+    if gp.tools is not None and gp.tools.active:
+        out.append("tools")
+    if gp.sampling.logprobs is not None:
+        out.append("logprobs")
+    return out
+
+
 def peers_for(node: Node, gp: GenerationParams) -> list[Peer] | None:
-    """None: run here. Otherwise the peers to try, best first (runtime/mesh/router.py ``route``)."""
+    """None: run here. Otherwise the peers to try, best first (runtime/mesh/router.py ``route``). A request
+    that needs a feature goes only to peers announcing it; when only peers without it serve the model,
+    it is a 400 naming the feature (never an answer without it)."""
     mesh = node.mesh
     if not mesh.connected:
         return None
     peers = mesh.candidates(gp.model, gp.max_tokens)
     m = node.find(gp.model)
-    if gp.tools is not None and gp.tools.active and peers:
-        # Tool calls are rendered and parsed by the serving peer: only peers that announce it can.
-        able = with_feature(peers, "tools")
-        if not able and m is None:
+    for feature in needed_features(gp):
+        able = with_feature(peers, feature)
+        if peers and not able and m is None:
             raise invalid(
-                f"The peers serving '{gp.model}' do not support tool calling ('tools'), and this node does not "
-                f"serve the model itself. Send the request without 'tools', or to a node that supports them.",
-                "tools",
+                f"The peers serving '{gp.model}' do not support '{feature}' ({FEATURE_NAMES[feature]}), and this "
+                f"node does not serve the model itself. Send the request without '{feature}', or to a node that "
+                f"supports it.",
+                feature,
                 "mesh_unsupported",
             )
         peers = able

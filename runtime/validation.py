@@ -241,13 +241,24 @@ def _logit_bias(body: dict, n_vocab: int) -> dict[int, float]:
     return out
 
 
+MAX_TOP_LOGPROBS = 20  # chat completions' top_logprobs (OpenAI's limit)
+MAX_LEGACY_LOGPROBS = 5  # completions' logprobs (OpenAI's limit)
+
+
+def _logprobs(body: dict, endpoint: str) -> int | None:
+    """How many alternatives to report per token (0: the sampled token's only), or None for no log
+    probabilities. Chat: ``logprobs`` (boolean) with ``top_logprobs`` (0-20); completions: ``logprobs``
+    (0-5, the legacy form)."""
+    if endpoint == "completion":
+        return _integer(body, "logprobs", None, 0, MAX_LEGACY_LOGPROBS)
+    wanted = _boolean(body, "logprobs", False)
+    top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+    if top is not None and not wanted:
+        raise invalid("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
 def _unsupported(body: dict) -> None:
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise invalid(
-            "'logprobs' is not supported by this node yet; remove it from the request.",
-            "logprobs",
-            "unsupported_parameter",
-        )
     if body.get("suffix") not in (None, ""):
         raise invalid(
             "'suffix' (insertion) is not supported; remove it from the request.", "suffix", "unsupported_parameter"
@@ -271,10 +282,13 @@ class GenerationParams:
     tools: ToolsSpec | None = None  # 'tools', 'tool_choice', 'parallel_tool_calls' (None: no tools sent)
 
 
-def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | None) -> GenerationParams:
-    """Parameters shared by chat and text completions. ``n_vocab`` is None when the model is not known
-    yet (then logit_bias is checked later)."""
+def parse_generation(
+    body: dict, n_vocab: int | None, default_max_tokens: int | None, endpoint: str = "chat"
+) -> GenerationParams:
+    """Parameters shared by chat and text completions (``endpoint``: "chat" or "completion"). ``n_vocab``
+    is None when the model is not known yet (then logit_bias is checked later)."""
     _unsupported(body)
+    logprobs = _logprobs(body, endpoint)
     model = _model(body)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
@@ -337,6 +351,7 @@ def parse_generation(body: dict, n_vocab: int | None, default_max_tokens: int | 
         repeat_penalty=repeat,
         logit_bias=bias,
         grammar=grammar,
+        logprobs=logprobs,
     )
     return GenerationParams(model, sampling, max_tokens, _stop(body), n, stream, include_usage, tools=tools)
 

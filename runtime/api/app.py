@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..errors import APIError, NodeError, overloaded
 from ..node import Node
-from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes
+from . import chat_page, control_routes, mesh_routes, node_routes, openai_routes, responses_routes
 from .context import NODE_KEY
 from .pressure import FD_PRESSURE, is_fd_exhaustion
 from .security import host_allowed, origin_allowed
@@ -154,6 +154,7 @@ def build_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=node.settings.max_body_bytes)
     app[NODE_KEY] = node
     app.add_routes(openai_routes.routes)
+    app.add_routes(responses_routes.routes)
     app.add_routes(node_routes.routes)
     app.add_routes(control_routes.routes)
     app.add_routes(mesh_routes.routes)

@@ -5,6 +5,13 @@ the same code formats an answer from this node's engine and one from a mesh peer
 ``Tally`` gathers an answer's events per choice; ``Completion`` is what every body and chunk of one
 answer shares; ``chunks`` turns one event into the stream chunks it makes; ``body`` is the whole
 non-streamed response.
+
+Log probabilities (when the request asked for them, ``Completion.logprobs``) come on the Text events as
+entries in OpenAI's chat shape (events.Text). Chat: ``choices[].logprobs = {"content": [entries],
+"refusal": null}``, a chunk carrying the entries of its text. Completions (legacy): ``{tokens,
+token_logprobs, top_logprobs, text_offset}``, ``top_logprobs`` holding the most likely tokens and always
+the sampled one (up to logprobs + 1, as OpenAI documents), ``text_offset`` each token's character offset
+in the choice's text.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ class Choice:
     text: list[str] = field(default_factory=list)
     started: Started | None = None
     finished: Finished | None = None
+    logprobs: list[dict] = field(default_factory=list)  # when the request asked for them
     tool_calls: list[dict] = field(default_factory=list)  # OpenAI-shaped, assembled from ToolCallDelta
 
 
@@ -35,6 +43,8 @@ class Tally:
         c = self.choices[index]
         if isinstance(ev, Text):
             c.text.append(ev.text)
+            if ev.logprobs:
+                c.logprobs.extend(ev.logprobs)
         elif isinstance(ev, Started):
             c.started = ev
         elif isinstance(ev, Finished):
@@ -80,7 +90,7 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
 class Completion:
     """What every body and chunk of one answer shares. ``kind``: "chat" or "completion";
     ``include_usage``: the request's ``stream_options.include_usage`` (chunks then carry ``usage: null``
-    until the final usage chunk)."""
+    until the final usage chunk); ``logprobs``: the request asked for log probabilities."""
 
     kind: str
     id: str
@@ -89,6 +99,7 @@ class Completion:
     fingerprint: str | None
     include_usage: bool = False
     tools: bool = False  # the model may answer with tool calls: a chat stream opens with content null
+    logprobs: bool = False
 
     @classmethod
     def new(
@@ -99,9 +110,12 @@ class Completion:
         fingerprint: str | None,
         include_usage: bool = False,
         tools: bool = False,
+        logprobs: bool = False,
     ) -> Completion:
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        return cls(kind, f"{prefix}-{uuid.uuid4()}", created, model, fingerprint, include_usage, tools)
+        return cls(
+            kind, f"{prefix}-{uuid.uuid4()}", created, model, fingerprint, include_usage, tools=tools, logprobs=logprobs
+        )
 
 
 def _head(c: Completion, obj: str) -> dict:
@@ -116,12 +130,43 @@ def _chunk(c: Completion, choices: list[dict]) -> dict:
     return d
 
 
-def chunk(c: Completion, index: int, text: str | None, finish_reason: str | None) -> dict:
-    """One stream chunk: a choice's text, or (``text`` None) its end."""
+def chat_logprobs(entries: list[dict]) -> dict:
+    return {"content": entries, "refusal": None}
+
+
+def completion_logprobs(entries: list[dict], offset: int) -> dict:
+    """The legacy ``logprobs`` object of a completion's text; ``offset``: the character offset of the
+    first entry's text in the choice's text."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for e in entries:
+        tokens.append(e["token"])
+        token_logprobs.append(e["logprob"])
+        top = {t["token"]: t["logprob"] for t in e["top_logprobs"]}
+        top.setdefault(e["token"], e["logprob"])
+        tops.append(top)
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chunk(
+    c: Completion,
+    index: int,
+    text: str | None,
+    finish_reason: str | None,
+    logprobs: list[dict] | None = None,
+    offset: int = 0,
+) -> dict:
+    """One stream chunk: a choice's text (with the log probabilities of its tokens when the request asked
+    for them; ``offset``: where the text starts in the choice's, for a completion), or (``text`` None) its
+    end."""
+    wants = c.logprobs and text is not None and finish_reason is None
     if c.kind == "chat":
         delta = {"content": text} if text is not None else {}
-        return _chunk(c, [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-    return _chunk(c, [{"text": text or "", "index": index, "logprobs": None, "finish_reason": finish_reason}])
+        lp = chat_logprobs(logprobs or []) if wants else None
+        return _chunk(c, [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}])
+    lp = completion_logprobs(logprobs or [], offset) if wants else None
+    return _chunk(c, [{"text": text or "", "index": index, "logprobs": lp, "finish_reason": finish_reason}])
 
 
 def opening_chunks(c: Completion, n: int, echo: list[str] | None) -> list[dict]:
@@ -144,11 +189,12 @@ def opening_chunks(c: Completion, n: int, echo: list[str] | None) -> list[dict]:
     return [chunk(c, i, echo[i], None) for i in range(n)] if echo else []
 
 
-def chunks(c: Completion, index: int, ev: GenEvent) -> list[dict]:
+def chunks(c: Completion, index: int, ev: GenEvent, offset: int = 0) -> list[dict]:
     """The stream chunks one event of choice ``index`` makes (Started makes none: the stream's opening
-    covers it; a failure is the caller's, see runtime/api/openai_routes.py)."""
+    covers it; a failure is the caller's, see runtime/api/openai_routes.py). ``offset``: the characters of
+    the choice sent before this event (a completion's text_offset)."""
     if isinstance(ev, Text):
-        return [chunk(c, index, ev.text, None)]
+        return [chunk(c, index, ev.text, None, ev.logprobs, offset)]
     if isinstance(ev, Finished):
         return [chunk(c, index, None, ev.finish_reason)]
     if isinstance(ev, ToolCallDelta):
@@ -192,11 +238,12 @@ def body(c: Completion, tally: Tally, echo: list[str] | None) -> dict:
             if ch.tool_calls:  # as OpenAI: content null unless the model also wrote words
                 message["content"] = text or None
                 message["tool_calls"] = ch.tool_calls
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
+            lp = chat_logprobs(ch.logprobs) if c.logprobs else None
+            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
         else:
-            choices.append(
-                {"text": (echo[i] if echo else "") + text, "index": i, "logprobs": None, "finish_reason": finish}
-            )
+            head = echo[i] if echo else ""
+            lp = completion_logprobs(ch.logprobs, len(head)) if c.logprobs else None
+            choices.append({"text": head + text, "index": i, "logprobs": lp, "finish_reason": finish})
     d = _head(c, "chat.completion" if c.kind == "chat" else "text_completion")
     d["choices"] = choices
     d["usage"] = tally.usage()

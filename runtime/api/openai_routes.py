@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..answers import answer
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
-from ..engine.events import EngineUnavailable, Failed
+from ..engine.events import EngineUnavailable, Failed, Text
 from ..errors import APIError, invalid, model_not_found
 from ..generation import Answer, check_text_fits, tool_format
 from ..node import Node
@@ -122,10 +122,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
-    gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
+    gp = parse_generation(body, None, 16, "completion")  # OpenAI's default max_tokens for completions is 16
     if gp.tools is not None and gp.tools.tools:
         raise invalid("'tools' is for /v1/chat/completions; /v1/completions takes none.", "tools")
     parse_prompts(body)
+    if gp.sampling.logprobs is not None and body.get("echo") is True:
+        raise invalid(
+            "'logprobs' with 'echo' (log probabilities of the prompt's tokens) is not supported; "
+            "send one or the other.",
+            "echo",
+            "unsupported_parameter",
+        )
     return await respond(request, "completion", gp, await answer(node_of(request), "completion", body, gp))
 
 
@@ -138,6 +145,14 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
     c: fmt.Completion | None = None
     resp: web.StreamResponse | None = None
     pending: list[tuple[int, Any]] = []  # events before the stream opened
+    sent = [len(e) for e in ans.echo] if ans.echo else [0] * ans.n  # characters streamed per choice
+
+    def chunks(i: int, ev: Any) -> list[dict]:
+        out = fmt.chunks(c, i, ev, sent[i]) if c is not None else []
+        if isinstance(ev, Text):
+            sent[i] += len(ev.text)
+        return out
+
     keepalive = node_of(request).settings.keepalive_seconds
     try:
         while not ans.finished:
@@ -167,11 +182,11 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
                     c = _completion(kind, created, gp, tally)
                     resp = await sse.open_stream(request)
                     out += [sse.data(ch) for ch in fmt.opening_chunks(c, ans.n, ans.echo)]
-                    out += [sse.data(ch) for j, e in pending for ch in fmt.chunks(c, j, e)]
+                    out += [sse.data(ch) for j, e in pending for ch in chunks(j, e)]
                     pending.clear()
                 else:
                     assert c is not None
-                    out += [sse.data(ch) for ch in fmt.chunks(c, i, ev)]
+                    out += [sse.data(ch) for ch in chunks(i, ev)]
             if out:
                 assert resp is not None
                 await resp.write(b"".join(out))
@@ -190,7 +205,10 @@ def _completion(kind: str, created: int, gp: GenerationParams, tally: fmt.Tally)
     first = tally.first_started()
     model = first.model if first is not None and first.model else gp.model
     tools = kind == "chat" and gp.tools is not None and gp.tools.active
-    return fmt.Completion.new(kind, created, model, first.fingerprint if first else None, gp.include_usage, tools)
+    fingerprint = first.fingerprint if first else None
+    return fmt.Completion.new(
+        kind, created, model, fingerprint, gp.include_usage, tools, gp.sampling.logprobs is not None
+    )
 
 
 # -- embeddings -------------------------------------------------------------------------------------

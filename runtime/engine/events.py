@@ -89,6 +89,9 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # -100 or less (or -inf): banned
     grammar: str | None = None  # GBNF, rule "root"
+    # None: no log probabilities (nothing is computed). n >= 0: each sampled token's log probability and
+    # the n most likely alternatives at its step (OpenAI's top_logprobs / the completions' logprobs).
+    logprobs: int | None = None
     # Lazy grammar: regular expressions (Python syntax) on the answer; the grammar applies from the first
     # match (from its first group, if it has one) instead of from the first token. Tool calls in auto mode.
     grammar_triggers: tuple[str, ...] = ()
@@ -122,8 +125,13 @@ class Started:
 class Text:
     """Generated text: one token's worth (or the held-back tail flushed at the end).
 
-    ``token_ids`` and ``logprobs`` are room for the logprobs work: None until a request asks for them.
-    ``logprobs`` then holds one entry per token of ``text``, in the shape that work defines."""
+    ``logprobs``: None unless the request asked for log probabilities (SamplingParams.logprobs); then one
+    entry per sampled token whose text this event completes (an event can complete none, one or several
+    tokens: text is held back for a partial UTF-8 character or a possible stop string). Each entry is
+    plain JSON data in OpenAI's chat shape — ``{"token", "logprob", "bytes", "top_logprobs": [{"token",
+    "logprob", "bytes"}]}`` — the log-softmax of the model's raw logits at that step (before penalties,
+    logit_bias, grammar and temperature); it crosses the worker's pipe and the mesh as it is.
+    ``token_ids``: room for the ids of those tokens (None today)."""
 
     text: str
     token_ids: list[int] | None = None

@@ -39,6 +39,39 @@ def effective_bias(bias: float) -> float:
     return BAN_BIAS if bias <= -100 else bias
 
 
+def pick_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-softmax of ``logits`` at ``token``, and the ``top_n`` most likely tokens with theirs (most
+    likely first; ties by token id). The exponentials stay in float32 (ten times faster than float64
+    over a 50k vocabulary, about 0.2 ms per token here) and are summed in float64."""
+    peak = float(logits.max())
+    log_total = peak + math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
+    top: list[tuple[int, float]] = []
+    if top_n > 0:
+        n = min(top_n, logits.shape[0])
+        part = np.argpartition(logits, -n)[-n:]
+        order = part[np.lexsort((part, -logits[part]))]
+        top = [(int(t), float(logits[t]) - log_total) for t in order]
+    return float(logits[token]) - log_total, top
+
+
+def token_logprob(
+    ctx: llama_cpp.llama_context_p, batch_index: int, n_vocab: int, token: int, top_n: int, piece
+) -> dict:
+    """The log probability of ``token``, sampled from the logits at ``batch_index`` of the last decode,
+    as OpenAI reports it: from the model's raw logits, before penalties, logit_bias, grammar and
+    temperature (the sampler chains copy the logits, so they are still raw here). ``piece``: token id
+    → its bytes. The entry is plain data in OpenAI's chat shape (events.Text). Called only for requests
+    that ask for log probabilities."""
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,))
+    logprob, top = pick_logprobs(logits, token, top_n)
+    return {**_token_entry(piece(token), logprob), "top_logprobs": [_token_entry(piece(t), lp) for t, lp in top]}
+
+
+def _token_entry(data: bytes, logprob: float) -> dict:
+    """A token as OpenAI shows it: its text (U+FFFD for a partial UTF-8 character) and exact bytes."""
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+
 def _chain(samplers: list) -> llama_cpp.llama_sampler_p:
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     for smpl in samplers:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .events import EngineStopped, Failed, Finished, GenRequest, QueueFull, Text
 from .llama_model import LlamaContext, LlamaModel
-from .sampling import GrammarError, Sampler
+from .sampling import GrammarError, Sampler, token_logprob
 from .text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,48 @@ class _Slot:
     first_token_at: float | None = None
     decoder: IncrementalDecoder | None = None
     stopper: StopMatcher | None = None
+    logprobs: LogprobQueue | None = None  # only for requests that ask for log probabilities
     last_used: float = 0.0
+
+
+class LogprobQueue:
+    """Pairs each sampled token's log probability with the text event that releases its text.
+
+    The text of a token can be held back (part of a UTF-8 character, or the start of a possible stop
+    string), so an event carries the entries of the tokens whose bytes it completes. When a stop string
+    ends the answer, tokens whose bytes all belong to the stop string (never shown) are dropped."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[int, dict]] = []  # (end offset in sampled bytes, entry)
+        self._sampled = 0  # bytes of every sampled token so far
+        self._released = 0  # bytes of text released in events so far
+
+    def add(self, entry: dict) -> None:
+        self._sampled += len(entry["bytes"])
+        self._entries.append((self._sampled, entry))
+
+    def release(self, text: str) -> list[dict]:
+        """The entries for an event releasing ``text``: every token whose bytes end within it."""
+        self._released += len(text.encode("utf-8", "surrogatepass"))
+        n = 0
+        while n < len(self._entries) and self._entries[n][0] <= self._released:
+            n += 1
+        taken, self._entries = self._entries[:n], self._entries[n:]
+        return [e for _, e in taken]
+
+    def rest(self, stopped: bool) -> list[dict]:
+        """At the end: the entries not yet released; after a stop string, only tokens that began before
+        it (whose text was at least partly shown)."""
+        if stopped:
+            out, start = [], self._released
+            for end, e in self._entries:
+                if end - len(e["bytes"]) < start:
+                    out.append(e)
+            self._entries = []
+            return out
+        out = [e for _, e in self._entries]
+        self._entries = []
+        return out
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -203,6 +244,7 @@ class Scheduler:
             best.first_token_at = None
             best.decoder = IncrementalDecoder()
             best.stopper = StopMatcher(req.stop)
+            best.logprobs = LogprobQueue() if req.params.logprobs is not None else None
 
     def _drop_cancelled(self) -> None:
         for s in self.slots:
@@ -271,9 +313,13 @@ class Scheduler:
                 self._finish(s, "stop")
                 continue
             s.generated += 1
+            lpq = s.logprobs
+            if lpq is not None:
+                top_n = s.req.params.logprobs or 0
+                lpq.add(token_logprob(self.ctx.ctx, idx, self.model.n_vocab, token, top_n, self.model.token_bytes))
             text = s.stopper.feed(s.decoder.feed(self.model.token_bytes(token, s.req.params.special_text)))
             if text:
-                s.req.emit(Text(text))
+                s.req.emit(Text(text, logprobs=lpq.release(text) if lpq is not None else None))
             if s.stopper.stopped:
                 self._finish(s, "stop")
                 continue
@@ -288,11 +334,17 @@ class Scheduler:
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.req
         assert req is not None
+        lpq = s.logprobs
         if reason != "stop" or not s.stopper.stopped:
             tail = s.stopper.feed(s.decoder.flush())
             tail += s.stopper.flush()
-            if tail:
-                req.emit(Text(tail))
+            rest = lpq.rest(stopped=False) if lpq is not None else None
+            if tail or rest:
+                req.emit(Text(tail, logprobs=rest))
+        elif lpq is not None:
+            rest = lpq.rest(stopped=True)
+            if rest:
+                req.emit(Text("", logprobs=rest))
         end = time.perf_counter()
         first = s.first_token_at or end
         tps = (s.generated - 1) / (end - first) if s.generated > 1 and end > first else None
@@ -318,6 +370,7 @@ class Scheduler:
         if s.sampler:
             s.sampler.close()
         s.sampler = None
+        s.logprobs = None
         s.req = None
         s.pending = []
         s.last_token = None

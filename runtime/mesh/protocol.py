@@ -40,9 +40,10 @@ from .identity import Identity, InvalidKey, box_public_key, verify
 # are added: nodes speaking 2 and 3 serve each other.
 PROTOCOL_VERSION = 3
 # What this node can do beyond the base protocol, announced so that requesters route such requests
-# only to peers that can serve them (the agents work will add "logprobs", "responses"). "tools": the node
-# renders tool definitions with its model's template, parses tool calls and sends them as "tc" messages.
-FEATURES: tuple[str, ...] = ("tools",)
+# only to peers that can serve them (the agents work will add "responses"). "tools": the node renders
+# tool definitions with its model's template, parses tool calls and sends them as "tc" messages;
+# "logprobs": its engine computes log probabilities and sends them with the text ("lp" on "d").
+FEATURES: tuple[str, ...] = ("tools", "logprobs")
 BUCKET = "closedmesh"
 JOIN_SUBJECT = "cm.hub.join"
 ANNOUNCE_TTL = 15.0  # seconds an announcement stays valid without a refresh

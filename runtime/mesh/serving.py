@@ -154,7 +154,8 @@ class Serving:
             body.pop("stream", None)
             body.pop("stream_options", None)
             try:
-                gp = parse_generation(body, None, 16 if kind == "completion" else None)
+                endpoint = "completion" if kind == "completion" else "chat"
+                gp = parse_generation(body, None, 16 if kind == "completion" else None, endpoint)
                 if gp.max_tokens is not None and gp.max_tokens > lim.max_tokens:
                     await self._send(
                         s,
@@ -163,7 +164,7 @@ class Serving:
                     return
                 if gp.max_tokens is None:
                     body["max_tokens"] = lim.max_tokens
-                    gp = parse_generation(body, None, None)
+                    gp = parse_generation(body, None, None, endpoint)
                 m = self.models.get(gp.model)
                 e = m.engine if m is not None else None
                 if e is not None:

@@ -117,8 +117,8 @@ def test_route_and_method_errors(http):
      "invalid_type"),
     (json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSGS, "stop": 5}).encode(), "stop", "invalid_type"),
     (json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSGS, "n": 100}).encode(), "n", None),
-    (json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSGS, "logprobs": True}).encode(), "logprobs",
-     "unsupported_parameter"),
+    (json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSGS, "logprobs": True, "top_logprobs": 21}).encode(),
+     "top_logprobs", None),
     (json.dumps({"model": "SmolLM2-135M-Instruct", "messages": MSGS,
                  "response_format": {"type": "xml"}}).encode(), "response_format", None),
 ])

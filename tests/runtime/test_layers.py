@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "services",
         {"mesh": ("runtime.mesh",), "models": ("runtime.models",), "generation": ("runtime.generation",)},
     ),
-    ("requests", {"validation": ("runtime.validation",), "tools": ("runtime.tools",)}),
+    ("requests", {"validation": ("runtime.validation", "runtime.responses"), "tools": ("runtime.tools",)}),
     ("engine", {"engine": ("runtime.engine",)}),
     (
         "platform",

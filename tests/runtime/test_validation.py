@@ -300,9 +300,6 @@ def test_logit_bias_bad(bias, code):
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"logprobs": True}, "logprobs"),
-    ({"top_logprobs": 3}, "logprobs"),
-    ({"top_logprobs": 0}, "logprobs"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"suffix": "end"}, "suffix"),
     ({"best_of": 2}, "best_of"),
@@ -313,7 +310,36 @@ def test_unsupported_parameters(fields, param):
 
 def test_unsupported_parameters_are_reported_before_other_errors():
     # Even without a model: the client learns first that the feature itself is unavailable.
-    rejects(parse_generation, {"logprobs": True}, None, None, param="logprobs", code="unsupported_parameter")
+    rejects(parse_generation, {"suffix": "x"}, None, None, param="suffix", code="unsupported_parameter")
+
+
+@pytest.mark.parametrize("fields, endpoint, want", [
+    ({}, "chat", None),
+    ({"logprobs": False}, "chat", None),
+    ({"logprobs": True}, "chat", 0),
+    ({"logprobs": True, "top_logprobs": 0}, "chat", 0),
+    ({"logprobs": True, "top_logprobs": 20}, "chat", 20),
+    ({}, "completion", None),
+    ({"logprobs": 0}, "completion", 0),
+    ({"logprobs": 5}, "completion", 5),
+])
+def test_logprobs_are_parsed_per_endpoint(fields, endpoint, want):
+    """Issue 13: chat takes logprobs (bool) + top_logprobs (0-20); completions the legacy int (0-5)."""
+    gp = parse_generation({"model": "m", **fields}, N_VOCAB, None, endpoint)
+    assert gp.sampling.logprobs == want
+
+
+@pytest.mark.parametrize("fields, endpoint, param, code", [
+    ({"top_logprobs": 3}, "chat", "top_logprobs", "invalid_value"),
+    ({"logprobs": False, "top_logprobs": 0}, "chat", "top_logprobs", "invalid_value"),
+    ({"logprobs": True, "top_logprobs": 21}, "chat", "top_logprobs", "invalid_value"),
+    ({"logprobs": True, "top_logprobs": -1}, "chat", "top_logprobs", "invalid_value"),
+    ({"logprobs": 3}, "chat", "logprobs", "invalid_type"),
+    ({"logprobs": 6}, "completion", "logprobs", "invalid_value"),
+    ({"logprobs": True}, "completion", "logprobs", "invalid_type"),
+])
+def test_bad_logprobs(fields, endpoint, param, code):
+    rejects(parse_generation, {"model": "m", **fields}, N_VOCAB, None, endpoint, param=param, code=code)
 
 
 @pytest.mark.parametrize("rf, code", [

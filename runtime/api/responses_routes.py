@@ -1,0 +1,80 @@
+"""POST /v1/responses: the stateless Responses API on the chat completions generation path.
+
+The request is translated (runtime/responses.py) into a chat completions request, checked and answered
+like one — on this node's engine or on a mesh peer (runtime/answers.py) — and the answer's events are
+told as a Response object, or as its stream of named events (api/responses_format.py, framed by
+api/sse.py; the stream ends after the final event, with no ``[DONE]``, as OpenAI's does). Errors name
+the Responses field at fault."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ..answers import answer
+from ..engine.events import Failed
+from ..errors import NodeError
+from ..generation import Answer
+from ..responses import responses_param, translate_request
+from ..validation import parse_generation, parse_json_body, parse_messages
+from . import sse
+from .context import node_of
+from .responses_format import ResponseBuilder
+
+routes = web.RouteTableDef()
+
+
+def _renamed(e: NodeError) -> NodeError:
+    """A chat-side error, naming the Responses field the client sent."""
+    e.param = responses_param(e.param)
+    return e
+
+
+@routes.post("/v1/responses")
+async def create_response(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    rr = translate_request(parse_json_body(await request.read()))
+    try:
+        gp = parse_generation(rr.chat_body, None, None)
+        parse_messages(rr.chat_body)
+        ans = await answer(node, "chat", rr.chat_body, gp)
+    except NodeError as e:
+        raise _renamed(e) from None
+    builder = ResponseBuilder(gp.model, rr.echo, int(time.time()))
+    try:
+        if rr.stream:
+            return await _stream(request, ans, builder)
+        while not ans.finished:
+            for _, ev in await ans.next(None):
+                if isinstance(ev, Failed):
+                    raise _renamed(ev.error())
+                builder.feed(ev)
+        return web.json_response(builder.response())
+    finally:
+        ans.cancel()  # no-op once finished; frees the slot (or peer) of a client that went away
+
+
+async def _stream(request: web.Request, ans: Answer, builder: ResponseBuilder) -> web.StreamResponse:
+    """The stream opens at once (response.created); a failure after that is a response.failed event."""
+    resp = await sse.open_stream(request)
+    keepalive = node_of(request).settings.keepalive_seconds
+
+    async def send(events: list[dict]) -> None:
+        if events:
+            await resp.write(b"".join(sse.event(ev["type"], ev) for ev in events))
+
+    await send(builder.start())
+    while not ans.finished:
+        try:
+            events = await ans.next(keepalive)
+        except TimeoutError:
+            await resp.write(sse.KEEPALIVE)  # waiting for a slot, or reading a long prompt
+            continue
+        out: list[dict] = []
+        for _, ev in events:
+            out += builder.feed(ev)
+        await send(out)
+        if builder.status == "failed":
+            break
+    return await sse.end(resp)
