@@ -39,6 +39,7 @@ class Node:
     _listeners: set = field(default_factory=set)
     _started: bool = False
     hub: object | None = None  # runtime.mesh.hub.Hub when this node hosts a private mesh (serve --hub)
+    entry: object | None = None  # runtime.entry.gate.EntryService when this node is a hosted entry
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -71,7 +72,7 @@ class Node:
             ),
         )
         self.pinned: list[str] = []
-        for s in self.settings.models or [DEFAULT_MODEL_ID]:
+        for s in self.settings.models or ([] if self.settings.entry else [DEFAULT_MODEL_ID]):
             mid, path, embedded = self._resolve_served(s)
             self.manager.add_pinned(mid, path, embedded_default=embedded)
             self.pinned.append(mid)

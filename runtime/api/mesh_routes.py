@@ -19,6 +19,7 @@ from .security import check_admin
 from .validation import GenerationParams, parse_json_body
 
 routes = web.RouteTableDef()
+USAGE_SINK = "closedmesh.usage_sink"  # request key: callable(prompt_tokens, completion_tokens) set by an entry
 
 
 def _mesh_error(e: MeshError) -> APIError:
@@ -92,9 +93,13 @@ async def invite(request: web.Request) -> web.Response:
     ttl = body.get("ttl_seconds", 86400)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (10 <= ttl <= 30 * 86400):
         raise invalid("'ttl_seconds' must be a number between 10 and 2592000 (30 days).", "ttl_seconds")
-    from ..mesh.hub import create_invite
+    from ..mesh.hub import HubError, create_invite
 
-    inv = await asyncio.to_thread(create_invite, node.hub.hub_dir, float(ttl))
+    role = body.get("role", "member")
+    try:
+        inv = await asyncio.to_thread(create_invite, node.hub.hub_dir, float(ttl), str(role))
+    except HubError as e:
+        raise invalid(str(e), "role") from None
     return web.json_response({"invite": inv.encode(), "expires_at": inv.expires_at, "urls": list(inv.urls)})
 
 
@@ -300,3 +305,9 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
     finally:
         for t in tasks:
             t.cancel()  # a client that went away cancels the work on the serving peers
+        # What the answer cost, for an entry node's per-key usage: finished choices by their usage, any
+        # cut short (the client went away) by the tokens sent so far (one piece per token).
+        sink = request.get(USAGE_SINK)
+        if sink is not None:
+            cut_short = sum(len(texts[i]) for i in texts if i not in finish)
+            sink(usage["prompt_tokens"], usage["completion_tokens"] + cut_short)
