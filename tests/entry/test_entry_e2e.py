@@ -109,3 +109,306 @@ def test_models_open_chat_refused_without_a_key(mesh):
     with pytest.raises(openai.AuthenticationError) as exc:
         _client(a, "cm_" + "B" * 43).chat.completions.create(model=MODEL, messages=msgs, max_tokens=4)
     assert "not valid" in str(exc.value)
+
+
+def test_key_from_one_entry_works_on_the_other_with_usage_recorded(mesh):
+    _, _, a, b = mesh
+    key = a.create_key("sdk-user")
+    listing = a.keys("list", "--json").stdout
+    assert key not in listing and key[8:] not in listing  # never the key, only its first characters
+    msgs = [{"role": "user", "content": "Say hello."}]
+    want_prompt = want_completion = 0
+    # Made on A, used on B (and on A): the key lives in the mesh, not in one process.
+    wait_for(lambda: _post(b, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 1},
+                           key=key)[0] == 200, 10, what="the key to reach B")
+    want_requests = 1
+    r0 = _post(a, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 1}, key=key)[1]
+    want_prompt += 2 * r0["usage"]["prompt_tokens"]
+    want_completion += 2 * r0["usage"]["completion_tokens"]
+    want_requests += 1
+    for e in (b, a):
+        r = _client(e, key).chat.completions.create(model=MODEL, messages=msgs, max_tokens=12)
+        assert r.choices[0].message.content and r.usage.completion_tokens > 0
+        want_prompt += r.usage.prompt_tokens
+        want_completion += r.usage.completion_tokens
+        want_requests += 1
+    # Streaming with include_usage: the final chunk carries the usage.
+    stream = _client(b, key).chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, stream=True,
+                                                     stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    want_prompt += chunks[-1].usage.prompt_tokens
+    want_completion += chunks[-1].usage.completion_tokens
+    want_requests += 1
+    # Streaming without include_usage: the client gets none, the entry still records it.
+    stream = _client(a, key).chat.completions.create(model=MODEL, messages=msgs, max_tokens=7, stream=True)
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    want_completion += sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    want_prompt += r0["usage"]["prompt_tokens"]
+    want_requests += 1
+
+    def recorded() -> dict | None:
+        u = _usage(a, "sdk-user")
+        return u if u["requests"] == want_requests else None
+
+    u = wait_for(recorded, 10, what="the usage of every answer to be recorded")
+    assert u["prompt_tokens"] == want_prompt
+    assert u["completion_tokens"] == want_completion
+    assert _usage(b, "sdk-user") == u  # one record for the mesh, whichever entry node answered
+    row = next(r for r in json.loads(a.keys("list", "--json").stdout) if r["name"] == "sdk-user")
+    assert row["usage_today"]["requests"] == want_requests and row["last_used"]
+
+
+def test_revocation_on_one_entry_is_refused_by_both_within_a_second(mesh):
+    _, _, a, b = mesh
+    key = a.create_key("to-revoke")
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}  # no inference needed
+    for e in (a, b):
+        wait_for(lambda e=e: _post(e, "/v1/chat/completions", body, key=key)[0] == 404, 10, what="the key to work")
+    refused_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch(e: EntryProcess, label: str) -> None:
+        while not stop.is_set():
+            code, err, _ = _post(e, "/v1/chat/completions", body, key=key)
+            if code == 401:
+                assert err["error"]["code"] == "revoked_api_key", err
+                refused_at[label] = time.monotonic()
+                return
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(watch, a, "a"), pool.submit(watch, b, "b")]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        out = a.keys("revoke", "to-revoke")
+        assert "revoked" in out.stdout
+        t_done = time.monotonic()
+        try:
+            wait_for(lambda: len(refused_at) == 2, 15, what="both entry nodes to refuse the revoked key")
+        finally:
+            stop.set()
+            for f in futures:
+                f.result()
+    # Measured from the moment the revoke command returned (its own start-up is not the mesh's delay).
+    slowest = max(refused_at.values()) - t_done
+    assert slowest < 1.0, f"revocation took {slowest:.3f}s to reach both entry nodes (command took {t_done - t0:.2f}s)"
+    for e in (a, b):
+        assert _post(e, "/v1/chat/completions", body, key=key)[0] == 401
+
+
+def test_rate_limit_holds_across_both_entries(mesh):
+    _, _, a, b = mesh
+    rpm = 5
+    key = b.create_key("limited", "--rpm", str(rpm))
+    wait_for(lambda: any(r["name"] == "limited" for r in a.admin("/admin/keys")["keys"]), 10, what="key on A")
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}  # cheap: 404 after the gate
+    results = []
+    for i in range(3 * rpm):
+        results.append(_post((a, b)[i % 2], "/v1/chat/completions", body, key=key))
+    accepted = [r for r in results if r[0] != 429]
+    limited = [r for r in results if r[0] == 429]
+    assert rpm <= len(accepted) <= rpm + 1, [r[0] for r in results]
+    assert all(r[0] == 404 for r in accepted)
+    code, err, headers = limited[0]
+    assert err["error"]["code"] == "rate_limit_exceeded" and "5 requests per minute" in err["error"]["message"]
+    h = {k.lower(): v for k, v in headers.items()}
+    assert int(h["retry-after"]) >= 1
+    assert h["x-ratelimit-limit-requests"] == "5" and h["x-ratelimit-remaining-requests"] == "0"
+    assert h["x-ratelimit-reset-requests"].endswith("s")
+    h_ok = {k.lower(): v for k, v in accepted[0][2].items()}
+    assert h_ok["x-ratelimit-limit-requests"] == "5" and int(h_ok["x-ratelimit-remaining-requests"]) == rpm - 1
+    # The SDK sees a RateLimitError.
+    with pytest.raises(openai.RateLimitError):
+        _client(a, key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1)
+
+
+def test_concurrency_limit_across_entries(mesh):
+    _, _, a, b = mesh
+    key = a.create_key("one-at-a-time", "--concurrent", "1")
+    msgs = [{"role": "user", "content": "Write a long story about a cat."}]
+    wait_for(lambda: _post(b, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 1},
+                           key=key)[0] == 200, 10, what="the key to reach B")
+    stream = _client(a, key).chat.completions.create(model=MODEL, messages=msgs, max_tokens=200, stream=True)
+    it = iter(stream)
+    next(it)  # running on A now
+    code, err, headers = _post(b, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 1},
+                               key=key)
+    assert code == 429 and err["error"]["code"] == "concurrency_limit_exceeded", err
+    assert {k.lower() for k in headers} >= {"retry-after"}
+    for _ in it:
+        pass
+    wait_for(lambda: _post(b, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 1},
+                           key=key)[0] == 200, 10, what="the lease to be released")
+
+
+def test_tokens_per_day(mesh):
+    _, _, a, b = mesh
+    key = a.create_key("small-budget", "--tokens-per-day", "30")
+    msgs = [{"role": "user", "content": "Hello there, how are you today?"}]
+    wait_for(lambda: any(r["name"] == "small-budget" for r in b.admin("/admin/keys")["keys"]), 10, what="key on B")
+    code, r, headers = _post(b, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 16}, key=key)
+    assert code == 200 and r["usage"]["total_tokens"] > 30
+    h = {k.lower(): v for k, v in headers.items()}
+    assert h["x-ratelimit-limit-tokens"] == "30" and h["x-ratelimit-remaining-tokens"] == "30"
+    wait_for(lambda: _usage(a, "small-budget")["requests"] == 1, 10, what="usage recorded")
+    code, err, headers = _post(a, "/v1/chat/completions", {"model": MODEL, "messages": msgs, "max_tokens": 4}, key=key)
+    assert code == 429 and "tokens for today" in err["error"]["message"], err
+    h = {k.lower(): v for k, v in headers.items()}
+    assert h["x-ratelimit-remaining-tokens"] == "0" and int(h["retry-after"]) >= 1
+
+
+def test_expired_key(mesh):
+    _, _, a, b = mesh
+    key = a.create_key("short-lived", "--expires", "2s")
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+    code, err, _ = wait_for(lambda: (r := _post(b, "/v1/chat/completions", body, key=key))[0] == 401 and r, 15,
+                            what="the key to expire")
+    assert err["error"]["code"] == "expired_api_key" and "expired" in err["error"]["message"]
+
+
+def test_public_port_is_only_the_public_api(mesh):
+    _, _, a, _ = mesh
+    token = (a.home / "config" / "admin-token").read_text().strip()
+    # Control endpoints and the key admin API are not on the public port, admin token or not.
+    for path in ("/api/models", "/admin/keys", "/api/mesh"):
+        code, body = _get(a, path, {"Authorization": f"Bearer {token}"})
+        assert code == 404, (path, body)
+    code, body, _ = _post(a, "/api/mesh/leave", {}, headers={"Authorization": f"Bearer {token}"})
+    assert code == 404
+    # CORS for any origin on /v1 (bearer keys, no cookies).
+    req = urllib.request.Request(a.v1 + "/chat/completions", method="OPTIONS", headers={
+        "Origin": "https://some-app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "https://some-app.example"
+    code, body, headers = _post(a, "/v1/chat/completions", {}, headers={"Origin": "https://some-app.example"})
+    assert code == 401 and headers.get("Access-Control-Allow-Origin") == "https://some-app.example"
+
+
+def test_plain_member_cannot_read_create_or_unrevoke_keys(mesh, tmp_path):
+    hub, server, a, _ = mesh
+    key = a.create_key("target")
+    rec = next(r for r in a.admin("/admin/keys")["keys"] if r["name"] == "target")
+    a.keys("revoke", "target")
+    ident = Identity((server.home / "config" / "mesh-node.seed").read_text().strip())
+    cert = json.loads((server.home / "config" / "mesh.json").read_text())["tls"]
+    forged = dict(rec, revoked_at=None)
+    for k in ("usage_today", "last_used", "day"):
+        forged.pop(k)
+    fake_id = "f" * 64
+
+    async def attack() -> dict:
+        errors: list[str] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(str(e))
+
+        nc = await nats.connect(hub.url, nkeys_seed_str=ident.seed, inbox_prefix=inbox_prefix(ident.public),
+                                tls=client_context(cert), error_cb=on_error, allow_reconnect=False)
+        out: dict = {"errors": errors}
+        try:
+            js = nc.jetstream(timeout=2)
+            try:
+                await js.key_value(KEYS_BUCKET)
+                out["opened"] = True
+            except Exception as e:
+                out["open_error"] = type(e).__name__
+            got: list = []
+
+            async def cb(msg) -> None:
+                got.append(msg)
+
+            await nc.subscribe(f"$KV.{KEYS_BUCKET}.>", cb=cb)
+            await nc.subscribe(f"$KV.cm-usage.>", cb=cb)
+            # Un-revoke, and plant a key of its own, by publishing on the bucket's subjects directly.
+            await nc.publish(f"$KV.{KEYS_BUCKET}.{rec['id']}", json.dumps(forged).encode())
+            await nc.publish(f"$KV.{KEYS_BUCKET}.{fake_id}", json.dumps(dict(forged, id=fake_id)).encode())
+            for subject in (f"$JS.API.DIRECT.GET.KV_{KEYS_BUCKET}.$KV.{KEYS_BUCKET}.{rec['id']}",
+                            f"$JS.API.STREAM.MSG.GET.KV_{KEYS_BUCKET}", f"$JS.API.CONSUMER.CREATE.KV_{KEYS_BUCKET}"):
+                try:
+                    await nc.request(subject, b"{}", timeout=1)
+                    out.setdefault("answered", []).append(subject)
+                except Exception:
+                    pass
+            await nc.flush()
+            await asyncio.sleep(1.0)
+            out["received"] = len(got)
+        finally:
+            await nc.close()
+        return out
+
+    out = asyncio.run(attack())
+    assert not out.get("opened") and not out.get("answered"), out
+    assert out["received"] == 0
+    assert any("permissions violation" in e.lower() for e in out["errors"]), out["errors"]
+    # The entry's view is unchanged: still revoked, no planted key.
+    recs = {r["id"]: r for r in a.admin("/admin/keys")["keys"]}
+    assert recs[rec["id"]]["revoked_at"] is not None and fake_id not in recs
+    code, err, _ = _post(a, "/v1/chat/completions", {"model": MODEL, "messages": []}, key=key)
+    assert code == 401 and err["error"]["code"] == "revoked_api_key"
+
+
+def test_flood_of_unauthenticated_requests_costs_no_inference_and_no_mesh_traffic(mesh):
+    _, server, a, b = mesh
+    before = a.admin("/admin/stats")
+    served_before = mesh_status(server)["served_total"]
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}).encode()
+    auths = [None, "Bearer nonsense", "Bearer cm_" + "Z" * 43, "Basic x"]
+    n = 400
+
+    def one(i: int) -> int:
+        h = {"Content-Type": "application/json"}
+        if auths[i % 4]:
+            h["Authorization"] = auths[i % 4]
+        req = urllib.request.Request(a.v1 + "/chat/completions", data=body, headers=h, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(n)))
+    elapsed = time.monotonic() - t0
+    after = a.admin("/admin/stats")
+    assert set(codes) <= {401, 429}, set(codes)
+    assert codes.count(401) >= 1
+    assert after["refused"] + after["throttled"] - before["refused"] - before["throttled"] == n
+    assert after["store_operations"] == before["store_operations"]  # not one key-value operation
+    sent = after["mesh_messages"]["out_msgs"] - before["mesh_messages"]["out_msgs"]
+    # Only the node's own background traffic (announcements every 5 s, pings) went out meanwhile.
+    assert sent <= 4 + 2 * elapsed, f"{sent} messages sent to the mesh in {elapsed:.1f}s of flood"
+    assert mesh_status(server)["served_total"] == served_before
+
+
+def test_forwarded_for_only_from_trusted_proxies(mesh):
+    _, _, a, b = mesh
+    # B trusts 127.0.0.1 as its proxy: each X-Forwarded-For client has its own bad-key budget. A trusts
+    # no proxy: the header changes nothing (the connection's address is the client).
+    def burst(e: EntryProcess, client: str, n: int) -> list[int]:
+        return [_post(e, "/v1/completions", {}, key="bad", headers={"X-Forwarded-For": client})[0]
+                for _ in range(n)]
+
+    assert 429 in burst(b, "203.0.113.7", 70)
+    assert burst(b, "203.0.113.8", 3) == [401, 401, 401]
+    assert 429 in burst(a, "203.0.113.9", 70)
+    assert 429 in burst(a, "203.0.113.10", 3)
+
+
+def test_entry_refuses_an_open_mesh(tmp_path, mesh):
+    hub = mesh[0]
+    proc = run_entry(tmp_path / "open", "--mesh", hub.url)
+    assert proc.wait(60) == 2
+    assert "never on an open nats:// mesh" in (tmp_path / "open" / "entry.log").read_text()
+
+
+def test_member_without_the_entry_role_cannot_run_an_entry(tmp_path, mesh):
+    hub = mesh[0]
+    proc = run_entry(tmp_path / "plain", "--mesh", hub.invite())
+    assert proc.wait(60) == 4
+    assert "entry role" in (tmp_path / "plain" / "entry.log").read_text()
