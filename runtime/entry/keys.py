@@ -214,8 +214,8 @@ def _seconds_until_room(w: RateWindow, limit: int, now: float) -> float:
 # -- concurrency leases ----------------------------------------------------------------------------
 
 
-LEASE_SECONDS = 30.0  # a lease its entry node stops refreshing (it died) is gone after this
-LEASE_REFRESH = 10.0
+LEASE_SECONDS = 15.0  # a lease its entry node stops refreshing (it died) is gone after this
+LEASE_REFRESH = 5.0
 
 
 @dataclass

@@ -322,19 +322,6 @@ def revoke_member(hub_dir: Path, who: str) -> str:
     return pub
 
 
-def set_role(hub_dir: Path, who: str, role: str) -> str:
-    """Give a member a role (``entry`` or plain ``member``); its rights change at the reload."""
-    if role not in ROLES:
-        raise HubError(f"unknown role '{role}'; choose one of: {', '.join(ROLES)}")
-    pub = find_member(load_state(hub_dir), who)
-
-    def change(s: dict) -> None:
-        s["members"][pub]["role"] = role
-
-    update_state(hub_dir, change)
-    return pub
-
-
 # -- the directory's writer ----------------------------------------------------------------------------
 
 

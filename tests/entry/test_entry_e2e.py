@@ -412,3 +412,27 @@ def test_member_without_the_entry_role_cannot_run_an_entry(tmp_path, mesh):
     proc = run_entry(tmp_path / "plain", "--mesh", hub.invite())
     assert proc.wait(60) == 4
     assert "entry role" in (tmp_path / "plain" / "entry.log").read_text()
+
+
+def test_leases_of_an_entry_that_dies_expire(mesh, tmp_path):
+    from runtime.entry.keys import LEASE_SECONDS
+
+    hub, _, a, _ = mesh
+    c = start_entry(tmp_path / "entry-c", hub, "entry-c")
+    try:
+        key = c.create_key("lease-holder", "--concurrent", "1")
+        msgs = [{"role": "user", "content": "Write a long story about a dog."}]
+        wait_for(lambda: any(m["id"] == MODEL for m in _get(c, "/v1/models")[1]["data"]), 60, what="C sees the model")
+        stream = iter(_client(c, key).chat.completions.create(model=MODEL, messages=msgs, max_tokens=500, stream=True))
+        next(stream)
+        c.proc.kill()  # dies holding the lease: nobody releases it
+        c.proc.wait()
+        killed = time.monotonic()
+        body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+        code, err, _ = _post(a, "/v1/chat/completions", body, key=key)
+        assert code == 429 and err["error"]["code"] == "concurrency_limit_exceeded", err
+        wait_for(lambda: _post(a, "/v1/chat/completions", body, key=key)[0] == 404, LEASE_SECONDS + 30,
+                 interval=0.5, what="the dead entry's lease to expire")
+        assert time.monotonic() - killed <= LEASE_SECONDS + 30
+    finally:
+        c.stop()
