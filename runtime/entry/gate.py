@@ -93,7 +93,7 @@ class EntryService:
         if self._refresher is not None:
             self._refresher.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)  # usage records still on their way
+            await asyncio.wait(list(self._tasks), timeout=5)  # lease releases still on their way
         await self.store.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
@@ -133,7 +133,9 @@ class EntryService:
             if not seen and isinstance(resp, web.Response):
                 seen.append(_usage_of(resp))
             prompt, completion = seen[0] if seen else (0, 0)
-            self._spawn(self._finish(rec, lease, prompt, completion))
+            self.store.record_usage(rec.id, prompt, completion)
+            if lease is not None:
+                self._spawn(self._release(rec, lease))
 
     async def _admit(self, request: web.Request) -> tuple[KeyRecord, str | None] | web.Response:
         now = time.time()
@@ -243,22 +245,15 @@ class EntryService:
 
     # -- after the answer -----------------------------------------------------------------------
 
-    async def _finish(self, rec: KeyRecord, lease: str | None, prompt: int, completion: int) -> None:
-        if lease is not None:
-            held = self._leases.get(rec.id, set())
-            held.discard(lease)
-            if not held:
-                self._leases.pop(rec.id, None)
-            try:
-                await self.store.release_lease(rec.id, lease)
-            except Exception as e:  # it expires by itself (keys.LEASE_SECONDS)
-                log.warning("entry: could not release a lease of key %s: %s", rec.prefix, e)
+    async def _release(self, rec: KeyRecord, lease: str) -> None:
+        held = self._leases.get(rec.id, set())
+        held.discard(lease)
+        if not held:
+            self._leases.pop(rec.id, None)
         try:
-            await self.store.record_usage(rec.id, prompt, completion)
-        except Exception as e:
-            log.error(
-                "entry: the usage of key %s (%d+%d tokens) was not recorded: %s", rec.prefix, prompt, completion, e
-            )
+            await self.store.release_lease(rec.id, lease)
+        except Exception as e:  # it lapses by itself (keys.LEASE_SECONDS)
+            log.warning("entry: could not release a lease of key %s: %s", rec.prefix, e)
 
     async def _refresh_leases(self) -> None:
         """Keep the leases of requests running here alive; when this node dies they expire."""

@@ -258,7 +258,18 @@ class DayUsage:
         return self.prompt_tokens + self.completion_tokens
 
     def add(self, prompt: int, completion: int, at: float) -> DayUsage:
+        """One more answer."""
         return DayUsage(self.requests + 1, self.prompt_tokens + prompt, self.completion_tokens + completion, at)
+
+    def merge(self, other: DayUsage) -> DayUsage:
+        """These figures plus ``other``'s (answers counted elsewhere, or since the last write)."""
+        last = max((t for t in (self.last_used, other.last_used) if t is not None), default=None)
+        return DayUsage(
+            self.requests + other.requests,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            last,
+        )
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -27,6 +28,7 @@ from .keys import LEASE_SECONDS, DayUsage, KeyRecord, Leases, RateDecision, Rate
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 50
+USAGE_FLUSH_SECONDS = 0.2
 
 
 class StoreUnavailable(RuntimeError):
@@ -49,6 +51,12 @@ class KeyStore:
         self._kv: dict[str, Any] = {}
         self._conn: nats.NATS | None = None
         self._watch_task: asyncio.Task | None = None
+        self._flush_task: asyncio.Task | None = None
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pending: dict[str, DayUsage] = {}  # key id -> usage not written yet (requests, tokens, last use)
+        self._pending_day: dict[str, str] = {}
+        self._spilled: list[tuple[str, str, DayUsage]] = []  # (key id, day, usage) waiting to be written
+        self._wake = asyncio.Event()
         self.changed: list[Callable[[], None]] = []
 
     # -- connection -------------------------------------------------------------------------------
@@ -79,13 +87,18 @@ class KeyStore:
     # -- the local copy ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._watch_task = asyncio.get_running_loop().create_task(self._keep_watching(), name="entry-keys-watch")
+        loop = asyncio.get_running_loop()
+        self._watch_task = loop.create_task(self._keep_watching(), name="entry-keys-watch")
+        self._flush_task = loop.create_task(self._keep_flushing(), name="entry-usage")
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._watch_task
+        for t in (self._watch_task, self._flush_task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush_usage(), 5)  # what the last answers used
 
     async def _keep_watching(self) -> None:
         delay = 0.5
@@ -182,7 +195,20 @@ class KeyStore:
         """Read ``key``, compute its new value with ``change`` and write it if nobody wrote in between;
         retry otherwise. ``change`` returning None leaves the value as it is (nothing written)."""
         kv = await self.bucket(bucket)
-        for _ in range(CAS_ATTEMPTS):
+        # One update of a record at a time from this node: requests of one key racing here would only
+        # make each other retry. Other entry nodes' updates are what the compare-and-set is for.
+        lock = self._locks.setdefault((bucket, key), asyncio.Lock())
+        try:
+            async with lock:
+                return await self._cas_locked(kv, bucket, key, change)
+        finally:
+            if not lock.locked() and self._locks.get((bucket, key)) is lock:
+                del self._locks[(bucket, key)]
+
+    async def _cas_locked(self, kv, bucket: str, key: str, change: Callable[[dict | None], dict | None]) -> dict:
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # others are writing it too
             self.kv_ops += 1
             try:
                 entry = await kv.get(key)
@@ -271,18 +297,42 @@ class KeyStore:
         except KeyNotFoundError:
             return DayUsage()
 
-    async def record_usage(self, kid: str, prompt: int, completion: int) -> DayUsage:
+    def record_usage(self, kid: str, prompt: int, completion: int) -> None:
+        """Count one answer. Answers are added up here and written by ``flush_usage`` a few times a
+        second (one compare-and-set per key and flush, however many answers it carries)."""
         now = self.clock()
+        day = utc_day(now)
+        if kid in self._pending and self._pending_day[kid] != day:
+            self._spill(kid)  # the figures of the day that ended are written under that day
+        self._pending[kid] = self._pending.get(kid, DayUsage()).add(prompt, completion, now)
+        self._pending_day[kid] = day
+        self._wake.set()
 
-        def change(cur: dict | None) -> dict:
-            return (DayUsage.from_json(cur) if cur else DayUsage()).add(prompt, completion, now).to_json()
+    def _spill(self, kid: str) -> None:
+        old, day = self._pending.pop(kid), self._pending_day.pop(kid)
+        self._spilled.append((kid, day, old))
 
-        return DayUsage.from_json(await self._cas(USAGE_BUCKET, f"{kid}.{utc_day(now)}", change))
+    async def flush_usage(self) -> None:
+        """Write the usage counted since the last flush. What cannot be written now stays for the next."""
+        batch = [(kid, self._pending_day[kid], u) for kid, u in self._pending.items()] + self._spilled
+        self._pending, self._pending_day, self._spilled = {}, {}, []
+        for kid, day, u in batch:
 
+            def change(cur: dict | None, u: DayUsage = u) -> dict:
+                return (DayUsage.from_json(cur) if cur else DayUsage()).merge(u).to_json()
 
-async def suppress_unavailable(op: Awaitable[Any]) -> None:
-    """Background bookkeeping (lease release): logged, never raised."""
-    try:
-        await op
-    except Exception as e:
-        log.warning("entry: %s", e)
+            try:
+                await self._cas(USAGE_BUCKET, f"{kid}.{day}", change)
+            except Exception as e:
+                log.warning("entry: usage not written yet (%s); retrying", e)
+                self._spilled.append((kid, day, u))
+
+    async def _keep_flushing(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)  # answers that finish meanwhile go in the same write
+            self._wake.clear()
+            await self.flush_usage()
+            if self._spilled:
+                self._wake.set()
+                await asyncio.sleep(1)
