@@ -117,15 +117,18 @@ class KeyStore:
         kv = await self.bucket(KEYS_BUCKET)
         watcher = await kv.watchall()
         conn = self._conn
+        reconnects = conn.stats["reconnects"] if conn is not None else 0
         fresh: dict[str, KeyRecord] = {}
         initial = True
         try:
             while True:
                 try:
-                    entry = await watcher.updates(timeout=5)
+                    entry = await watcher.updates(timeout=1)
                 except nats.errors.TimeoutError:
-                    if conn is not self._nc() or (conn is not None and not conn.is_connected):
+                    if conn is not self._nc() or conn is None or not conn.is_connected:
                         return  # a new connection (or none): watch afresh
+                    if conn.stats["reconnects"] != reconnects:
+                        return  # reconnected (the hub may have restarted, its consumers gone): watch afresh
                     continue
                 if entry is None:  # every existing record delivered
                     if initial:

@@ -438,3 +438,33 @@ def test_leases_of_an_entry_that_dies_expire(mesh, tmp_path):
         assert time.monotonic() - killed <= LEASE_SECONDS + 30
     finally:
         c.stop()
+
+
+def test_entry_follows_a_hub_restart(tmp_path):
+    """Keys made before a hub restart still work after it; keys made and revoked after it too (the watch
+    on the key records is set up afresh on the new connection)."""
+    hub = start_hub(tmp_path / "hub")
+    e = None
+    try:
+        e = start_entry(tmp_path / "entry", hub, "entry")
+        before = e.create_key("before-restart")
+        body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+        assert wait_for(lambda: _post(e, "/v1/chat/completions", body, key=before)[0] == 404, 10, what="key works")
+        hub.stop()
+        hub = start_hub(tmp_path / "hub", hub.port)
+        after = wait_for(lambda: _try_create(e, "after-restart"), 30, what="a key to be made after the restart")
+        for key in (before, after):
+            wait_for(lambda key=key: _post(e, "/v1/chat/completions", body, key=key)[0] == 404, 30,
+                     what="keys to work after the hub restart")
+        e.keys("revoke", "after-restart")
+        wait_for(lambda: _post(e, "/v1/chat/completions", body, key=after)[0] == 401, 10,
+                 what="a revocation after the restart to take effect")
+    finally:
+        if e is not None:
+            e.stop()
+        hub.stop()
+
+
+def _try_create(e: EntryProcess, name: str) -> str | None:
+    r = e.keys("create", "--name", name, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
