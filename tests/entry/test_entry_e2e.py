@@ -468,3 +468,50 @@ def test_entry_follows_a_hub_restart(tmp_path):
 def _try_create(e: EntryProcess, name: str) -> str | None:
     r = e.keys("create", "--name", name, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
+
+
+def test_usage_of_an_answer_continued_on_another_peer(tmp_path, model_path):
+    """The serving peer is killed mid-stream; the answer ends on the other one and the key's usage holds
+    both legs (the client did not ask for usage: the entry records it anyway)."""
+    import os
+    import signal
+
+    hub = start_hub(tmp_path / "hub")
+    nodes: dict = {}
+    e = None
+    try:
+        for name in ("b", "c"):
+            nodes[name] = start_mesh_node(tmp_path, name, model_path, "shared")
+            join(nodes[name], hub.invite(), name)
+        e = start_entry(tmp_path / "entry", hub, "entry")
+        wait_for(lambda: any(m["id"] == "shared" and m["closedmesh"]["peers"] == 2
+                             for m in _get(e, "/v1/models")[1]["data"]), 60, what="both peers listed")
+        key = e.create_key("failover")
+        max_tokens = 120
+        stream = _client(e, key).chat.completions.create(
+            model="shared", messages=[{"role": "user", "content": "Tell me a long story about a ship."}],
+            max_tokens=max_tokens, stream=True, temperature=0.7, seed=7,
+            logit_bias={"0": -100, "2": -100, "4": -100})
+        killed = None
+        tokens = 0
+        finish = None
+        for c in stream:
+            if c.choices and c.choices[0].delta.content is not None and c.choices[0].delta.role is None:
+                tokens += 1
+            if c.choices and c.choices[0].finish_reason:
+                finish = c.choices[0].finish_reason
+            if killed is None and tokens >= 20:
+                killed = next((k for k, n in nodes.items() if mesh_status(n)["serving_mesh_requests"] > 0), None)
+                assert killed is not None
+                os.kill(nodes[killed].proc.pid, signal.SIGKILL)
+        assert killed is not None and finish == "length" and tokens == max_tokens
+        survivor = "c" if killed == "b" else "b"
+        assert mesh_status(nodes[survivor])["served_total"] == 1
+        u = wait_for(lambda: (u := _usage(e, "failover"))["requests"] == 1 and u, 10, what="usage recorded")
+        assert u["completion_tokens"] == max_tokens and u["prompt_tokens"] > 10
+    finally:
+        if e is not None:
+            e.stop()
+        for n in nodes.values():
+            n.stop()
+        hub.stop()
