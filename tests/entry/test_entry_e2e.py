@@ -43,7 +43,8 @@ def mesh(tmp_path_factory, model_path):
         join(server, hub.invite(), "server")
         a = start_entry(tmp / "entry-a", hub, "entry-a")
         started.append(a)
-        b = start_entry(tmp / "entry-b", hub, "entry-b", "--trusted-proxy", "127.0.0.1")
+        b = start_entry(tmp / "entry-b", hub, "entry-b", "--trusted-proxy", "127.0.0.1",
+                        "--public-host", "api.example.org")
         started.append(b)
         for e in (a, b):
             wait_for(lambda e=e: any(m["id"] == MODEL for m in _get(e, "/v1/models")[1]["data"]), 60,
@@ -289,6 +290,15 @@ def test_public_port_is_only_the_public_api(mesh):
         assert r.headers["Access-Control-Allow-Origin"] == "https://some-app.example"
     code, body, headers = _post(a, "/v1/chat/completions", {}, headers={"Origin": "https://some-app.example"})
     assert code == 401 and headers.get("Access-Control-Allow-Origin") == "https://some-app.example"
+
+
+def test_public_host_feeds_the_host_allowlist(mesh):
+    _, _, a, b = mesh
+    host = {"Host": "api.example.org"}
+    assert _get(b, "/v1/models", host)[0] == 200  # B was started with --public-host api.example.org
+    code, body = _get(a, "/v1/models", host)  # A was not: a foreign name is refused (DNS rebinding)
+    assert code == 403 and body["error"]["code"] == "forbidden_host"
+    assert _get(b, "/v1/models", {"Host": "evil.example"})[0] == 403
 
 
 def test_plain_member_cannot_read_create_or_unrevoke_keys(mesh, tmp_path):
