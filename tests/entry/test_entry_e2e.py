@@ -525,3 +525,31 @@ def test_usage_of_an_answer_continued_on_another_peer(tmp_path, model_path):
         for n in nodes.values():
             n.stop()
         hub.stop()
+
+
+def test_openai_npm_package_against_the_entry(mesh):
+    import shutil
+    from pathlib import Path
+
+    node_dir = Path(__file__).resolve().parent.parent / "node"
+    node_bin = shutil.which("node")
+    assert node_bin, "Node.js is required for this test (scripts/test.sh checks for it)"
+    assert (node_dir / "node_modules" / "openai").is_dir(), "run `npm ci` in tests/node (scripts/test.sh does)"
+    _, _, a, b = mesh
+    key = a.create_key("npm", "--rpm", "5")
+    wait_for(lambda: any(r["name"] == "npm" for r in b.admin("/admin/keys")["keys"]), 10, what="key on B")
+    p = subprocess.run([node_bin, "entry_client.mjs", b.v1, MODEL, key], cwd=node_dir, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert MODEL in out["ids"]
+    assert out["refused"]["status"] == 401 and out["refused"]["name"] == "AuthenticationError"
+    assert out["refused"]["code"] == "invalid_api_key"
+    assert out["chat"]["content"] and out["chat"]["usage"]["total_tokens"] > 0
+    assert out["chat"]["remaining"] == "4"  # 5 a minute: this was the first accepted (refused ones do not count)
+    assert out["stream"]["text"] == out["chat"]["content"] and out["stream"]["lastChoices"] == 0
+    assert out["stream"]["usage"]["completion_tokens"] > 0
+    assert out["limited"] == {"status": 429, "code": "rate_limit_exceeded", "name": "RateLimitError"}
+    u = wait_for(lambda: (u := _usage(a, "npm"))["requests"] == 5 and u, 10, what="usage of the 5 accepted")
+    assert u["completion_tokens"] == out["chat"]["usage"]["completion_tokens"] + out["stream"]["usage"][
+        "completion_tokens"]
