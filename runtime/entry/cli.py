@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -22,6 +23,14 @@ OPEN_MESH_REFUSED = (
     "private hub with the entry role, never on an open nats:// mesh. On the hub: closedmesh mesh invite "
     "--role entry; then: closedmesh entry --mesh <invite>"
 )
+
+
+def entry_paths(paths: Paths) -> Paths:
+    """An entry node's data folder is its own (data/entry): models downloaded on the same machine
+    (data/models) are not served by it. An entry serves no model, ever: every answer comes from the
+    mesh, so every answer's usage reaches its key, and no request makes the entry load a model. To
+    serve one on the same machine, run `closedmesh serve` there as another member."""
+    return dataclasses.replace(paths, data=paths.data / "entry")
 
 
 def _entry(args: argparse.Namespace) -> int:
@@ -43,14 +52,13 @@ def _entry(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host,
         port=args.port,
-        models=args.model or [],
         entry=True,
         keepalive_seconds=args.keepalive,
         read_timeout=args.read_timeout,
         allowed_hosts=tuple(args.public_host or ()),
         allowed_origins=("*",),  # bearer keys, no cookies: any site may call the API with a key
     )
-    node = Node(settings, Paths.resolve())
+    node = Node(settings, entry_paths(Paths.resolve()))
     saved = node.mesh.config
     member = saved.joined and saved.mode == "hub" and bool(saved.urls)
     if saved.joined and saved.mode != "hub" and not args.mesh:
@@ -222,7 +230,6 @@ def add_commands(sub, node_opts: Callable[[argparse.ArgumentParser], argparse.Ar
         default=DEFAULT_ADMIN_PORT,
         help=f"loopback port of the admin API used by `closedmesh keys` (default {DEFAULT_ADMIN_PORT}; 0: any)",
     )
-    e.add_argument("--model", action="append", metavar="PATH|ID", help="also serve this model here (default none)")
     e.add_argument("--keepalive", type=float, default=5.0, help="seconds between SSE keep-alive comments")
     e.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's head and body may take")
     e.add_argument(

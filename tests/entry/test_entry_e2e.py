@@ -412,6 +412,22 @@ def test_forwarded_for_only_from_trusted_proxies(mesh):
     assert 429 in burst(a, "203.0.113.10", 3)
 
 
+def test_entry_serves_no_model_even_with_models_on_disk(mesh, tmp_path, model_path):
+    from ..conftest import seed_home
+
+    hub, _, _, _ = mesh
+    home = tmp_path / "entry-with-models"
+    seed_home(home, model_path)  # the default model sits in this home's models folder
+    e = start_entry(home, hub, "entry-d")
+    try:
+        wait_for(lambda: any(m["id"] == MODEL for m in _get(e, "/v1/models")[1]["data"]), 60, what="mesh model")
+        ours = next(m for m in _get(e, "/v1/models")[1]["data"] if m["id"] == MODEL)
+        assert ours["closedmesh"]["served_by"] == "mesh", ours
+        assert [m["id"] for m in _get(e, "/v1/models")[1]["data"]] == [MODEL]
+    finally:
+        e.stop()
+
+
 def test_entry_refuses_an_open_mesh(tmp_path, mesh):
     hub = mesh[0]
     proc = run_entry(tmp_path / "open", "--mesh", hub.url)
