@@ -2,6 +2,7 @@
 light fake peers (so it measures the entry, not the 2-core engine).
 
     .venv/bin/python bench/bench_entry.py [--requests 10000] [--concurrency 32] [--peers 2] [--json out.json]
+    .venv/bin/python bench/bench_entry.py --hop [--rounds 6] [--per-round 5] [--hop-tokens 64]
 
 Set-up: a real hub (`closedmesh hub`, embedded nats-server with TLS and the entry buckets), --peers light
 fake peers (bench_mesh_sim.LightNode: the real mesh protocol, signed announcements through the hub,
@@ -16,6 +17,10 @@ the bad-key throttle) for the bad ones; 200 or 429 for the limited key. Anything
 counted. Reported: requests a second per class and overall, latency p50/p95 per class, the entry
 process's RSS after request 1,000 and after the last one, and the usage the entry recorded for the
 valid key against what the answers said.
+
+--hop measures the entry hop instead: a real serving node (the default model) joined to the hub, and
+single streams of --hop-tokens tokens sent to it directly and through the entry (mesh hop included),
+alternating round by round; TTFT p50 and decode tok/s p50 of each way, their ratio and difference.
 """
 
 from __future__ import annotations
@@ -95,20 +100,66 @@ def _cli(home: Path, *args: str) -> str:
     return r.stdout.strip()
 
 
+def _start_hub(hub_home: Path, procs: list[subprocess.Popen]) -> int:
+    hub_home.mkdir()
+    port = _free_port()
+    hub = subprocess.Popen([str(CLOSEDMESH), "hub", "--host", "127.0.0.1", "--port", str(port)],
+                           stdout=open(hub_home / "hub.log", "w"), stderr=subprocess.STDOUT, env=_env(hub_home),
+                           start_new_session=True)
+    procs.append(hub)
+    _wait_log(hub_home / "hub.log", "ClosedMesh hub listening", hub, 60)
+    return port
+
+
+def _invite(hub_home: Path, role: str = "member") -> str:
+    return _cli(hub_home, "mesh", "invite", "--ttl", "1h", "--port", "1", "--role", role)
+
+
+async def _start_entry(hub_home: Path, entry_home: Path, model: str, procs: list[subprocess.Popen],
+                       *extra: str) -> tuple[subprocess.Popen, str]:
+    """A real `closedmesh entry` joined with an entry-role invite, once it lists ``model``."""
+    entry_home.mkdir()
+    entry = subprocess.Popen(
+        [str(CLOSEDMESH), "entry", "--mesh", _invite(hub_home, "entry"), "--host", "127.0.0.1", "--port", "0",
+         "--admin-port", "0", *extra],
+        stdout=open(entry_home / "entry.log", "w"), stderr=subprocess.STDOUT, env=_env(entry_home),
+        start_new_session=True)
+    procs.append(entry)
+    text = _wait_log(entry_home / "entry.log", "serving the OpenAI API on http://", entry, 120)
+    eport = int(text.split("serving the OpenAI API on http://", 1)[1].split("/")[0].rsplit(":", 1)[1])
+    base = f"http://127.0.0.1:{eport}"
+    _wait_log(entry_home / "config" / "entry-admin.json", "url", entry, 60)
+    await _wait_model(base, model)
+    return entry, base
+
+
+async def _wait_model(base: str, model: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+            if any(m["id"] == model for m in json.loads(r.read())["data"]):
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{base} never listed {model}")
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 async def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="cm-bench-entry-"))
     procs: list[subprocess.Popen] = []
     peers: list[TlsPeer] = []
     try:
         hub_home, entry_home = tmp / "hub", tmp / "entry"
-        hub_home.mkdir()
-        entry_home.mkdir()
-        port = _free_port()
-        hub = subprocess.Popen([str(CLOSEDMESH), "hub", "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=open(hub_home / "hub.log", "w"), stderr=subprocess.STDOUT, env=_env(hub_home),
-                               start_new_session=True)
-        procs.append(hub)
-        _wait_log(hub_home / "hub.log", "ClosedMesh hub listening", hub, 60)
+        port = _start_hub(hub_home, procs)
         hub_dir = hub_home / "data" / "hub"
         tls = load_state(hub_dir)["tls"]
         sim = Sim(f"nats://127.0.0.1:{port}", 15.0, args.tokens, 0.0)
@@ -121,39 +172,76 @@ async def run(args) -> dict:
             p.tls_token = tls
             await p.start()
             peers.append(p)
-        invite = _cli(hub_home, "mesh", "invite", "--ttl", "1h", "--port", "1", "--role", "entry")
-        entry = subprocess.Popen(
-            [str(CLOSEDMESH), "entry", "--mesh", invite, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-             "--bad-auth-per-minute", str(args.bad_auth_per_minute)],
-            stdout=open(entry_home / "entry.log", "w"), stderr=subprocess.STDOUT, env=_env(entry_home),
-            start_new_session=True)
-        procs.append(entry)
-        text = _wait_log(entry_home / "entry.log", "serving the OpenAI API on http://", entry, 120)
-        eport = int(text.split("serving the OpenAI API on http://", 1)[1].split("/")[0].rsplit(":", 1)[1])
-        base = f"http://127.0.0.1:{eport}"
-        _wait_log(entry_home / "config" / "entry-admin.json", "url", entry, 60)
+        entry, base = await _start_entry(hub_home, entry_home, MODEL, procs, "--bad-auth-per-minute",
+                                         str(args.bad_auth_per_minute))
         valid = _cli(entry_home, "keys", "create", "--name", "bench-valid")
         limited = _cli(entry_home, "keys", "create", "--name", "bench-limited", "--rpm", str(args.rpm))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the entry sees the fake peers' model
-            with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
-                if any(m["id"] == MODEL for m in json.loads(r.read())["data"]):
-                    break
-            await asyncio.sleep(0.2)
-        else:
-            raise RuntimeError("the entry node never listed the fake peers' model")
-        ps = psutil.Process(entry.pid)
-        return await _load(args, base, valid, limited, ps, entry_home)
+        return await _load(args, base, valid, limited, psutil.Process(entry.pid), entry_home)
     finally:
         for p in peers:
             await p.crash()
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        _stop_all(procs)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def overhead(args) -> dict:
+    """The entry hop against calling a real serving node (the default model) directly: single streams,
+    the two ways alternating round by round (which goes first alternates too); medians over all rounds."""
+    from bench.common import p50, start, stream_chat
+    from runtime.models.embedded import ensure_default_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="cm-bench-entry-hop-"))
+    procs: list[subprocess.Popen] = []
+    server = None
+    try:
+        hub_home = tmp / "hub"
+        _start_hub(hub_home, procs)
+        model_path = ensure_default_model(REPO / ".cache" / "models")
+        server_home = tmp / "server"
+        sport = _free_port()
+        server = start("closedmesh", [str(CLOSEDMESH), "serve", "--port", str(sport), "--model", str(model_path),
+                                      "--slots", "2", "--ctx-per-slot", "1024", "--threads", str(args.threads)],
+                       sport, "/health", env={"CLOSEDMESH_HOME": str(server_home)})
+        token = (server_home / "config" / "admin-token").read_text().strip()
+        req = urllib.request.Request(server.url + "/api/mesh/join", method="POST",
+                                     data=json.dumps({"invite": _invite(hub_home), "name": "server"}).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=60).close()
+        model = "SmolLM2-135M-Instruct"
+        entry_home = tmp / "entry"
+        _, base = await _start_entry(hub_home, entry_home, model, procs)
+        key = _cli(entry_home, "keys", "create", "--name", "bench-hop")
+        prompt = "Write a short story about a lighthouse keeper."
+        res: dict[str, dict[str, list[float]]] = {w: {"ttft_ms": [], "tps": []} for w in ("direct", "entry")}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"},
+                                         timeout=aiohttp.ClientTimeout(total=300)) as session:
+            await stream_chat(session, server.url, prompt, 8, model)  # warm-up, both ways
+            await stream_chat(session, base, prompt, 8, model)
+            for r in range(args.rounds):
+                ways = [("direct", server.url), ("entry", base)]
+                for way, url in ways if r % 2 == 0 else ways[::-1]:
+                    for _ in range(args.per_round):
+                        s = await stream_chat(session, url, prompt, args.hop_tokens, model)
+                        if s.error:
+                            raise RuntimeError(f"{way}: {s.error}")
+                        res[way]["ttft_ms"].append(s.ttft * 1000)
+                        if s.decode_tps:
+                            res[way]["tps"].append(s.decode_tps)
+        out = {w: {"ttft_ms_p50": round(p50(v["ttft_ms"]), 1), "tps_p50": round(p50(v["tps"]), 1),
+                   "n": len(v["ttft_ms"])} for w, v in res.items()}
+        return {
+            "config": {"rounds": args.rounds, "per_round": args.per_round, "tokens": args.hop_tokens,
+                       "threads": args.threads, "cpus": os.cpu_count(),
+                       "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+            **out,
+            "tps_ratio_entry_to_direct": round(out["entry"]["tps_p50"] / out["direct"]["tps_p50"], 3),
+            "ttft_added_ms_p50": round(out["entry"]["ttft_ms_p50"] - out["direct"]["ttft_ms_p50"], 1),
+        }
+    finally:
+        if server is not None:
+            server.stop()
+        _stop_all(procs)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -265,15 +353,21 @@ def main() -> None:
     ap.add_argument("--bad-auth-per-minute", type=float, default=1e9,
                     help="the entry's bad-key throttle (default: off, so the run measures authentication)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--hop", action="store_true",
+                    help="measure the entry hop instead: TTFT and tok/s through the entry vs a real node directly")
+    ap.add_argument("--rounds", type=int, default=6, help="--hop: alternating rounds")
+    ap.add_argument("--per-round", type=int, default=5, help="--hop: streams per way and round")
+    ap.add_argument("--hop-tokens", type=int, default=64, help="--hop: tokens per stream")
+    ap.add_argument("--threads", type=int, default=2, help="--hop: the serving node's threads")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
-    report = asyncio.run(run(args))
+    report = asyncio.run(overhead(args) if args.hop else run(args))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text)
-    if report["unexpected"]:
+    if report.get("unexpected"):
         sys.exit(1)
 
 
