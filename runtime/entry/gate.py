@@ -35,9 +35,20 @@ from .store import KeyStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-GATED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-OPEN_PATHS = frozenset({"/", "/health", "/api/status", "/favicon.ico"})
-OPEN_PREFIXES = ("/v1/", "/static/")
+OPEN_PATHS = frozenset({"/", "/health", "/api/status", "/favicon.ico", "/v1/models"})
+OPEN_PREFIXES = ("/v1/models/", "/static/")
+
+
+def is_open(path: str) -> bool:
+    """Answered without a key: the model list, the status, the chat page."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def is_gated(path: str) -> bool:
+    """Everything else under /v1 needs a key, whatever it is: a route added later (or one this entry
+    does not have) is closed until someone opens it on purpose."""
+    return path == "/v1" or path.startswith("/v1/")
+
 
 RATE_HEADERS = "closedmesh.ratelimit_headers"
 
@@ -108,9 +119,9 @@ class EntryService:
     @web.middleware
     async def gate(self, request: web.Request, handler) -> web.StreamResponse:
         path = request.path
-        if path not in GATED:
-            if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-                return await handler(request)
+        if is_open(path):
+            return await handler(request)
+        if not is_gated(path):
             raise APIError(
                 404,
                 f"Unknown route: {request.method} {path}. This is a ClosedMesh entry node: the OpenAI API is "

@@ -57,7 +57,6 @@ class KeyStore:
         self._pending_day: dict[str, str] = {}
         self._spilled: list[tuple[str, str, DayUsage]] = []  # (key id, day, usage) waiting to be written
         self._wake = asyncio.Event()
-        self.changed: list[Callable[[], None]] = []
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -134,7 +133,6 @@ class KeyStore:
                     if initial:
                         self.records, initial = fresh, False
                         self.synced.set()
-                        self._notify()
                     continue
                 target = fresh if initial else self.records
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
@@ -147,15 +145,9 @@ class KeyStore:
                         continue
                     if rec.id == entry.key:
                         target[entry.key] = rec
-                if not initial:
-                    self._notify()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
-
-    def _notify(self) -> None:
-        for cb in self.changed:
-            cb()
 
     async def wait_synced(self, timeout: float) -> bool:
         try:

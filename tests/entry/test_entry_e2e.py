@@ -283,6 +283,10 @@ def test_public_port_is_only_the_public_api(mesh):
         assert code == 404, (path, body)
     code, body, _ = _post(a, "/api/mesh/leave", {}, headers={"Authorization": f"Bearer {token}"})
     assert code == 404
+    # Every other /v1 route needs a key, existing or not (a route added later is closed by default).
+    for path in ("/v1/responses", "/v1/no-such-route", "/v1/audio/speech"):
+        code, body, _ = _post(a, path, {})
+        assert code == 401 and body["error"]["code"] == "missing_api_key", (path, body)
     # CORS for any origin on /v1 (bearer keys, no cookies).
     req = urllib.request.Request(a.v1 + "/chat/completions", method="OPTIONS", headers={
         "Origin": "https://some-app.example", "Access-Control-Request-Method": "POST",
