@@ -575,3 +575,37 @@ def test_openai_npm_package_against_the_entry(mesh):
     u = wait_for(lambda: (u := _usage(a, "npm"))["requests"] == 5 and u, 10, what="usage of the 5 accepted")
     assert u["completion_tokens"] == out["chat"]["usage"]["completion_tokens"] + out["stream"]["usage"][
         "completion_tokens"]
+
+
+def test_admin_api_needs_the_token_and_refuses_browsers(mesh):
+    _, _, a, _ = mesh
+    token = (a.home / "config" / "admin-token").read_text().strip()
+    assert a.admin_url.startswith("http://127.0.0.1:")
+
+    def call(headers: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(a.admin_url + "/admin/keys", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    assert call({})[0] == 401
+    assert call({"Authorization": "Bearer wrong"})[0] == 401
+    assert call({"Authorization": f"Bearer {token}", "Origin": "http://127.0.0.1"})[0] == 403
+    assert call({"Authorization": f"Bearer {token}", "Host": "evil.example"})[0] == 403
+    code, body = call({"Authorization": f"Bearer {token}"})
+    assert code == 200 and isinstance(body["keys"], list)
+
+
+def test_keys_command_without_an_entry_says_so(tmp_path):
+    import os
+
+    from ..conftest import CLOSEDMESH
+
+    env = dict(os.environ, CLOSEDMESH_HOME=str(tmp_path / "nothing-here"))
+    r = subprocess.run([str(CLOSEDMESH), "keys", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "no entry node has run here" in r.stderr
+    r = subprocess.run([str(CLOSEDMESH), "keys", "create", "--name", "x", "--admin-url", "http://127.0.0.1:9"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "does not answer" in r.stderr and "closedmesh entry" in r.stderr
