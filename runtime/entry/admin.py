@@ -133,7 +133,7 @@ async def usage(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     svc = _service(request)
-    nc = svc.node.mesh.membership.nc
+    conns = [nc for nc in (svc.node.mesh.membership.nc, svc.nc) if nc is not None]
     c = svc.counters
     return web.json_response(
         {
@@ -144,9 +144,10 @@ async def stats(request: web.Request) -> web.Response:
             "refused_by_code": c.by_code,
             "store_operations": svc.store.kv_ops,
             "keys": len(svc.store.records),
-            "mesh_messages": {k: nc.stats[k] for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
-            if nc is not None
-            else None,
+            # both connections to the hub: the mesh membership and the key store
+            "mesh_messages": {
+                k: sum(nc.stats[k] for nc in conns) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")
+            },
         }
     )
 

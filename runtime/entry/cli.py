@@ -85,9 +85,12 @@ def _entry(args: argparse.Namespace) -> int:
                 await node.mesh.join(args.mesh, args.name)
             if node.mesh.config.mode != "hub":
                 raise MeshError(OPEN_MESH_REFUSED, 400)
+            await service.connect()
             await service.store.check_access()
         except (MeshError, StoreUnavailable) as e:
             print(f"closedmesh: {e}", file=sys.stderr)
+            if service.nc is not None:
+                await service.nc.close()
             await node.mesh.close()
             return 4
         print(

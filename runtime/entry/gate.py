@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
 from aiohttp import web
 
 from ..api.errors import APIError
@@ -76,7 +77,8 @@ class EntryService:
     def __init__(self, node: Any, options: EntryOptions) -> None:
         self.node = node
         self.options = options
-        self.store = KeyStore(lambda: node.mesh.membership.nc)
+        self.nc: nats.NATS | None = None  # the store's own connection to the hub (see connect)
+        self.store = KeyStore(lambda: self.nc)
         self.throttle = FailureThrottle(per_minute=options.bad_auth_per_minute, burst=options.bad_auth_per_minute / 2)
         self.counters = Counters()
         self._leases: dict[str, set[str]] = {}  # key id -> leases held by requests running here
@@ -93,6 +95,32 @@ class EntryService:
         app.on_cleanup.append(self._on_cleanup)
         app.on_response_prepare.append(self._add_headers)
 
+    async def connect(self) -> None:
+        """The key store's own connection to the hub, with this node's identity and membership: the
+        membership's connection closes with the mesh when the node stops, before the last answers have
+        finished; this one stays until their usage is written (``_on_cleanup``)."""
+        from ..mesh.protocol import inbox_prefix
+        from ..mesh.tls import client_context
+
+        c, ident = self.node.mesh.config, self.node.mesh.ident
+        try:
+            self.nc = await nats.connect(
+                servers=list(c.urls),
+                nkeys_seed_str=ident.seed,
+                inbox_prefix=inbox_prefix(ident.public),
+                tls=client_context(c.tls) if c.tls else None,
+                name=f"closedmesh entry {c.name}",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                error_cb=_store_connection_error,
+            )
+        except Exception as e:
+            raise StoreUnavailable(
+                f"could not connect to the hub for the key store ({type(e).__name__}: {e})"
+            ) from None
+
     async def _on_startup(self, app: web.Application) -> None:
         from .admin import start_admin
 
@@ -105,7 +133,10 @@ class EntryService:
             self._refresher.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)  # lease releases still on their way
-        await self.store.close()
+        await self.store.close()  # writes the usage still counted here
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 
@@ -274,6 +305,13 @@ class EntryService:
                 if held:
                     with contextlib.suppress(Exception):
                         await self.store.refresh_leases(kid, set(held))
+
+
+async def _store_connection_error(e: Exception) -> None:
+    if "permissions violation" in str(e).lower():
+        log.warning("entry: %s", e)
+    else:
+        log.debug("entry key store connection: %s", e)
 
 
 def _usage_of(resp: web.Response) -> tuple[int, int]:

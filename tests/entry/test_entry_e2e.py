@@ -609,3 +609,28 @@ def test_keys_command_without_an_entry_says_so(tmp_path):
     r = subprocess.run([str(CLOSEDMESH), "keys", "create", "--name", "x", "--admin-url", "http://127.0.0.1:9"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "does not answer" in r.stderr and "closedmesh entry" in r.stderr
+
+
+def test_usage_of_answers_cut_by_an_entry_shutdown_is_recorded(mesh, tmp_path):
+    """An entry node stopped (SIGTERM) while it streams an answer: the stream ends, and the tokens sent
+    until then are still recorded (the key store's connection outlives the mesh membership's)."""
+    hub, _, a, _ = mesh
+    c = start_entry(tmp_path / "entry-e", hub, "entry-e")
+    try:
+        key = c.create_key("cut-by-shutdown")
+        wait_for(lambda: any(m["id"] == MODEL for m in _get(c, "/v1/models")[1]["data"]), 60, what="C sees the model")
+        stream = _client(c, key).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Write a long story about a ship."}], max_tokens=400,
+            stream=True, logit_bias={"0": -100, "2": -100, "4": -100})
+        seen = 0
+        with pytest.raises((openai.APIError, openai.APIConnectionError, ValueError)):  # the cut stream
+            for ch in stream:
+                if ch.choices and ch.choices[0].delta.content is not None and ch.choices[0].delta.role is None:
+                    seen += 1
+                if seen == 10:
+                    c.proc.terminate()
+        assert c.proc.wait(60) == 0, c.log()[-3000:]
+        u = wait_for(lambda: (u := _usage(a, "cut-by-shutdown"))["requests"] == 1 and u, 10, what="usage")
+        assert u["completion_tokens"] >= seen and u["prompt_tokens"] > 0, (u, seen)
+    finally:
+        c.stop()
