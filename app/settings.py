@@ -1,4 +1,4 @@
-"""The app's own settings (a JSON file in the config folder) and the hosted-mesh API key (OS keyring).
+"""The app's own settings (a JSON file in the config folder).
 
 The node keeps its own state (whether it is in the mesh, its share limits: config/mesh.json); this file
 holds only what the app decides: which port to start the node on, which mesh to join (an invite or a
@@ -15,15 +15,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import keyring.errors
-
 from runtime.config import DEFAULT_PORT
-from runtime.secrets import SecretStoreUnavailable, delete_secret, get_secret, set_secret
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "app-settings.json"
-HOSTED_MESH_KEY_NAME = "hosted-mesh-api-key"
 
 # Share limits shown before the node reports its own (the fields of GET /api/mesh "limits").
 DEFAULT_LIMITS = {"max_tokens": 2048, "max_concurrent": 4, "reserved_local_slots": 1}
@@ -114,49 +110,3 @@ class SettingsStore:
             json.dump(asdict(settings), f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(tmp, self.path)
-
-
-# -- the hosted-mesh API key ---------------------------------------------------------------------------
-
-
-class KeyringError(RuntimeError):
-    """The key could not be stored or read; the message says why in plain words."""
-
-
-def _plain(e: SecretStoreUnavailable) -> KeyringError:
-    # runtime.secrets' message also tells how to do without a keyring for the Hugging Face token,
-    # which does not apply here: say it for this key.
-    if isinstance(e.__cause__, keyring.errors.KeyringLocked):
-        return KeyringError(
-            "The system keyring is locked. Unlock it (log in to the desktop session, or open "
-            "your keyring app) and try again."
-        )
-    return KeyringError(
-        "There is no system keyring on this computer, so the API key cannot be stored safely. "
-        "On Linux, install and start a Secret Service provider (GNOME Keyring or KeePassXC) "
-        "in an unlocked desktop session, then try again."
-    )
-
-
-def hosted_key_stored() -> bool:
-    try:
-        return bool(get_secret(HOSTED_MESH_KEY_NAME))
-    except SecretStoreUnavailable as e:
-        raise _plain(e) from None
-
-
-def store_hosted_key(key: str) -> None:
-    key = key.strip()
-    if not key:
-        raise KeyringError("Type or paste the API key first.")
-    try:
-        set_secret(HOSTED_MESH_KEY_NAME, key)
-    except SecretStoreUnavailable as e:
-        raise _plain(e) from None
-
-
-def remove_hosted_key() -> bool:
-    try:
-        return delete_secret(HOSTED_MESH_KEY_NAME)
-    except SecretStoreUnavailable as e:
-        raise _plain(e) from None

@@ -400,10 +400,10 @@ def _mesh_invite(args: argparse.Namespace) -> int:
     ttl = _parse_duration(args.ttl)
     base = _node_base(args)
     if base is not None and _get(base + "/api/mesh").get("hub"):
-        inv = _admin_call(base, "POST", "/api/mesh/invite", {"ttl_seconds": ttl})
+        inv = _admin_call(base, "POST", "/api/mesh/invite", {"ttl_seconds": ttl, "role": args.role})
         token, urls = inv["invite"], inv["urls"]
     else:
-        i = create_invite(_hub_dir(), ttl)
+        i = create_invite(_hub_dir(), ttl, args.role)  # a HubError is printed once by main()
         token, urls = i.encode(), list(i.urls)
     print(token)
     print(
@@ -606,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     mst.set_defaults(func=_mesh_status)
     mi = node_opts(mesub.add_parser("invite", help="print a single-use invite to this machine's hub"))
     mi.add_argument("--ttl", default="24h", help="how long the invite is valid (e.g. 30m, 24h, 7d; default 24h)")
+    mi.add_argument(
+        "--role",
+        choices=["member", "entry"],
+        default="member",
+        help="'entry': the node may use the mesh's key and usage buckets (a hosted entry node; default member)",
+    )
     mi.set_defaults(func=_mesh_invite)
     mr2 = mesub.add_parser("revoke", help="lock a node out of this machine's hub")
     mr2.add_argument("node", help="the node's id (or a unique prefix of it) or name")
@@ -615,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, for the LAN)")
     h.add_argument("--port", type=int, default=4222, help="port (default 4222)")
     h.set_defaults(func=_hub)
+
+    from .entry.cli import add_commands  # `entry` and `keys` (runtime/entry/cli.py)
+
+    add_commands(sub, node_opts)
     return p
 
 

@@ -44,6 +44,7 @@ class Node:
     _listeners: set = field(default_factory=set)
     _started: bool = False
     hub: Hub | None = None  # when this node hosts a private mesh (serve --hub)
+    entry: object | None = None  # runtime.entry.gate.EntryService when this node is a hosted entry
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -75,7 +76,7 @@ class Node:
             ),
         )
         self.pinned: list[str] = []
-        for s in self.settings.models or [DEFAULT_MODEL_ID]:
+        for s in self.settings.models or ([] if self.settings.entry else [DEFAULT_MODEL_ID]):
             mid, path, embedded = self._resolve_served(s)
             self.manager.add_pinned(mid, path, embedded_default=embedded)
             self.pinned.append(mid)

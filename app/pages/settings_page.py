@@ -1,5 +1,6 @@
-"""Settings: the API port, which mesh to join, the hosted-mesh API key (OS keyring), share limits for
-requests from the mesh, and start at login."""
+"""Settings: the API port, which mesh to join, share limits for requests from the mesh, and start at
+login. (There is no API key here: a node joins a mesh with an invite or a URL, and the keys of a hosted
+entry node (docs/entry.md) are for OpenAI clients that run no node, not for the node.)"""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from PySide6.QtWidgets import (
 from ..actions import NodeActions
 from ..client import ApiResult
 from ..links import Links
-from ..settings import DEFAULT_LIMITS, AppSettings, KeyringError, hosted_key_stored, remove_hosted_key, store_hosted_key
+from ..settings import DEFAULT_LIMITS, AppSettings
 from ..start_at_login import StartAtLogin
 from ..state import NodeState, saved_mesh_urls, wants_mesh
 from ..store import NodeStore
@@ -141,25 +142,6 @@ class SettingsPage(QWidget):
         mf.addRow(self.mesh_now)
         root.addWidget(mesh)
 
-        # Hosted-mesh API key
-        key = QGroupBox("Hosted mesh API key")
-        kl = QVBoxLayout(key)
-        row = QHBoxLayout()
-        self.key = QLineEdit()
-        self.key.setEchoMode(QLineEdit.EchoMode.Password)
-        self.key.setPlaceholderText("paste the key you were given")
-        self.save_key = QPushButton("Save key")
-        self.save_key.clicked.connect(self._save_key)
-        self.remove_key = QPushButton("Remove key")
-        self.remove_key.clicked.connect(self._remove_key)
-        row.addWidget(self.key, 1)
-        row.addWidget(self.save_key)
-        row.addWidget(self.remove_key)
-        kl.addLayout(row)
-        self.key_status = muted()
-        kl.addWidget(self.key_status)
-        root.addWidget(key)
-
         # Share limits
         share = QGroupBox("Sharing with the mesh")
         sl = _form(share)
@@ -210,7 +192,6 @@ class SettingsPage(QWidget):
         self._limits_shown = False
         store.changed.connect(self.show_state)
         self.show_state(store.state)
-        self.refresh_key_status()
 
     # -- rendering -----------------------------------------------------------------------------------
 
@@ -242,41 +223,7 @@ class SettingsPage(QWidget):
         for k, v in limits_to_show(node_limits).items():
             self.limits[k].setValue(v)
 
-    def refresh_key_status(self) -> None:
-        try:
-            stored = hosted_key_stored()
-        except KeyringError as e:
-            self.key_status.setText(str(e))
-            self.key_status.setStyleSheet("color:#a50e0e;")
-            return
-        self.key_status.setStyleSheet("color:#5f6368;")
-        self.key_status.setText(
-            "A key is stored in the system keyring."
-            if stored
-            else "No key stored. You need one only to join a hosted mesh that asks for it."
-        )
-        self.remove_key.setEnabled(stored)
-
     # -- actions ---------------------------------------------------------------------------------------
-
-    def _save_key(self) -> None:
-        try:
-            store_hosted_key(self.key.text())
-        except KeyringError as e:
-            self.banner.show_message(str(e))
-            return
-        self.key.clear()
-        self.banner.show_message("The API key is stored in the system keyring.", "ok")
-        self.refresh_key_status()
-
-    def _remove_key(self) -> None:
-        try:
-            removed = remove_hosted_key()
-        except KeyringError as e:
-            self.banner.show_message(str(e))
-            return
-        self.banner.show_message("The API key was removed." if removed else "No key was stored.", "ok")
-        self.refresh_key_status()
 
     def _autostart(self, on: bool) -> None:
         error = self.start_at_login.set(on)

@@ -8,7 +8,7 @@ import asyncio
 from aiohttp import web
 
 from ..errors import APIError, invalid
-from ..mesh.hub import create_invite
+from ..mesh.hub import HubError, create_invite
 from ..validation import parse_json_body
 from .context import NODE_KEY
 from .security import check_admin
@@ -77,5 +77,11 @@ async def invite(request: web.Request) -> web.Response:
     ttl = body.get("ttl_seconds", 86400)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (10 <= ttl <= 30 * 86400):
         raise invalid("'ttl_seconds' must be a number between 10 and 2592000 (30 days).", "ttl_seconds")
-    inv = await asyncio.to_thread(create_invite, node.hub.hub_dir, float(ttl))
+    role = body.get("role", "member")
+    if not isinstance(role, str):
+        raise invalid("'role' must be a string: 'member' or 'entry'.", "role")
+    try:
+        inv = await asyncio.to_thread(create_invite, node.hub.hub_dir, float(ttl), role)
+    except HubError as e:
+        raise invalid(str(e), "role") from None
     return web.json_response({"invite": inv.encode(), "expires_at": inv.expires_at, "urls": list(inv.urls)})

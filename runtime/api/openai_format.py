@@ -76,6 +76,14 @@ class Tally:
             min((f.cached_tokens for f in done), default=0),
         )
 
+    def billed(self) -> tuple[int, int]:
+        """(prompt, completion) tokens the answer cost so far: finished choices by their usage, any cut
+        short (the client went away, an error) by the pieces produced (one per token), for an entry
+        node's per-key usage."""
+        u = self.usage()
+        cut_short = sum(len(c.text) for c in self.choices if c.finished is None)
+        return u["prompt_tokens"], u["completion_tokens"] + cut_short
+
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
     return {

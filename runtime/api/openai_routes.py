@@ -26,7 +26,7 @@ from ..validation import (
 )
 from . import openai_format as fmt
 from . import sse
-from .context import node_of
+from .context import USAGE_SINK, node_of
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -199,6 +199,9 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
         return await sse.end(resp)
     finally:
         ans.cancel()  # no-op for finished choices; frees the slots (or peers) of a client that went away
+        sink = request.get(USAGE_SINK)
+        if sink is not None:  # a hosted entry node counts what the answer cost against the client's key
+            sink(*tally.billed())
 
 
 def _completion(kind: str, created: int, gp: GenerationParams, tally: fmt.Tally) -> fmt.Completion:

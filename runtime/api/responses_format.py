@@ -79,13 +79,16 @@ class ResponseBuilder:
         self.incomplete: dict | None = None
         self._seq = 0
         self._calls: dict[int, _Item] = {}  # tool call index → its item
+        self.pieces = 0  # text and tool-call pieces fed (one per token), for what a cut-short answer cost
 
     def feed(self, ev: GenEvent) -> list[dict]:
         """One event of the answer (its only choice) → the stream events it makes (Started makes none:
         ``start`` opens the stream)."""
         if isinstance(ev, Text):
+            self.pieces += 1
             return self.text(ev.text, ev.logprobs)
         if isinstance(ev, ToolCallDelta):
+            self.pieces += 1
             return self.tool_call(ev.index, ev.id, ev.name, ev.arguments_fragment)
         if isinstance(ev, Finished):
             return self.finish(
@@ -253,6 +256,14 @@ class ResponseBuilder:
             "usage": self.usage,
             **self.echo,
         }
+
+
+def billed(builder: ResponseBuilder) -> tuple[int, int]:
+    """(prompt, completion) tokens a response cost, for an entry node's per-key usage: its usage once it
+    finished, else the pieces produced before it was cut short."""
+    if builder.usage is not None:
+        return builder.usage["input_tokens"], builder.usage["output_tokens"]
+    return 0, builder.pieces
 
 
 def responses_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:

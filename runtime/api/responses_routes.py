@@ -19,8 +19,8 @@ from ..generation import Answer
 from ..responses import responses_param, translate_request
 from ..validation import parse_generation, parse_json_body, parse_messages
 from . import sse
-from .context import node_of
-from .responses_format import ResponseBuilder
+from .context import USAGE_SINK, node_of
+from .responses_format import ResponseBuilder, billed
 
 routes = web.RouteTableDef()
 
@@ -53,6 +53,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         return web.json_response(builder.response())
     finally:
         ans.cancel()  # no-op once finished; frees the slot (or peer) of a client that went away
+        sink = request.get(USAGE_SINK)
+        if sink is not None:  # a hosted entry node counts what the answer cost against the client's key
+            sink(*billed(builder))
 
 
 async def _stream(request: web.Request, ans: Answer, builder: ResponseBuilder) -> web.StreamResponse:

@@ -32,6 +32,7 @@ import nats
 import psutil
 from nats.js.api import KeyValueConfig, StorageType
 
+from ..entry.buckets import ENTRY_ROLE, ensure_entry_buckets, entry_api_subjects
 from ..errors import EXIT_UNAVAILABLE, NodeError
 from .drops import Drops
 from .identity import Identity, load_or_create
@@ -154,12 +155,31 @@ def node_permissions(node: str) -> dict:
     }
 
 
+ROLES = ("member", ENTRY_ROLE)
+
+
+def entry_permissions(node: str) -> dict:
+    """A member with the ``entry`` role (a hosted entry node, runtime/entry): a member's rights plus the
+    JetStream rights on the entry buckets (keys, usage, rate and lease state) and nothing else: it
+    cannot create, delete or reconfigure any stream, nor touch the directory bucket through the
+    JetStream API. It is the operator's own infrastructure: the acknowledgement of one of its puts goes
+    to the reply subject it names, which is the one way it could write outside those buckets (the same
+    reason members have no JetStream rights at all, see ``node_permissions``)."""
+    perms = node_permissions(node)
+    perms["publish"]["allow"] = perms["publish"]["allow"] + entry_api_subjects()
+    return perms
+
+
+def member_permissions(node: str, role: str | None) -> dict:
+    return entry_permissions(node) if role == ENTRY_ROLE else node_permissions(node)
+
+
 def render_config(state: dict, hub_dir: Path) -> dict:
     """nats-server's configuration for this hub state (TLS required when the hub has its certificate)."""
     users = [{"nkey": state["admin"]}]
-    for pub in state.get("members", {}):
+    for pub, member in state.get("members", {}).items():
         if pub not in state.get("revoked", {}):
-            users.append({"nkey": pub, "permissions": node_permissions(pub)})
+            users.append({"nkey": pub, "permissions": member_permissions(pub, member.get("role"))})
     for pub in state.get("invites", {}):
         users.append(
             {
@@ -266,13 +286,17 @@ def init_state(hub_dir: Path, admin: Identity, host: str, port: int) -> dict:
 # -- operations used by the CLI and the hub ---------------------------------------------------------
 
 
-def create_invite(hub_dir: Path, ttl_seconds: float) -> Invite:
-    state = load_state(hub_dir)
+def create_invite(hub_dir: Path, ttl_seconds: float, role: str = "member") -> Invite:
+    """A single-use invite; the node that redeems it becomes a member with ``role`` (``entry``: a hosted
+    entry node, which may use the key and usage buckets)."""
+    if role not in ROLES:
+        raise HubError(f"unknown role '{role}'; choose one of: {', '.join(ROLES)}")
+    load_state(hub_dir)
     ident = Identity.generate()
     expires = time.time() + ttl_seconds
 
     def add(s: dict) -> None:
-        s.setdefault("invites", {})[ident.public] = {"expires_at": expires, "created_at": time.time()}
+        s.setdefault("invites", {})[ident.public] = {"expires_at": expires, "created_at": time.time(), "role": role}
 
     state = update_state(hub_dir, add)
     return Invite(tuple(hub_urls(state)), ident.seed, expires, state["admin"], state.get("tls"))
@@ -467,6 +491,7 @@ class Hub:
             kv = await js.create_key_value(
                 KeyValueConfig(bucket=BUCKET, history=1, ttl=ANNOUNCE_TTL * 2, storage=StorageType.FILE)
             )
+        await ensure_entry_buckets(js)
         self.relay = DirectoryRelay(self.nc, kv)
         await self.relay.start()
         await self.nc.subscribe(JOIN_SUBJECT, cb=self._on_join)
@@ -535,7 +560,11 @@ class Hub:
             if node in s.get("revoked", {}):
                 outcome["error"] = "this node was removed from the mesh by its owner and cannot rejoin"
                 return
-            s.setdefault("members", {})[node] = {"name": name, "joined_at": time.time()}
+            s.setdefault("members", {})[node] = {
+                "name": name,
+                "joined_at": time.time(),
+                "role": invite.get("role", "member"),
+            }
             outcome["ok"] = True
 
         state = update_state(self.hub_dir, admit, reload=False)

@@ -168,7 +168,7 @@ def test_welcome_is_shown_once_and_downloads_the_recommended_model(qtbot, home, 
     assert c2.window.welcome is None
 
 
-def test_settings_are_saved_and_the_key_goes_to_the_keyring(qtbot, home, start_app, memory_keyring):
+def test_settings_are_saved(qtbot, home, start_app):
     c = start_app()
     wait_ready(qtbot, c)
     page = c.window.settings
@@ -188,27 +188,6 @@ def test_settings_are_saved_and_the_key_goes_to_the_keyring(qtbot, home, start_a
     qtbot.waitUntil(lambda: httpx.get(f"http://127.0.0.1:{c.port}/api/mesh", timeout=10).json()["limits"] ==
                     {"max_tokens": 1024, "max_concurrent": 3, "reserved_local_slots": 0}, timeout=10_000)
     assert page.banner.text() == "Settings saved."
-    # the hosted-mesh key
-    page.key.setText("  hm_secret_123 ")
-    page.save_key.click()
-    assert memory_keyring.items[("ClosedMesh", "hosted-mesh-api-key")] == "hm_secret_123"
-    assert page.key.text() == "" and "stored in the system keyring" in page.key_status.text()
-    page.remove_key.click()
-    assert ("ClosedMesh", "hosted-mesh-api-key") not in memory_keyring.items
-
-
-def test_settings_key_without_a_keyring_is_a_plain_error(qtbot, user_dirs, start_app, memory_keyring):
-    import keyring
-
-    from .conftest import NoKeyring
-
-    keyring.set_keyring(NoKeyring())
-    c = start_app(attach=("http://127.0.0.1:9", "token"))  # no node needed for this page
-    page = c.window.settings
-    assert "no system keyring" in page.key_status.text()
-    page.key.setText("hm_secret")
-    page.save_key.click()
-    assert page.banner.text().startswith("There is no system keyring on this computer")
 
 
 def test_port_change_in_settings_restarts_the_node_there(qtbot, home, start_app):

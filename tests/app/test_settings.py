@@ -1,18 +1,13 @@
-"""The app's settings file and the hosted-mesh API key in the OS keyring."""
+"""The app's settings file."""
 
 from __future__ import annotations
 
 import json
 import stat
 
-import keyring
-import keyring.errors
 import pytest
 
-from app.settings import (AppSettings, KeyringError, SettingsStore, hosted_key_stored, remove_hosted_key,
-                          store_hosted_key)
-
-from .conftest import NoKeyring
+from app.settings import AppSettings, SettingsStore
 
 
 def test_defaults_when_there_is_no_file(tmp_path):
@@ -58,33 +53,3 @@ def test_a_damaged_file_is_kept_aside_and_the_defaults_used(tmp_path, text):
     assert store.load() == AppSettings()
     assert (tmp_path / "app-settings.json.damaged").read_text() == text
     assert not store.path.exists()
-
-
-def test_hosted_key_in_the_keyring(memory_keyring):
-    assert not hosted_key_stored()
-    store_hosted_key("  hm_abc  ")
-    assert memory_keyring.items == {("ClosedMesh", "hosted-mesh-api-key"): "hm_abc"}
-    assert hosted_key_stored()
-    assert remove_hosted_key() is True
-    assert remove_hosted_key() is False
-    with pytest.raises(KeyringError, match="paste the API key"):
-        store_hosted_key("   ")
-
-
-def test_no_keyring_is_a_plain_error(memory_keyring):
-    keyring.set_keyring(NoKeyring())
-    for call in (hosted_key_stored, lambda: store_hosted_key("k"), remove_hosted_key):
-        with pytest.raises(KeyringError) as e:
-            call()
-        assert str(e.value).startswith("There is no system keyring on this computer")
-        assert "HF_TOKEN" not in str(e.value)  # advice about another secret does not belong here
-
-
-def test_a_locked_keyring_says_unlock_it(memory_keyring):
-    class Locked(NoKeyring):
-        def get_password(self, service, username):
-            raise keyring.errors.KeyringLocked("the collection is locked")
-
-    keyring.set_keyring(Locked())
-    with pytest.raises(KeyringError, match="The system keyring is locked. Unlock it"):
-        hosted_key_stored()
