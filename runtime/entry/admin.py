@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..api.errors import APIError, invalid
 from ..api.security import LOOPBACK_NAMES, check_admin, host_allowed
-from ..api.validation import parse_json_body
+from ..errors import APIError, invalid
+from ..validation import parse_json_body
 from .keys import DayUsage, KeyRecord, make_key, utc_day
 from .store import StoreUnavailable
 

@@ -21,8 +21,8 @@ from typing import Any
 import nats
 from aiohttp import web
 
-from ..api.errors import APIError
 from ..api.context import USAGE_SINK
+from ..errors import APIError
 from .clients import FailureThrottle, Network, client_address
 from .keys import (
     LEASE_REFRESH,
