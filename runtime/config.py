@@ -118,3 +118,5 @@ class ServeSettings:
     hub: bool = False  # run a private hub (embedded nats-server) in this node
     hub_host: str = "0.0.0.0"  # the hub listens on the LAN so that other machines can join
     hub_port: int = 4222
+    # Entry
+    entry: bool = False  # a hosted entry node: open endpoints answer without naming any machine (docs/entry.md)

@@ -11,8 +11,10 @@ import uuid
 
 from aiohttp import web
 
+from ..catalog import mesh_figures
 from ..mesh.membership import MeshError
 from ..mesh.requester import FINAL_CODES, MeshUnavailable, RemoteError
+from ..stats import AnswerClock
 from .errors import APIError, invalid
 from .openai_routes import NODE_KEY
 from .security import check_admin
@@ -105,21 +107,20 @@ def mesh_model_objects(node) -> dict[str, dict]:
     """Models served by live peers → their /v1/models extension data."""
     out = {}
     for mid, peers in node.mesh.directory.mesh_models().items():
-        entries = [p.model(mid) or {} for p in peers]
-        tps = [e.get("tokens_per_second_p50") for e in entries if e.get("tokens_per_second_p50")]
-        ttft = [e.get("ttft_ms_p50") for e in entries if e.get("ttft_ms_p50")]
-        ctx = [e.get("context_length") for e in entries if e.get("context_length")]
+        f = mesh_figures(p.model(mid) or {} for p in peers)
         out[mid] = {
-            "peers": len(peers),
-            "context_length": min(ctx) if ctx else None,
-            "tokens_per_second_p50": max(tps) if tps else None,
-            "ttft_ms_p50": min(ttft) if ttft else None,
-            "free_slots": sum(e.get("free_slots") or 0 for e in entries),
+            "peers": f["peers"],
+            "context_length": f["context_length"],
+            "tokens_per_second_p50": f["tps_p50_median"],  # the median across peers (docs/entry.md)
+            "ttft_ms_p50": f["ttft_ms_p50_best"],  # the best (lowest) across peers
+            "free_slots": f["free_slots"],
         }
     return out
 
 
-async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParams, peers: list) -> web.StreamResponse:
+async def proxy(
+    request: web.Request, kind: str, body: dict, gp: GenerationParams, peers: list, clock: AnswerClock
+) -> web.StreamResponse:
     """Answer from the mesh. Every choice runs on a peer, failing over to the next one when its peer is
     lost; the client sees one unbroken answer (or an explicit error, never a silent end)."""
     node = request.app[NODE_KEY]
@@ -237,6 +238,8 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
                     await send(chunk(j, e2, None))
                 buffered.clear()
             elif ev["t"] == "d":
+                if ev["pieces"]:
+                    clock.token()
                 texts[i].extend(ev["pieces"])
                 if resp is not None:
                     # one chunk per token, as a local answer has them, in one write
@@ -262,6 +265,7 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
             "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"] or 0},
         }
         if not gp.stream:
+            node.measured.record(gp.model, clock.sample(usage["completion_tokens"], gp.n))
             if kind == "chat":
                 choices = [
                     {
@@ -296,6 +300,7 @@ async def proxy(request: web.Request, kind: str, body: dict, gp: GenerationParam
             await send(d)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        node.measured.record(gp.model, clock.sample(usage["completion_tokens"], gp.n))
         return resp
     finally:
         for t in tasks:

@@ -20,7 +20,8 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/api/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].status())
+    node = request.app[NODE_KEY]
+    return web.json_response(node.open_status() if node.settings.entry else node.status())
 
 
 @routes.get("/api/events")

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..catalog import model_extension
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.events import DoneEvent, EngineUnavailable, ErrorEvent, TokenEvent
 from ..generation import (
@@ -29,6 +30,7 @@ from ..generation import (
 )
 from ..mesh.router import local_has_room
 from ..node import Node
+from ..stats import AnswerClock
 from .errors import APIError, invalid, model_not_found
 from .validation import (
     GenerationParams,
@@ -51,7 +53,7 @@ def _node(request: web.Request) -> Node:
 # -- models ------------------------------------------------------------------------------------------
 
 
-def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
+def _model_object(node: Node, m, mesh: dict | None, cat: dict) -> dict:
     e: ModelEngine | None = m.engine
     stats = e.stats.summary() if e else {}
     return {
@@ -68,11 +70,12 @@ def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
             "tokens_per_second_p50": stats.get("tokens_per_second_p50"),
             "ttft_ms_p50": stats.get("ttft_ms_p50"),
             "samples": stats.get("samples", 0),
+            **model_extension(cat),
         },
     }
 
 
-def _mesh_object(node: Node, mid: str, info: dict) -> dict:
+def _mesh_object(node: Node, mid: str, info: dict, cat: dict) -> dict:
     return {
         "id": mid,
         "object": "model",
@@ -87,6 +90,7 @@ def _mesh_object(node: Node, mid: str, info: dict) -> dict:
             "free_slots": info["free_slots"],
             "tokens_per_second_p50": info["tokens_per_second_p50"],
             "ttft_ms_p50": info["ttft_ms_p50"],
+            **model_extension(cat),
         },
     }
 
@@ -96,12 +100,13 @@ def _all_models(node: Node) -> list[dict]:
     from .mesh_routes import mesh_model_objects
 
     mesh = mesh_model_objects(node) if node.mesh.connected else {}
+    cat = {k.lower(): v for k, v in node.catalog()["models"].items()}
     lower = {k.lower(): k for k in mesh}
     out = []
     for m in node.manager.routable():
         key = lower.pop(m.id.lower(), None)
-        out.append(_model_object(node, m, mesh.get(key) if key else None))
-    out += [_mesh_object(node, k, mesh[k]) for k in lower.values()]
+        out.append(_model_object(node, m, mesh.get(key) if key else None, cat.get(m.id.lower(), {})))
+    out += [_mesh_object(node, k, mesh[k], cat.get(k.lower(), {})) for k in lower.values()]
     return out
 
 
@@ -168,11 +173,17 @@ def _engine_error(ev: ErrorEvent) -> APIError:
     return APIError(503 if ev.code == "engine_stopped" else 500, ev.message, "server_error", None, ev.code)
 
 
-async def _collect(gen: Generation) -> None:
+def _record_measured(node: Node, gen: Generation, clock: AnswerClock) -> None:
+    """A finished answer with its usage: one end-to-end sample for the catalog (runtime/stats.py)."""
+    node.measured.record(gen.engine.id, clock.sample(_usage(gen.jobs)["completion_tokens"], len(gen.jobs)))
+
+
+async def _collect(gen: Generation, clock: AnswerClock) -> None:
     while not gen.finished:
         idx, ev = await gen.next(None)
         job = gen.jobs[idx]
         if isinstance(ev, TokenEvent):
+            clock.token()
             job.text.append(ev.text)
         elif isinstance(ev, DoneEvent):
             job.done = ev
@@ -182,7 +193,13 @@ async def _collect(gen: Generation) -> None:
 
 
 async def _stream(
-    request: web.Request, gen: Generation, make_chunk, first_chunks: list[dict], include_usage: bool, usage_chunk
+    request: web.Request,
+    gen: Generation,
+    make_chunk,
+    first_chunks: list[dict],
+    include_usage: bool,
+    usage_chunk,
+    clock: AnswerClock,
 ) -> web.StreamResponse:
     node = _node(request)
     resp = web.StreamResponse(
@@ -205,6 +222,7 @@ async def _stream(
             continue
         job = gen.jobs[idx]
         if isinstance(ev, TokenEvent):
+            clock.token()
             await send(make_chunk(idx, ev.text, None))
         elif isinstance(ev, DoneEvent):
             job.done = ev
@@ -219,6 +237,7 @@ async def _stream(
         await send(usage_chunk(_usage(gen.jobs)))
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
+    _record_measured(node, gen, clock)
     return resp
 
 
@@ -228,6 +247,7 @@ async def _stream(
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
+    clock = AnswerClock()
     body = await _read_body(request)
     gp = parse_generation(body, None, None)
     parse_messages(body)  # a bad request is refused here, not after a trip through the mesh
@@ -235,7 +255,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if remote:
         from .mesh_routes import proxy
 
-        return await proxy(request, "chat", body, gp, remote)
+        return await proxy(request, "chat", body, gp, remote, clock)
     prep = await prepare_chat(node, body, gp)
     engine, gp = prep.engine, prep.gp
     gen = Generation(engine, prep.prompts, gp, request.app[PUMP_KEY])
@@ -246,7 +266,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gen.submit()
     try:
         if not gp.stream:
-            await _collect(gen)
+            await _collect(gen, clock)
+            _record_measured(node, gen, clock)
             choices = [
                 {
                     "index": j.index,
@@ -303,7 +324,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             )
             for j in gen.jobs
         ]
-        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
+        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk, clock)
     finally:
         gen.cancel()  # no-op for finished jobs; frees the slots of a client that went away
 
@@ -314,6 +335,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     node = _node(request)
+    clock = AnswerClock()
     body = await _read_body(request)
     gp = parse_generation(body, None, 16)  # OpenAI's default max_tokens for completions is 16
     prompts_in = parse_prompts(body)
@@ -328,7 +350,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             )
         from .mesh_routes import proxy
 
-        return await proxy(request, "completion", body, gp, remote)
+        return await proxy(request, "completion", body, gp, remote, clock)
     prep = await prepare_completion(node, body, gp)
     engine, gp, prompts, texts, echo = prep.engine, prep.gp, prep.prompts, prep.texts, prep.echo
     gen = Generation(engine, prompts, gp, request.app[PUMP_KEY])
@@ -339,7 +361,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gen.submit()
     try:
         if not gp.stream:
-            await _collect(gen)
+            await _collect(gen, clock)
+            _record_measured(node, gen, clock)
             choices = [
                 {
                     "text": (prompt_text_for(j.index) if echo else "") + "".join(j.text),
@@ -383,7 +406,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return d
 
         first = [chunk(j.index, prompt_text_for(j.index), None) for j in gen.jobs] if echo else []
-        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk)
+        return await _stream(request, gen, chunk, first, gp.include_usage, usage_chunk, clock)
     finally:
         gen.cancel()
 

@@ -14,6 +14,7 @@ def test_empty_summary():
         "ttft_ms_p50": None,
         "samples": 0,
         "window": 200,
+        "window_seconds": 3600.0,
         "total_requests": 0,
     }
 
