@@ -168,3 +168,36 @@ def test_open_status_holds_only_ids_and_numbers():
     from runtime import __version__
 
     assert strings <= allowed_keys | {"Qwen3-8B", "Phi-4", "closedmesh.status", __version__}, strings
+
+
+# -- what peers announce for the catalog: checked on arrival ---------------------------------------------
+
+
+def _announcement(**model) -> dict:
+    m = {"id": "m", "state": "ready", "context_length": 4096, "slots": 4, "free_slots": 2, "queued": 0,
+         "tokens_per_second_p50": 31.5, "ttft_ms_p50": 180.2, "samples": 12, "window_seconds": 3600.0}
+    m.update(model)
+    return {"name": "n", "ttl": 15, "models": [m]}
+
+
+def test_announced_sample_counts_and_windows_are_kept():
+    from runtime.mesh import protocol as P
+    from runtime.mesh.identity import Identity
+
+    me = Identity.generate()
+    got = P.open_announcement(me.public, P.sign_announcement(me, _announcement()))["models"][0]
+    assert got["samples"] == 12 and got["window_seconds"] == 3600.0
+    older = P.open_announcement(me.public, P.sign_announcement(me, _announcement(samples=None, window_seconds=None)))
+    assert older["models"][0]["samples"] is None  # a peer of an earlier version: no count, still a peer
+
+
+@pytest.mark.parametrize("field, bad", [("samples", "x"), ("samples", -1), ("samples", 10**7), ("samples", True),
+                                        ("samples", 1.5), ("window_seconds", math.inf), ("window_seconds", "1h"),
+                                        ("window_seconds", -5), ("window_seconds", 1e12)])
+def test_hostile_announced_counts_are_refused(field, bad):
+    from runtime.mesh import protocol as P
+    from runtime.mesh.identity import Identity
+
+    me = Identity.generate()
+    with pytest.raises(P.BadAnnouncement, match=field):
+        P.open_announcement(me.public, P.sign_announcement(me, _announcement(**{field: bad})))
