@@ -15,6 +15,7 @@ stopped being used does not report an hour-old speed as current.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,16 +34,21 @@ class RequestSample:
 
 @dataclass
 class RollingStats:
+    """One window. The engine adds samples from its reader thread while the event loop reads summaries:
+    both hold the lock (iterating a deque that another thread changes raises)."""
+
     window: int = WINDOW_SAMPLES
     window_seconds: float = WINDOW_SECONDS
     samples: deque[RequestSample] = field(default_factory=deque)
     total_requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, sample: RequestSample) -> None:
-        self.samples.append(sample)
-        self.total_requests += 1
-        while len(self.samples) > self.window:
-            self.samples.popleft()
+        with self._lock:
+            self.samples.append(sample)
+            self.total_requests += 1
+            while len(self.samples) > self.window:
+                self.samples.popleft()
 
     def _prune(self, now: float) -> None:
         while self.samples and now - self.samples[0].at > self.window_seconds:
@@ -51,16 +57,19 @@ class RollingStats:
     def summary(self, now: float | None = None) -> dict:
         """Medians over the samples in the window: ``samples`` of them, at most ``window`` and none older
         than ``window_seconds``. ``total_requests`` counts every sample ever added."""
-        self._prune(time.monotonic() if now is None else now)
-        tps = [s.tokens_per_second for s in self.samples if s.tokens_per_second is not None]
-        ttft = [s.ttft_ms for s in self.samples]
+        with self._lock:
+            self._prune(time.monotonic() if now is None else now)
+            kept = list(self.samples)
+            total = self.total_requests
+        tps = [s.tokens_per_second for s in kept if s.tokens_per_second is not None]
+        ttft = [s.ttft_ms for s in kept]
         return {
             "tokens_per_second_p50": round(statistics.median(tps), 2) if tps else None,
             "ttft_ms_p50": round(statistics.median(ttft), 2) if ttft else None,
-            "samples": len(self.samples),
+            "samples": len(kept),
             "window": self.window,
             "window_seconds": self.window_seconds,
-            "total_requests": self.total_requests,
+            "total_requests": total,
         }
 
 
