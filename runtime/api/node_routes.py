@@ -26,13 +26,15 @@ async def status(request: web.Request) -> web.Response:
 
 @routes.get("/api/events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: a full status snapshot first, then every state change as it happens."""
+    """Server-sent events: a full status snapshot first, then every state change as it happens. On an entry
+    node every change is sent as a fresh open status document instead (the changes name peers and URLs)."""
     node = request.app[NODE_KEY]
+    snapshot = node.open_status if node.settings.entry else node.status
     q = node.subscribe()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
-        await resp.write(b"event: status\ndata: " + json.dumps(node.status()).encode() + b"\n\n")
+        await resp.write(b"event: status\ndata: " + json.dumps(snapshot()).encode() + b"\n\n")
         while True:
             try:
                 ev = await asyncio.wait_for(q.get(), node.settings.keepalive_seconds)
@@ -42,6 +44,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             if ev is None:  # the node is shutting down
                 await resp.write_eof()
                 return resp
+            if node.settings.entry:
+                ev = {"type": "status", **snapshot()}
             await resp.write(f"event: {ev['type']}\ndata: ".encode() + json.dumps(ev).encode() + b"\n\n")
     finally:
         node.unsubscribe(q)

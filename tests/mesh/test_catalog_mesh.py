@@ -8,8 +8,10 @@ import json
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -134,6 +136,28 @@ def test_entry_lists_the_mesh_and_keeps_machines_out_of_its_open_status(entry_me
     assert ext["mesh_tps_p50_median"] == beta["mesh"]["tps_p50_median"]
     assert ext["mesh_ttft_ms_p50_best"] == beta["mesh"]["ttft_ms_p50_best"]
     assert ext["tokens_per_second_p50"] == ext["mesh_tps_p50_median"]  # the median, no longer the highest
+
+    # the event stream of an entry sends open status documents only, also when peers change
+    events: list[dict] = []
+    deadline = time.monotonic() + 60
+    with httpx.stream("GET", entry.base_url + "/api/events", timeout=30) as r:
+        lines = r.iter_lines()
+        assert api(peer, "POST", "/api/mesh/leave")[0] == 200
+        for line in lines:  # keep-alive comments come every 0.5 s: the deadline is checked often
+            assert time.monotonic() < deadline, f"no event showed the peer gone: {events[-1:]}"
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: "):]
+            for word in forbidden:
+                assert word not in data, f"an open event names {word!r}: {data}"
+            events.append(json.loads(data))
+            if events[-1]["catalog"]["models"]["beta"]["peers"] == 0:
+                break
+    # the snapshot, then a fresh document on the change; beta stays in the catalog for its measured window
+    assert len(events) >= 2 and all(set(e) - {"type"} <= set(doc) for e in events)
+    assert events[-1]["type"] == "status"  # a change is sent as a whole open document, not as the raw event
+    gone = events[-1]["catalog"]["models"]["beta"]
+    assert gone["mesh"] is None and gone["measured"]["samples"] == 3
 
 
 def test_a_plain_node_keeps_its_full_status_with_the_catalog(entry_mesh):
