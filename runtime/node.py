@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from . import __version__
+from .catalog import build_catalog, open_status_document, public_maps
 from .config import Paths, ServeSettings, admin_token, node_id
 from .engine.events import EngineConfig
 from .engine.probe import BuildRegistry
@@ -26,6 +27,7 @@ from .mesh.mesh import Mesh, NodeServices
 from .models.embedded import DEFAULT_MODEL_ID
 from .models.manager import ERROR, READY, RESTARTING, ManagedModel, ModelError, ModelManager
 from .models.store import ModelSpecError, resolve
+from .stats import ModelStatsBook
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Node:
     _started: bool = False
     hub: Hub | None = None  # when this node hosts a private mesh (serve --hub)
     entry: object | None = None  # runtime.entry.gate.EntryService when this node is a hosted entry
+    # answers as this node's HTTP clients saw them, per model (the catalog's "measured" figures)
+    measured: ModelStatsBook = field(default_factory=ModelStatsBook)
 
     def __post_init__(self) -> None:
         self.paths.ensure()
@@ -271,7 +275,7 @@ class Node:
             else:
                 st.update({"context_length": None, "slots": None})
             models.append(st)
-        return {
+        status = {
             "node": {
                 "id": self.id,
                 "version": __version__,
@@ -287,3 +291,23 @@ class Node:
             "mesh": self.mesh.status(with_peers=False),
             "peers": self.mesh.directory.public(),
         }
+        cat = self.catalog(native=catalog)
+        status.update(public_maps(cat))
+        status["catalog"] = cat
+        return status
+
+    def catalog(self, native: dict[str, dict] | None = None) -> dict:
+        """The throughput catalog (runtime/catalog.py): this node's native and measured windows and what
+        the live peers announced. ``native``: the engines' summaries when the caller has them already."""
+        if native is None:
+            native = {m.id: m.engine.stats.summary() for m in self.manager.models.values() if m.engine is not None}
+        local = {m.id: (m.engine.n_ctx_seq if m.engine else None) for m in self.manager.routable()}
+        mesh: dict[str, list[dict]] = {}
+        if self.mesh.connected:
+            for mid, peers in self.mesh.directory.mesh_models().items():
+                mesh[mid] = [p.model(mid) or {} for p in peers]
+        return build_catalog(local, native, self.measured.summaries(), mesh)
+
+    def open_status(self) -> dict:
+        """/api/status of an entry node: the catalog and per-model counts, nothing that names a machine."""
+        return open_status_document(self.catalog(), ready=self.ready, mesh_connected=self.mesh.connected)

@@ -20,17 +20,20 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/api/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_KEY].status())
+    node = request.app[NODE_KEY]
+    return web.json_response(node.open_status() if node.settings.entry else node.status())
 
 
 @routes.get("/api/events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: a full status snapshot first, then every state change as it happens."""
+    """Server-sent events: a full status snapshot first, then every state change as it happens. On an entry
+    node every change is sent as a fresh open status document instead (the changes name peers and URLs)."""
     node = request.app[NODE_KEY]
+    snapshot = node.open_status if node.settings.entry else node.status
     q = node.subscribe()
     resp = await sse.open_stream(request)
     try:
-        await resp.write(sse.event("status", node.status()))
+        await resp.write(sse.event("status", snapshot()))
         while True:
             try:
                 ev = await asyncio.wait_for(q.get(), node.settings.keepalive_seconds)
@@ -39,6 +42,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if ev is None:  # the node is shutting down
                 return await sse.end(resp)
+            if node.settings.entry:
+                ev = {"type": "status", **snapshot()}
             await resp.write(sse.event(ev["type"], ev))
     finally:
         node.unsubscribe(q)

@@ -11,11 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from ..answers import answer
+from ..catalog import model_extension
 from ..engine.engine import EmbeddingsUnsupported, ModelEngine
 from ..engine.events import EngineUnavailable, Failed, Text
 from ..errors import APIError, invalid, model_not_found
 from ..generation import Answer, check_text_fits, tool_format
 from ..node import Node
+from ..stats import AnswerClock
 from ..validation import (
     GenerationParams,
     parse_embedding_inputs,
@@ -35,7 +37,7 @@ routes = web.RouteTableDef()
 # -- models ------------------------------------------------------------------------------------------
 
 
-def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
+def _model_object(node: Node, m, mesh: dict | None, cat: dict) -> dict:
     e: ModelEngine | None = m.engine
     stats = e.stats.summary() if e else {}
     return {
@@ -54,11 +56,12 @@ def _model_object(node: Node, m, mesh: dict | None = None) -> dict:
             "samples": stats.get("samples", 0),
             # How this model writes tool calls, from its chat template (runtime/tools/formats.py).
             "tool_format": tool_format(e).name if e else None,
+            **model_extension(cat),
         },
     }
 
 
-def _mesh_object(node: Node, mid: str, info: dict) -> dict:
+def _mesh_object(node: Node, mid: str, info: dict, cat: dict) -> dict:
     return {
         "id": mid,
         "object": "model",
@@ -73,6 +76,7 @@ def _mesh_object(node: Node, mid: str, info: dict) -> dict:
             "free_slots": info["free_slots"],
             "tokens_per_second_p50": info["tokens_per_second_p50"],
             "ttft_ms_p50": info["ttft_ms_p50"],
+            **model_extension(cat),
         },
     }
 
@@ -80,12 +84,13 @@ def _mesh_object(node: Node, mid: str, info: dict) -> dict:
 def _all_models(node: Node) -> list[dict]:
     """Local models (marked local or local+mesh) and the models only peers serve."""
     mesh = node.mesh.directory.model_summaries() if node.mesh.connected else {}
+    cat = {k.lower(): v for k, v in node.catalog()["models"].items()}
     lower = {k.lower(): k for k in mesh}
     out = []
     for m in node.manager.routable():
         key = lower.pop(m.id.lower(), None)
-        out.append(_model_object(node, m, mesh.get(key) if key else None))
-    out += [_mesh_object(node, k, mesh[k]) for k in lower.values()]
+        out.append(_model_object(node, m, mesh.get(key) if key else None, cat.get(m.id.lower(), {})))
+    out += [_mesh_object(node, k, mesh[k], cat.get(k.lower(), {})) for k in lower.values()]
     return out
 
 
@@ -113,14 +118,16 @@ async def _read_body(request: web.Request) -> dict:
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    clock = AnswerClock()
     body = await _read_body(request)
     gp = parse_generation(body, None, None)
     parse_messages(body)  # a bad request is refused here, not after a trip through the mesh
-    return await respond(request, "chat", gp, await answer(node_of(request), "chat", body, gp))
+    return await respond(request, "chat", gp, await answer(node_of(request), "chat", body, gp), clock)
 
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
+    clock = AnswerClock()
     body = await _read_body(request)
     gp = parse_generation(body, None, 16, "completion")  # OpenAI's default max_tokens for completions is 16
     if gp.tools is not None and gp.tools.tools:
@@ -133,13 +140,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "echo",
             "unsupported_parameter",
         )
-    return await respond(request, "completion", gp, await answer(node_of(request), "completion", body, gp))
+    ans = await answer(node_of(request), "completion", body, gp)
+    return await respond(request, "completion", gp, ans, clock)
 
 
-async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: Answer) -> web.StreamResponse:
+async def respond(
+    request: web.Request, kind: str, gp: GenerationParams, ans: Answer, clock: AnswerClock
+) -> web.StreamResponse:
     """Send an answer (from this node or the mesh) as one JSON body or, with ``stream``, as SSE chunks.
     The stream opens once every choice has started: a failure before that is an HTTP error, one after it
-    an SSE ``data: {"error": ...}`` event that ends the stream (never a silent end)."""
+    an SSE ``data: {"error": ...}`` event that ends the stream (never a silent end). An answer that ends
+    with its usage is one sample of the catalog's measured figures (``clock``: timed from the request)."""
     created = int(time.time())
     tally = fmt.Tally(ans.n, gp.n)
     c: fmt.Completion | None = None
@@ -173,6 +184,8 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
                     await resp.write(b"".join(out))
                     return await sse.end(resp)
                 tally.add(i, ev)
+                if isinstance(ev, Text) and ev.text:
+                    clock.token()
                 if not gp.stream:
                     continue
                 if resp is None:
@@ -191,17 +204,28 @@ async def respond(request: web.Request, kind: str, gp: GenerationParams, ans: An
                 assert resp is not None
                 await resp.write(b"".join(out))
         if not gp.stream:
-            return web.json_response(fmt.body(_completion(kind, created, gp, tally), tally, ans.echo))
+            body = fmt.body(_completion(kind, created, gp, tally), tally, ans.echo)
+            _record_measured(node_of(request), tally, gp, ans, clock)
+            return web.json_response(body)
         assert resp is not None and c is not None
         if gp.include_usage:
             await resp.write(sse.data(fmt.usage_chunk(c, tally.usage())))
         await resp.write(sse.DONE)
+        _record_measured(node_of(request), tally, gp, ans, clock)
         return await sse.end(resp)
     finally:
         ans.cancel()  # no-op for finished choices; frees the slots (or peers) of a client that went away
         sink = request.get(USAGE_SINK)
         if sink is not None:  # a hosted entry node counts what the answer cost against the client's key
             sink(*tally.billed())
+
+
+def _record_measured(node: Node, tally: fmt.Tally, gp: GenerationParams, ans: Answer, clock: AnswerClock) -> None:
+    """A finished answer with its usage: one end-to-end sample for the catalog (runtime/stats.py), under
+    the model that answered."""
+    first = tally.first_started()
+    model = first.model if first is not None and first.model else gp.model
+    node.measured.record(model, clock.sample(tally.usage()["completion_tokens"], ans.n))
 
 
 def _completion(kind: str, created: int, gp: GenerationParams, tally: fmt.Tally) -> fmt.Completion:

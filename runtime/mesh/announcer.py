@@ -68,6 +68,8 @@ class Announcer:
                     queued=c["queued"],
                     tokens_per_second_p50=st["tokens_per_second_p50"],
                     ttft_ms_p50=st["ttft_ms_p50"],
+                    samples=st["samples"],
+                    window_seconds=st["window_seconds"],
                 )
                 free_total += free
                 queued_total += c["queued"]

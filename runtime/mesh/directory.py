@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..catalog import mesh_figures
 from .drops import Drops
 from .protocol import ANNOUNCE_TTL, BadAnnouncement, open_announcement
 
@@ -146,19 +147,17 @@ class Directory:
 
     def model_summaries(self) -> dict[str, dict]:
         """Models served by live peers → what /v1/models shows of them: how many peers, the smallest
-        context, the best measured speed and first-token time, the free slots of all."""
+        context, the median across peers of their speed, the best first-token time, the free slots of all
+        (runtime/catalog.py checks the peers' figures; docs/entry.md defines them)."""
         out = {}
         for mid, peers in self.mesh_models().items():
-            entries = [p.model(mid) or {} for p in peers]
-            tps = [v for e in entries if (v := e.get("tokens_per_second_p50"))]
-            ttft = [v for e in entries if (v := e.get("ttft_ms_p50"))]
-            ctx = [v for e in entries if (v := e.get("context_length"))]
+            f = mesh_figures(p.model(mid) or {} for p in peers)
             out[mid] = {
-                "peers": len(peers),
-                "context_length": min(ctx) if ctx else None,
-                "tokens_per_second_p50": max(tps) if tps else None,
-                "ttft_ms_p50": min(ttft) if ttft else None,
-                "free_slots": sum(e.get("free_slots") or 0 for e in entries),
+                "peers": f["peers"],
+                "context_length": f["context_length"],
+                "tokens_per_second_p50": f["tps_p50_median"],  # the median across peers
+                "ttft_ms_p50": f["ttft_ms_p50_best"],  # the best (lowest) across peers
+                "free_slots": f["free_slots"],
             }
         return out
 

@@ -243,6 +243,9 @@ def validate_announcement(key: str, a: dict) -> dict:
                 "queued": _int(m, key, "queued", 0, MAX_COUNT, path=path),
                 "tokens_per_second_p50": _num(m, key, "tokens_per_second_p50", 0, 1e7, path),
                 "ttft_ms_p50": _num(m, key, "ttft_ms_p50", 0, 1e9, path),
+                # how many answers those two medians come from, and the window they span (the catalog)
+                "samples": _int(m, key, "samples", 0, MAX_COUNT, path=path),
+                "window_seconds": _num(m, key, "window_seconds", 0, 1e7, path),
             }
         )
     out["free_slots"] = _int(a, key, "free_slots", 0, MAX_SLOTS * MAX_MODELS)

@@ -1,6 +1,11 @@
 // ClosedMesh chat page: a model picker fed by GET /v1/models and streamed answers from
 // POST /v1/chat/completions (SSE). Plain JS, no dependencies. Model output is only ever inserted as
 // text (text nodes / textContent), never parsed as HTML.
+//
+// Against an entry node (docs/entry.md) the model list is open and answers need an API key: the page
+// asks for one when an answer is refused with 401, keeps it in this browser's localStorage and sends it
+// as an Authorization header on its own requests, which all go to this page's origin (apiFetch takes
+// paths only). A local node never answers 401, so no key is ever asked for there.
 "use strict";
 
 (() => {
@@ -17,9 +22,16 @@
     send: $("send"),
     stop: $("stop"),
     status: $("status"),
+    forgetKey: $("forget-key"),
+    keyPanel: $("key-panel"),
+    keyReason: $("key-reason"),
+    keyForm: $("key-form"),
+    keyInput: $("api-key"),
+    keyCancel: $("key-cancel"),
   };
 
   const STORAGE_KEY = "closedmesh.chat.model";
+  const API_KEY_STORAGE = "closedmesh.chat.apiKey";
   const history = []; // the turns sent with every request: {role, content}
   let models = [];
   let loadingModels = false;
@@ -69,6 +81,53 @@
     } catch (_) {
       return "";
     }
+  }
+
+  // -- API key (entry nodes) ----------------------------------------------------------------------
+
+  function storedKey() {
+    try {
+      return localStorage.getItem(API_KEY_STORAGE) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) localStorage.setItem(API_KEY_STORAGE, key);
+      else localStorage.removeItem(API_KEY_STORAGE);
+    } catch (_) {
+      /* storage unavailable: the key lasts as long as this page */
+    }
+    sessionKey = key;
+    els.forgetKey.hidden = !key;
+  }
+
+  let sessionKey = storedKey();
+
+  // Every request of this page goes through here: a path on this page's own origin, never a URL, so the
+  // key cannot be sent anywhere else.
+  function apiFetch(path, options = {}) {
+    if (typeof path !== "string" || !path.startsWith("/") || path.startsWith("//")) {
+      throw new ChatError(`Refusing to send a request to ${path}: this page talks only to its own node.`);
+    }
+    const headers = new Headers(options.headers || {});
+    if (sessionKey) headers.set("Authorization", `Bearer ${sessionKey}`);
+    return fetch(path, { ...options, headers, credentials: "omit", mode: "same-origin" });
+  }
+
+  function askForKey(reason) {
+    els.keyReason.textContent = reason;
+    els.keyPanel.hidden = false;
+    els.keyInput.value = "";
+    els.keyInput.focus();
+  }
+
+  function hideKeyPanel() {
+    els.keyPanel.hidden = true;
+    els.keyReason.textContent = "";
+    els.keyInput.value = "";
   }
 
   async function errorFromResponse(resp) {
@@ -132,9 +191,15 @@
     try {
       let resp;
       try {
-        resp = await fetch("/v1/models", { headers: { Accept: "application/json" }, cache: "no-store" });
+        resp = await apiFetch("/v1/models", { headers: { Accept: "application/json" }, cache: "no-store" });
       } catch (_) {
         throw new ChatError(unreachable());
+      }
+      if (resp.status === 401) {
+        // An entry's model list is open; a node that keeps even its list behind a key asks here.
+        const refused = await errorFromResponse(resp);
+        askForKey(`${refused.message} Enter your key to see the models.`);
+        throw refused;
       }
       if (!resp.ok) throw await errorFromResponse(resp);
       const body = await resp.json();
@@ -314,10 +379,11 @@
     let finish = null;
     let failure = null;
     let stopped = false;
+    let needsKey = false;
     try {
       let resp;
       try {
-        resp = await fetch("/v1/chat/completions", {
+        resp = await apiFetch("/v1/chat/completions", {
           method: "POST",
           headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
           body: JSON.stringify({ model, messages: history.slice(), stream: true }),
@@ -327,6 +393,16 @@
       } catch (e) {
         if (ctrl.signal.aborted) throw e;
         throw new ChatError(unreachable());
+      }
+      if (resp.status === 401) {
+        const refused = await errorFromResponse(resp);
+        needsKey = true;
+        askForKey(
+          sessionKey
+            ? `The saved key was refused: ${refused.message} Enter another key to continue.`
+            : `${refused.message} Enter your key to continue; your message is sent again with it.`,
+        );
+        throw refused;
       }
       if (!resp.ok) throw await errorFromResponse(resp);
       if (!resp.body) throw new ChatError("The node's answer had no body.");
@@ -358,7 +434,7 @@
       });
       bubble.article.append(retry);
       retryBubble = bubble;
-      setStatus("The answer failed.");
+      setStatus(needsKey ? "Waiting for an API key." : "The answer failed.");
     } else if (stopped) {
       bubble.article.classList.add("stopped");
       if (text) history.push({ role: "assistant", content: text });
@@ -398,6 +474,31 @@
     if (controller) controller.abort();
   }
 
+  function retryFailed() {
+    const button = retryBubble && retryBubble.article.querySelector(".retry");
+    if (button && !controller) button.click();
+  }
+
+  function saveKey() {
+    const key = els.keyInput.value.trim();
+    if (!key) {
+      els.keyInput.focus();
+      return;
+    }
+    storeKey(key);
+    hideKeyPanel();
+    setStatus("Key saved in this browser.");
+    if (models.length === 0) loadModels();
+    retryFailed(); // the message that was refused goes again, with the key
+  }
+
+  function forgetKey() {
+    storeKey("");
+    hideKeyPanel();
+    setStatus("Key forgotten: it is no longer stored in this browser.");
+    els.prompt.focus();
+  }
+
   function newChat() {
     stop();
     history.length = 0;
@@ -426,6 +527,15 @@
   els.stop.addEventListener("click", stop);
   els.newChat.addEventListener("click", newChat);
   els.refresh.addEventListener("click", loadModels);
+  els.keyForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    saveKey();
+  });
+  els.keyCancel.addEventListener("click", () => {
+    hideKeyPanel();
+    els.prompt.focus();
+  });
+  els.forgetKey.addEventListener("click", forgetKey);
   els.model.addEventListener("change", () => {
     remember(els.model.value);
     updateControls();
@@ -434,6 +544,7 @@
     if (document.visibilityState === "visible" && !controller) loadModels();
   });
 
+  els.forgetKey.hidden = !sessionKey;
   updateControls();
   loadModels();
   els.prompt.focus();

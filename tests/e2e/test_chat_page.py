@@ -375,3 +375,190 @@ def test_keyboard_only_use(page, node):
                        ("button", "Refresh the model list"), ("textbox", "Message")]:
         assert page.get_by_role(role, name=name, exact=True).count() == 1, name
     assert re.search(r"\S", page.text_content("#status") or "")
+
+
+# -- against an entry node: open model list, a key asked for once ---------------------------------------
+
+GOOD_KEY = "cm_" + "k" * 43
+
+
+class KeyedServer:
+    """A test fixture standing in for an entry node's gate (runtime/entry has its own): the product's chat
+    page and static files, the real node's model list served openly, and chat answers from the real node
+    for requests that carry ``Authorization: Bearer GOOD_KEY``; anything else is answered 401 in the
+    OpenAI error shape, as an entry node answers a missing or unknown key. It notes every request's path
+    and Authorization header."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.seen: list[tuple[str, str | None]] = []
+        self.port = 0
+
+    def app(self):
+        from aiohttp import ClientSession, ClientTimeout, web
+
+        from runtime.api import chat_page
+
+        async def note(request, handler):
+            self.seen.append((request.path, request.headers.get("Authorization")))
+            return await handler(request)
+
+        async def models(request):
+            async with ClientSession() as s, s.get(self.node.v1 + "/models") as r:
+                return web.json_response(await r.json(), status=r.status)
+
+        async def chat(request):
+            if request.headers.get("Authorization") != f"Bearer {GOOD_KEY}":
+                given = "an unknown key" if request.headers.get("Authorization") else "no key"
+                return web.json_response(
+                    {"error": {"message": f"This entry node needs an API key (the request carried {given}).",
+                               "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+                    status=401)
+            body = await request.json()
+            body.update(max_tokens=24, temperature=0)  # short, repeatable answers from the real model
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            async with ClientSession(timeout=ClientTimeout(total=300)) as s, \
+                    s.post(self.node.v1 + "/chat/completions", json=body) as r:
+                async for piece in r.content.iter_any():
+                    await resp.write(piece)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application(middlewares=[web.middleware(note)])
+        app.add_routes(chat_page.routes)
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def keyed(node):
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    server = KeyedServer(node)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(server.app())
+
+    async def start():
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server.port = site._server.sockets[0].getsockname()[1]
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def stored_key(pg) -> str | None:
+    return pg.evaluate("() => localStorage.getItem('closedmesh.chat.apiKey')")
+
+
+def test_local_node_never_asks_for_a_key_nor_sends_one(page, node, model_id):
+    page.route("**/v1/chat/completions", fulfill_sse(sse("Hello.")))
+    headers: list[str | None] = []
+    page.on("request", lambda r: headers.append(r.headers.get("authorization")) if "/v1/" in r.url else None)
+    open_chat(page, node, model_id)
+    send(page, "Hi")
+    page.wait_for_selector(".message.assistant .message-body >> text=Hello.")
+    wait_idle(page)
+    assert page.is_hidden("#key-panel") and page.is_hidden("#forget-key")
+    assert stored_key(page) is None
+    assert headers and not any(headers), headers
+
+
+def test_entry_lists_models_openly_then_asks_for_a_key_once(browser, keyed, node, model_id):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    context.set_default_timeout(30_000)
+    pg = context.new_page()
+    problems: list[str] = []
+    pg.on("pageerror", lambda e: problems.append(f"uncaught error in the page: {e}"))
+    requests: list[tuple[str, str | None]] = []
+    pg.on("request", lambda r: requests.append((r.url, r.headers.get("authorization"))))
+    try:
+        # the open model list, before any key is given
+        open_chat(pg, keyed, model_id)
+        assert pg.is_hidden("#key-panel") and pg.is_hidden("#forget-key") and stored_key(pg) is None
+        served = [m["id"] for m in httpx.get(node.v1 + "/models", timeout=10).json()["data"]]
+        assert pg.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == served
+
+        # the first answer is refused: the page asks for a key and says why
+        send(pg, "What is the capital of France?")
+        pg.wait_for_selector("#key-panel:not([hidden])")
+        assert "needs an API key (the request carried no key)" in pg.text_content("#key-reason")
+        assert pg.evaluate("document.activeElement.id") == "api-key"
+        wait_idle(pg)
+        assert pg.text_content("#status") == "Waiting for an API key."
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "chat-page-key.png"))
+
+        # a wrong key is refused in turn, and said so
+        pg.fill("#api-key", "cm_wrong")
+        pg.click("#key-save")
+        pg.wait_for_function("() => document.querySelector('#key-reason').textContent.includes('saved key was "
+                             "refused')")
+        wait_idle(pg)
+
+        # the right key: the same message goes again and the real model answers
+        pg.fill("#api-key", GOOD_KEY)
+        pg.press("#api-key", "Enter")
+        pg.wait_for_function("() => (document.querySelector('.message.assistant:not(.failed) .message-body')"
+                             "?.textContent || '').trim().length > 0", timeout=T)
+        wait_idle(pg)
+        assert pg.is_hidden("#key-panel") and pg.is_visible("#forget-key")
+        assert stored_key(pg) == GOOD_KEY
+        assert pg.locator(".message.user").count() == 1 and pg.locator("#conversation [role=alert]").count() == 0
+        assert pg.text_content("#status") == "Answer complete."
+
+        # asked once: after a reload the stored key is used without asking
+        pg.reload()
+        open_chat(pg, keyed, model_id)
+        send(pg, "And of Germany?")
+        wait_idle(pg)
+        assert pg.is_hidden("#key-panel") and len(answers(pg)) == 1 and answers(pg)[0].strip()
+
+        # forgotten: gone from storage, and the next answer asks again
+        pg.click("#forget-key")
+        assert stored_key(pg) is None and pg.is_hidden("#forget-key")
+        send(pg, "Hi again")
+        pg.wait_for_selector("#key-panel:not([hidden])")
+        wait_idle(pg)
+        pg.click("#key-cancel")
+        assert pg.is_hidden("#key-panel") and stored_key(pg) is None
+    finally:
+        context.close()
+    assert not problems, problems
+    # the key went only to this page's own origin, only as an Authorization header, never in a URL
+    assert all(url.startswith(keyed.base_url + "/") for url, _ in requests), requests
+    assert not any(GOOD_KEY in url for url, _ in requests)
+    keyed_paths = [(p, a) for p, a in keyed.seen if a == f"Bearer {GOOD_KEY}"]
+    assert {p for p, _ in keyed_paths} >= {"/v1/chat/completions"}
+    assert {a for _, a in keyed.seen} <= {None, "Bearer cm_wrong", f"Bearer {GOOD_KEY}"}
+    # before any key was given, the model list was fetched without one
+    assert keyed.seen[[p for p, _ in keyed.seen].index("/v1/models")][1] is None
+
+
+def test_page_fetches_only_paths_of_its_own_origin():
+    """Every request of the page goes through apiFetch, which takes a path, never a URL: the key cannot
+    be sent to another origin. (The CSP's connect-src 'self' refuses one as well.)"""
+    src = (STATIC / "chat.js").read_text()
+    assert src.count("fetch(") == 1 and src.count("apiFetch(") == 3  # one fetch, in apiFetch; its two callers
+    for other in ("XMLHttpRequest", "EventSource", "sendBeacon", "WebSocket", "import("):
+        assert other not in src, other
+    assert 'path.startsWith("/") || path.startsWith("//")' in src and 'mode: "same-origin"' in src
+    assert re.findall(r'apiFetch\("([^"]+)"', src) == ["/v1/models", "/v1/chat/completions"]

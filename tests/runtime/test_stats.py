@@ -14,6 +14,7 @@ def test_empty_summary():
         "ttft_ms_p50": None,
         "samples": 0,
         "window": 200,
+        "window_seconds": 3600.0,
         "total_requests": 0,
     }
 
@@ -89,3 +90,30 @@ def test_summary_matches_the_last_window_samples(window, samples):
     assert summary["total_requests"] == len(samples)
     assert summary["ttft_ms_p50"] == median([t for _, t in kept])
     assert summary["tokens_per_second_p50"] == median([t for t, _ in kept if t is not None])
+
+
+def test_summaries_while_another_thread_adds():
+    """The engine adds samples from its reader thread while the event loop reads summaries: without the
+    lock, iterating or pruning the window while it changes raised RuntimeError / IndexError."""
+    import sys
+    import threading
+
+    s = RollingStats(window=50, window_seconds=0.001)  # every summary prunes, every add trims
+    stop = threading.Event()
+
+    def adder():
+        while not stop.is_set():
+            s.add(RequestSample(1.0, 1.0))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    t = threading.Thread(target=adder)
+    t.start()
+    try:
+        for _ in range(20_000):
+            s.summary()
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+    assert s.total_requests > 0
