@@ -18,7 +18,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import DEFAULT_HOST, DEFAULT_PORT, Paths, ServeSettings, admin_token, node_id
+from .config import DEFAULT_HOST, DEFAULT_PORT, Paths, ServeSettings, admin_token, node_id, parse_duration
 from .errors import NodeError
 from .models.embedded import DEFAULT_MODEL_ID
 
@@ -381,15 +381,6 @@ def _mesh_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    try:
-        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise NodeError(f"'{text}' is not a duration; write e.g. 30m, 24h or 7d", status=400) from None
-
-
 def _hub_dir():
     return Paths.resolve().data / "hub"
 
@@ -397,7 +388,7 @@ def _hub_dir():
 def _mesh_invite(args: argparse.Namespace) -> int:
     from .mesh.hub import create_invite
 
-    ttl = _parse_duration(args.ttl)
+    ttl = parse_duration(args.ttl)
     base = _node_base(args)
     if base is not None and _get(base + "/api/mesh").get("hub"):
         inv = _admin_call(base, "POST", "/api/mesh/invite", {"ttl_seconds": ttl, "role": args.role})

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import NodeError
+
 log = logging.getLogger(__name__)
 APP_NAME = "ClosedMesh"
 DEFAULT_HOST = "127.0.0.1"
@@ -122,3 +124,13 @@ class ServeSettings:
     hub_port: int = 4222
     # Entry
     entry: bool = False  # a hosted entry node: open endpoints answer without naming any machine (docs/entry.md)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "30s", "30m", "24h" or "7d" (the CLI's invite and key lifetimes)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise NodeError(f"'{text}' is not a duration; write e.g. 30m, 24h or 7d", status=400) from None

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import psutil
 
@@ -32,6 +33,13 @@ from .stats import ModelStatsBook
 log = logging.getLogger(__name__)
 
 
+class HttpExtension(Protocol):
+    """What the HTTP layer asks of an add-on a node carries (a hosted entry's gate, runtime/entry/gate.py):
+    to install its middleware and hooks on the application."""
+
+    def install(self, app: Any) -> None: ...
+
+
 @dataclass
 class Node:
     settings: ServeSettings
@@ -46,7 +54,7 @@ class Node:
     _listeners: set = field(default_factory=set)
     _started: bool = False
     hub: Hub | None = None  # when this node hosts a private mesh (serve --hub)
-    entry: object | None = None  # runtime.entry.gate.EntryService when this node is a hosted entry
+    entry: HttpExtension | None = None  # a hosted entry's gate (runtime/entry/gate.py EntryService)
     # answers as this node's HTTP clients saw them, per model (the catalog's "measured" figures)
     measured: ModelStatsBook = field(default_factory=ModelStatsBook)
 

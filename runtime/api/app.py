@@ -160,5 +160,5 @@ def build_app(node: Node) -> web.Application:
     app.add_routes(mesh_routes.routes)
     app.add_routes(chat_page.routes)
     if node.entry is not None:  # a hosted entry: keys, limits, usage (runtime/entry/gate.py)
-        node.entry.install(app)  # type: ignore[attr-defined]
+        node.entry.install(app)
     return app

@@ -6,18 +6,31 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import nats
 from aiohttp import web
 
+from ..api.app import error_response
 from ..api.security import LOOPBACK_NAMES, check_admin, host_allowed
-from ..errors import APIError, invalid
+from ..errors import APIError, NodeError, invalid
+from ..node import Node
 from ..validation import parse_json_body
 from .keys import DayUsage, KeyRecord, make_key, utc_day
-from .store import StoreUnavailable
+from .options import Counters, EntryOptions
+from .store import KeyStore, StoreUnavailable
 
-if TYPE_CHECKING:
-    from .gate import EntryService
+
+class EntryService(Protocol):
+    """What the admin API uses of the entry's gate (gate.py EntryService; not imported: the gate starts
+    this API)."""
+
+    node: Node
+    nc: nats.NATS | None
+    store: KeyStore
+    counters: Counters
+    options: EntryOptions
+
 
 SERVICE_KEY = web.AppKey("entry", object)
 ADMIN_FILE = "entry-admin.json"
@@ -32,19 +45,19 @@ def _service(request: web.Request) -> EntryService:
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
     if not host_allowed(request.headers.get("Host"), ()) or request.headers.get("Origin"):
-        return APIError(
-            403, "The admin API takes requests from this machine's tools only.", "permission_error"
-        ).response()
+        return error_response(
+            APIError(403, "The admin API takes requests from this machine's tools only.", "permission_error")
+        )
     try:
         return await handler(request)
-    except APIError as e:
-        return e.response()
+    except NodeError as e:
+        return error_response(e)
     except StoreUnavailable as e:
-        return APIError(503, str(e), "server_error", None, "entry_store").response()
+        return error_response(APIError(503, str(e), "server_error", None, "entry_store"))
     except web.HTTPNotFound:
-        return APIError(
-            404, f"Unknown admin route {request.path}.", "invalid_request_error", None, "not_found"
-        ).response()
+        return error_response(
+            APIError(404, f"Unknown admin route {request.path}.", "invalid_request_error", None, "not_found")
+        )
 
 
 def _int_or_none(body: dict, name: str) -> int | None:

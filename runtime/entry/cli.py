@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 
 from .. import __version__
-from ..config import Paths, ServeSettings, admin_token
+from ..config import Paths, ServeSettings, admin_token, parse_duration
 
 DEFAULT_ENTRY_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
@@ -38,7 +38,8 @@ def _entry(args: argparse.Namespace) -> int:
     from ..node import Node
     from ..server import PortInUse, bind_socket, serve
     from .clients import parse_networks
-    from .gate import EntryOptions, EntryService
+    from .gate import EntryService
+    from .options import EntryOptions
     from .store import StoreUnavailable
 
     try:
@@ -157,14 +158,13 @@ def _when(t: float | None) -> str:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from ..cli import _parse_duration
 
     body = {
         "name": args.name,
         "rpm": args.rpm,
         "concurrent": args.concurrent,
         "tokens_per_day": args.tokens_per_day,
-        "expires_in": _parse_duration(args.expires) if args.expires else None,
+        "expires_in": parse_duration(args.expires) if args.expires else None,
     }
     out = _call(args, "POST", "/admin/keys", body)
     rec = out["record"]

@@ -15,15 +15,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import nats
 from aiohttp import web
 
+from ..api.app import error_response
 from ..api.context import USAGE_SINK
 from ..errors import APIError
-from .clients import FailureThrottle, Network, client_address
+from .clients import FailureThrottle, client_address
 from .keys import (
     LEASE_REFRESH,
     AuthFailure,
@@ -32,6 +32,7 @@ from .keys import (
     duration_header,
     seconds_to_midnight,
 )
+from .options import Counters, EntryOptions
 from .store import KeyStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,25 +53,6 @@ def is_gated(path: str) -> bool:
 
 
 RATE_HEADERS = "closedmesh.ratelimit_headers"
-
-
-@dataclass(frozen=True)
-class EntryOptions:
-    trusted_proxies: tuple[Network, ...] = ()
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 8444
-    bad_auth_per_minute: float = 120.0  # failed authentications per client address before 429
-
-
-@dataclass
-class Counters:
-    """What the gate did, for /admin/stats and the tests."""
-
-    refused: int = 0  # 401
-    throttled: int = 0  # 429 for too many bad keys from one address
-    limited: int = 0  # 429 over a key's limit
-    accepted: int = 0
-    by_code: dict[str, int] = field(default_factory=dict)
 
 
 class EntryService:
@@ -265,10 +247,10 @@ class EntryService:
                 "too_many_invalid_keys",
                 retry_after=self.throttle.retry_after(client),
             )
-            return err.response()
+            return error_response(err)
         self.counters.refused += 1
         self.counters.by_code[why.code] = self.counters.by_code.get(why.code, 0) + 1
-        resp = APIError(401, why.message, "invalid_request_error", None, why.code).response()
+        resp = error_response(APIError(401, why.message, "invalid_request_error", None, why.code))
         resp.headers["WWW-Authenticate"] = 'Bearer realm="closedmesh"'
         return resp
 
@@ -276,7 +258,7 @@ class EntryService:
         self, message: str, kind: str, retry_after: int, headers: dict[str, str], code: str = "rate_limit_exceeded"
     ) -> web.Response:
         self.counters.limited += 1
-        resp = APIError(429, message, kind, None, code, retry_after=retry_after).response()
+        resp = error_response(APIError(429, message, kind, None, code, retry_after=retry_after))
         resp.headers.update(headers)
         return resp
 

@@ -18,12 +18,26 @@ ROOT = Path(__file__).resolve().parents[2] / "runtime"
 # Layers, top first. A module belongs to the first component whose prefix matches its dotted name
 # (a package prefix covers the package's modules).
 LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
-    ("entry", {"cli": ("runtime.cli",), "server": ("runtime.server",)}),
-    ("api", {"api": ("runtime.api",)}),
+    (
+        "entry",
+        {"cli": ("runtime.cli",), "server": ("runtime.server",), "entry_cli": ("runtime.entry.cli",)},
+    ),
+    ("api", {"api": ("runtime.api",), "entry_gate": ("runtime.entry.gate", "runtime.entry.admin")}),
     ("node", {"node": ("runtime.node", "runtime.answers")}),
     (
         "services",
-        {"mesh": ("runtime.mesh",), "models": ("runtime.models",), "generation": ("runtime.generation",)},
+        {
+            "mesh": ("runtime.mesh",),
+            "models": ("runtime.models",),
+            "generation": ("runtime.generation",),
+            "keys": (
+                "runtime.entry.store",
+                "runtime.entry.keys",
+                "runtime.entry.buckets",
+                "runtime.entry.clients",
+                "runtime.entry.options",
+            ),
+        },
     ),
     ("requests", {"validation": ("runtime.validation", "runtime.responses"), "tools": ("runtime.tools",)}),
     ("engine", {"engine": ("runtime.engine",)}),
@@ -35,6 +49,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
             "secrets": ("runtime.secrets",),
             "stats": ("runtime.stats",),
             "portable_build": ("runtime.portable_build",),
+            "catalog": ("runtime.catalog",),
         },
     ),
     ("base", {"errors": ("runtime.errors",), "package": ("runtime",)}),
@@ -46,6 +61,11 @@ SAME_LAYER = {
     ("mesh", "generation"): "the serving side runs peers' requests through the generation pipeline",
     ("generation", "models"): "generation finds (and loads) the engine of a model through the model manager",
     ("validation", "tools"): "request parsing reads the tool fields with the tools' own checks",
+    ("cli", "entry_cli"): "the CLI registers the `entry` and `keys` commands",
+    ("entry_cli", "server"): "`closedmesh entry` runs the HTTP server with the entry's gate",
+    ("entry_gate", "api"): "the entry's gate and admin API render errors and check hosts as the API does",
+    ("mesh", "keys"): "the hub creates the key and usage buckets and grants the entry role rights on them",
+    ("catalog", "stats"): "the catalog reads the rolling windows' size and age",
 }
 
 
