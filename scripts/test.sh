@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs the project with its test extras, the
-# Node.js test client (the official `openai` npm package, pinned by tests/node/package-lock.json),
-# then pytest. Extra arguments go to pytest.
+# Runs the whole test suite on a fresh machine: installs the project with its test extras, checks
+# runtime/ and app/ with ruff and mypy, installs the Node.js test client (the official `openai` npm
+# package, pinned by tests/node/package-lock.json), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh test
+
+# Lint, format and types over runtime/ and app/ first, with zero findings (config: pyproject.toml).
+echo "ruff (lint, format) and mypy over runtime/ and app/..." >&2
+.venv/bin/ruff check runtime app
+.venv/bin/ruff format --check runtime app
+.venv/bin/mypy
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "The tests need Node.js (18+) and npm for the openai-node client test; install them and run again." >&2

@@ -599,11 +599,11 @@ class GrammarBuilder:
         if "const" in schema:
             return self.add_rule(name, gbnf_literal(json_text(schema["const"])) + " " + self.primitive("space"))
         if "enum" in schema:
-            alts = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
-            return self.add_rule(name, f"({alts}) {self.primitive('space')}")
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                alts = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[key])]
+            values = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
+            return self.add_rule(name, f"({values}) {self.primitive('space')}")
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                alts = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[keyword])]
                 return self.add_rule(name, " | ".join(alts))
         t = schema.get("type")
         if isinstance(t, list):

@@ -126,7 +126,7 @@ class Sampler:
         if params.logit_bias:
             arr = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                arr[i].token = tok
+                arr[i].token = tok  # type: ignore[assignment]  # ctypes converts the int
                 arr[i].bias = effective_bias(bias)
             pre.append(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
         if params.greedy:
@@ -192,7 +192,7 @@ class Sampler:
         cand["logit"] = logits
         cand["p"] = 0.0
         arr = self._array
-        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)
+        arr.data = cand.ctypes.data_as(llama_cpp.llama_token_data_p)  # type: ignore[assignment]  # same C type
         arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
         return arr
 

@@ -300,6 +300,8 @@ class Scheduler:
         for s, idx in samplers:
             if s.req is None:
                 continue
+            # set together with req when the slot took its request
+            assert s.sampler is not None and s.stopper is not None and s.decoder is not None
             try:
                 token = s.sampler.sample(self.ctx.ctx, idx)
             except GrammarError as e:  # the grammar allows no token here: this request fails, not the loop
@@ -333,7 +335,7 @@ class Scheduler:
 
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.req
-        assert req is not None
+        assert req is not None and s.stopper is not None and s.decoder is not None
         lpq = s.logprobs
         if reason != "stop" or not s.stopper.stopped:
             tail = s.stopper.feed(s.decoder.flush())
