@@ -227,6 +227,18 @@ def test_a_sampler_with_a_lazy_grammar_closes_cleanly(model):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+def force(sampler: Sampler, tok: int) -> bool:
+    """Take ``tok`` as if the sampler had chosen it (its own paths: free while a lazy grammar waits,
+    checked by the grammar once triggered); False when the triggered grammar refuses it."""
+    if sampler._awaiting:  # noqa: SLF001
+        sampler._accept_free(tok)  # noqa: SLF001
+        return True
+    if not sampler._grammar_allows(tok):  # noqa: SLF001
+        return False
+    sampler._accept(tok)  # noqa: SLF001
+    return True
+
+
 _leaf = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"enum": ["a", 1, None]},
                          {"type": "string", "maxLength": 3}, {"type": "array", "items": {"type": "integer"}}])
 _params = st.builds(lambda props, req: {"type": "object", "properties": props, "required": list(props)[:req]},
@@ -257,9 +269,9 @@ def test_lazy_tool_grammars_triggered_anywhere_never_break_the_process(model, ct
                       model.vocab, model.n_vocab)
     pos = len(prompt)
     try:
-        forced = model.tokenize(prefix, add_special=False, parse_special=True)
-        for tok in forced:  # as if sampled: the sampler's own path for a chosen token
-            sampler._accept_free(tok)  # noqa: SLF001
+        for tok in model.tokenize(prefix, add_special=False, parse_special=True):
+            if not force(sampler, tok):
+                break  # the grammar, triggered, refuses the rest: the model could not have written it
             assert ctx.decode([(tok, pos, 0, True)]) == 0
             pos += 1
         out: list[int] = []
@@ -274,3 +286,18 @@ def test_lazy_tool_grammars_triggered_anywhere_never_break_the_process(model, ct
         pass  # a refusal of this request, not a crash
     finally:
         sampler.close()
+
+
+def test_a_trigger_after_a_long_free_answer_is_still_found(model):
+    """Only the end of a long free answer is searched for the marker (TRIGGER_WINDOW), and a marker
+    there still triggers the grammar."""
+    g = tool_grammar(spec("auto"), HERMES)
+    s = Sampler(SamplingParams(grammar=g.gbnf, grammar_triggers=g.triggers), model.vocab, model.n_vocab)
+    try:
+        for tok in model.tokenize("word " * 400 + '<tool_call>\n{"name": "get_time"', False, True):
+            assert force(s, tok)
+        assert not s._awaiting  # noqa: SLF001
+        assert s._grammar_allows(model.tokenize(",", False, False)[0])  # noqa: SLF001  the call goes on
+        assert not s._grammar_allows(model.tokenize("}", False, False)[0])  # noqa: SLF001  no arguments yet
+    finally:
+        s.close()
