@@ -599,16 +599,16 @@ class GrammarBuilder:
         if "const" in schema:
             return self.add_rule(name, gbnf_literal(json_text(schema["const"])) + " " + self.primitive("space"))
         if "enum" in schema:
-            alts = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
-            return self.add_rule(name, f"({alts}) {self.primitive('space')}")
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                alts = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[key])]
-                return self.add_rule(name, " | ".join(alts))
+            values = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
+            return self.add_rule(name, f"({values}) {self.primitive('space')}")
+        for combinator in ("anyOf", "oneOf"):
+            if combinator in schema:
+                branches = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[combinator])]
+                return self.add_rule(name, " | ".join(branches))
         t = schema.get("type")
         if isinstance(t, list):
-            alts = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
-            return self.add_rule(name, " | ".join(alts))
+            typed = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
+            return self.add_rule(name, " | ".join(typed))
         if t is None:
             t = (
                 "object"
