@@ -10,6 +10,8 @@ serving side of the mesh, which parses for the requester (the requester has no c
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import string
 from dataclasses import dataclass, replace
@@ -56,6 +58,57 @@ class Outcome:
     finish_reason: str
 
 
+_RESPONSE_HEAD = re.compile(r'\s*\{\s*"response"\s*:\s*"')
+
+
+class _ResponseDecoder:
+    """The generic protocol's ``{"response": "..."}`` answer, decoded as it is written: the JSON string's
+    text is streamed as content, never cut inside an escape or between the two halves of a surrogate pair,
+    so the pieces add up to exactly what ``json.loads`` gives for the whole."""
+
+    def __init__(self) -> None:
+        self._start: int | None = None  # where the string's text begins in the raw answer
+        self._done = 0  # raw characters decoded so far (from the start)
+        self.closed = False
+
+    def feed(self, raw: str) -> str:
+        if self.closed:
+            return ""
+        if self._start is None:
+            m = _RESPONSE_HEAD.match(raw)
+            if m is None:
+                return ""
+            self._start = self._done = m.end()
+        i, n = self._done, len(raw)
+        while i < n:
+            ch = raw[i]
+            if ch == '"':
+                self.closed = True
+                break
+            if ch != "\\":
+                i += 1
+                continue
+            if i + 1 >= n:
+                break
+            if raw[i + 1] != "u":
+                i += 2
+                continue
+            if i + 6 > n:
+                break
+            if raw[i + 2 : i + 4].lower() in ("d8", "d9", "da", "db"):  # a high surrogate: wait for its pair
+                if i + 12 > n:
+                    break
+                i += 12 if raw[i + 6 : i + 8] == "\\u" else 6
+                continue
+            i += 6
+        segment, self._done = raw[self._done : i], i
+        try:
+            return json.loads('"' + segment + '"') if segment else ""
+        except ValueError:  # not JSON after all: stream nothing more
+            self.closed = True
+            return ""
+
+
 class ToolCallStream:
     """Feed it the answer's text pieces; ``feed`` returns the content that can be streamed now, ``finish``
     the rest and the calls."""
@@ -65,9 +118,16 @@ class ToolCallStream:
         self.fmt = fmt
         self._sent: list[str] = []
         self._pending = ""  # text not streamed yet: it may be (the start of) a call
+        # The generic protocol in auto mode may answer {"response": "..."}: its text streams as it comes.
+        self._response = _ResponseDecoder() if fmt.name == "generic" and spec.choice.mode == "auto" else None
 
     def feed(self, text: str) -> str:
         self._pending += text
+        if self._response is not None:  # the raw answer stays whole in _pending; _sent holds decoded text
+            out = self._response.feed(self._pending)
+            if out:
+                self._sent.append(out)
+            return out
         n = self.fmt.streamable(self._pending, self.spec)
         if n <= 0:
             return ""
@@ -76,6 +136,8 @@ class ToolCallStream:
         return out
 
     def finish(self, finish_reason: str) -> Outcome:
+        if self._response is not None:
+            return self._finish_generic(finish_reason)
         whole = "".join(self._sent) + self._pending
         parsed = self.fmt.parse(whole, self.spec)
         calls: tuple[ToolCall, ...] = parsed.calls
@@ -86,6 +148,20 @@ class ToolCallStream:
         if parsed.content != whole:  # the generic protocol's {"response": ...}: nothing was streamed
             return Outcome(parsed.content, parsed.content or "", (), finish_reason)
         return Outcome(whole, self._pending, (), finish_reason)
+
+    def _finish_generic(self, finish_reason: str) -> Outcome:
+        whole, streamed = self._pending, "".join(self._sent)
+        parsed = self.fmt.parse(whole, self.spec)
+        if parsed.calls:
+            ided = tuple(IdentifiedCall(i, new_call_id(), c.name, c.arguments) for i, c in enumerate(parsed.calls))
+            reason = self.spec.finish_reason if finish_reason == "stop" else finish_reason
+            return Outcome(None, "", ided, reason)
+        content = parsed.content or ""
+        if parsed.content != whole and content.startswith(streamed):  # {"response": ...}
+            return Outcome(content, content[len(streamed) :], (), finish_reason)
+        if streamed:  # a response cut short (max_tokens): what was decoded of it is the content
+            return Outcome(streamed, "", (), finish_reason)
+        return Outcome(whole, whole, (), finish_reason)  # not the protocol: the raw text
 
     def events(self, ev: GenEvent) -> list[GenEvent]:
         """One event of the engine, as the answer's events: text that is content for sure, and at the end

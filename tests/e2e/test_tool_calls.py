@@ -147,11 +147,6 @@ def test_stream_helper_assembles_the_same_calls(openai_client, model_id):
     assert [d.name for d in done] == [c.function.name for c in msg.tool_calls]
     assert [d.parsed_arguments for d in done] == [json.loads(c.function.arguments) for c in msg.tool_calls]
     assert final.usage is not None and final.usage.completion_tokens > 0
-    # The same request, not streamed, gives the same calls (greedy).
-    plain = create(openai_client, model_id, tool_choice="required")
-    assert [(c.function.name, c.function.arguments) for c in plain.choices[0].message.tool_calls] == [
-        (c.function.name, c.function.arguments) for c in msg.tool_calls
-    ]
 
 
 def test_stream_wire_is_exactly_openais(node, model_id):
@@ -203,3 +198,34 @@ def test_tools_on_completions_is_a_400(openai_client, model_id):
 def test_models_show_the_tool_format(openai_client, model_id):
     m = openai_client.models.retrieve(model_id)
     assert m.model_extra["closedmesh"]["tool_format"] == "generic"  # SmolLM2's template has no tool format
+
+
+# SmolLM2's tokens that can begin the key "tool_call(s)" ('t', 'to', 'tool', 'too'): banned, the grammar's
+# only other way on is {"response": ...} — the small model itself calls a tool for nearly everything.
+NO_CALL_START = {"100": -100, "1141": -100, "19324": -100, "23034": -100}
+
+
+@pytest.mark.parametrize("bias", [None, NO_CALL_START], ids=["calls", "response"])
+def test_auto_streams_words_as_written_and_calls_whole(openai_client, model_id, bias):
+    """auto with the generic protocol: a {"response": ...} answer streams as decoded text (several
+    deltas, adding up to the message), calls come whole and valid. (Across two requests a greedy answer
+    may differ where the model is nearly undecided — a cached prompt is computed in other batch shapes —
+    so each answer is checked on its own.)"""
+    messages = [{"role": "user", "content": "Say hello to me in one sentence."}]
+    extra = {"logit_bias": bias} if bias else {}
+    plain = create(openai_client, model_id, messages=messages, tool_choice="auto", max_tokens=120, **extra)
+    if bias:
+        assert plain.choices[0].message.content and not plain.choices[0].message.tool_calls
+        assert not plain.choices[0].message.content.lstrip().startswith("{")  # the decoded text, not JSON
+    with openai_client.chat.completions.stream(model=model_id, messages=messages, tools=TOOLS, tool_choice="auto",
+                                               max_tokens=120, temperature=0, **extra) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    f = final.choices[0]
+    deltas = [e.delta for e in events if e.type == "content.delta" and e.delta]
+    if f.message.tool_calls:
+        assert f.finish_reason == "tool_calls" and not deltas
+        assert_valid_calls(f.message.tool_calls)
+    else:
+        assert f.message.content and "".join(deltas) == f.message.content
+        assert len(deltas) > 1  # streamed as it was written, not all at the end

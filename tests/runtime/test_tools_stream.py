@@ -56,9 +56,34 @@ def test_a_cut_call_is_content_with_length():
     assert streamed == "" and out.rest == text and out.calls == () and out.finish_reason == "length"
 
 
-def test_generic_response_is_content_and_nothing_streams_early():
-    streamed, out = run(ToolCallStream(AUTO, GENERIC), '{"response": "Hello!"}', 2)
-    assert streamed == "" and out.content == "Hello!" and out.rest == "Hello!"
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize(
+    "value", ["Hello!", r'a \"quoted\" word\nnext line \\ tab\t', r"caf\u00e9 \ud83d\ude00 end", ""]
+)
+def test_generic_response_streams_its_decoded_text(size, value):
+    """{"response": "..."}: the JSON string's text streams as it is written, never cut inside an escape or
+    a surrogate pair; the pieces add up to exactly the decoded value."""
+    raw = '{\n  "response": "' + value + '"\n}'  # the value is JSON string text (escapes as written)
+    expected = json.loads(raw)["response"]
+    stream = ToolCallStream(AUTO, GENERIC)
+    pieces = [stream.feed(raw[i : i + size]) for i in range(0, len(raw), size)]
+    out = stream.finish("stop")
+    assert "".join(pieces) + out.rest == expected == out.content and out.calls == ()
+    if size == 1 and len(expected) > 2:
+        assert sum(1 for p in pieces if p) > 1  # it really streamed
+
+
+def test_generic_response_cut_by_length_keeps_what_was_decoded():
+    stream = ToolCallStream(AUTO, GENERIC)
+    shown = stream.feed('{"response": "It is sun')
+    out = stream.finish("length")
+    assert shown == "It is sun" and out.content == "It is sun" and out.rest == "" and out.finish_reason == "length"
+
+
+def test_generic_calls_stream_nothing_early():
+    text = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}}'
+    streamed, out = run(ToolCallStream(AUTO, GENERIC), text, 3)
+    assert streamed == "" and out.content is None and out.calls[0].name == "get_weather"
 
 
 def test_a_named_choice_finishes_with_stop_as_openai_does():
