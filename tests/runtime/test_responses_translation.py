@@ -191,6 +191,10 @@ def test_length_makes_the_response_incomplete():
     final = events[-1]["response"]
     assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
     assert final["output"][0]["status"] == "incomplete" and events[-2]["item"]["status"] == "incomplete"
+    # A call finished before the cut stays completed; the message cut by the limit is incomplete.
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start() + b.tool_call(0, "call_1", "f", "{}") + b.text("and") + b.finish("length", USAGE)
+    assert [o["status"] for o in events[-1]["response"]["output"]] == ["completed", "incomplete"]
 
 
 def test_failure_after_start():
@@ -198,6 +202,9 @@ def test_failure_after_start():
     events = b.start() + b.text("x") + b.fail("the engine stopped")
     assert kinds(events)[-1] == "response.failed"
     assert events[-1]["response"]["status"] == "failed"
+    # The message it had stays in the object, cut short.
+    [msg] = events[-1]["response"]["output"]
+    assert msg["status"] == "incomplete" and msg["content"][0]["text"] == "x"
     assert events[-1]["response"]["error"] == {"code": "server_error", "message": "the engine stopped"}
 
 
