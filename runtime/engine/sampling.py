@@ -13,6 +13,7 @@ import numpy as np
 from .events import SamplingParams
 
 PENALTY_LAST_N = 64
+TRIGGER_WINDOW = 256  # bytes of the answer's end searched for a lazy grammar's (unanchored) trigger
 
 # A banned token (OpenAI: logit_bias -100) gets this finite bias, not -inf. Next to logits of a few
 # tens it is a ban everywhere (exp(-1e4) is 0 in float32), except where the grammar allows nothing
@@ -151,6 +152,7 @@ class Sampler:
         self._vocab = vocab
         self._triggers = [re.compile(p.encode("utf-8")) for p in params.grammar_triggers]
         self._awaiting = bool(self._triggers)
+        self._anchored = any(p.startswith("^") for p in params.grammar_triggers)  # matched at the answer's start
         self._seen = b""  # the answer so far, while a lazy grammar waits for its trigger
         self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
@@ -230,6 +232,8 @@ class Sampler:
                 self._seen = b""
                 return token
             self._seen = self._seen[start + 1 :]  # not a call this grammar can hold: look further on
+        if len(self._seen) > 2 * TRIGGER_WINDOW and not self._anchored:
+            self._seen = self._seen[-TRIGGER_WINDOW:]  # a marker is short: searching all of a long answer is waste
         return token
 
     def _feed(self, text: bytes) -> bool:

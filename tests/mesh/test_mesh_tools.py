@@ -71,8 +71,9 @@ def test_tool_calls_from_a_serving_peer(cluster):
                                         max_tokens=100, temperature=0) as s:
         list(s)
         final = s.get_final_completion()
-    assert [(t.function.name, t.function.arguments) for t in final.choices[0].message.tool_calls] == [
-        (t.function.name, t.function.arguments) for t in c.message.tool_calls
-    ]
-    assert final.choices[0].finish_reason == "tool_calls"
+    streamed = final.choices[0].message.tool_calls
+    assert final.choices[0].finish_reason == "tool_calls" and streamed and streamed[0].id.startswith("call_")
+    for t in streamed:
+        assert t.function.name == "get_weather"
+        assert violations(json.loads(t.function.arguments), PARAMS) == []
     assert mesh_status(b)["served_total"] == served + 2

@@ -227,6 +227,18 @@ def test_a_sampler_with_a_lazy_grammar_closes_cleanly(model):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+def force(sampler: Sampler, tok: int) -> bool:
+    """Take ``tok`` as if the sampler had chosen it (its own paths: free while a lazy grammar waits,
+    checked by the grammar once triggered); False when the triggered grammar refuses it."""
+    if sampler._awaiting:  # noqa: SLF001
+        sampler._accept_free(tok)  # noqa: SLF001
+        return True
+    if not sampler._grammar_allows(tok):  # noqa: SLF001
+        return False
+    sampler._accept(tok)  # noqa: SLF001
+    return True
+
+
 _leaf = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"enum": ["a", 1, None]},
                          {"type": "string", "maxLength": 3}, {"type": "array", "items": {"type": "integer"}}])
 _params = st.builds(lambda props, req: {"type": "object", "properties": props, "required": list(props)[:req]},
@@ -235,7 +247,7 @@ _params = st.builds(lambda props, req: {"type": "object", "properties": props, "
 _junk = st.text(st.sampled_from(list('{}[]":, \nabc1<>/_=')), max_size=12)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+@settings(max_examples=6, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(params=_params, fmt=st.sampled_from([HERMES, PHI4, QWEN_XML, LLAMA3, MISTRAL]), before=_junk, after=_junk,
        temperature=st.sampled_from([0.0, 1.0]), parallel=st.booleans())
@@ -257,13 +269,13 @@ def test_lazy_tool_grammars_triggered_anywhere_never_break_the_process(model, ct
                       model.vocab, model.n_vocab)
     pos = len(prompt)
     try:
-        forced = model.tokenize(prefix, add_special=False, parse_special=True)
-        for tok in forced:  # as if sampled: the sampler's own path for a chosen token
-            sampler._accept_free(tok)  # noqa: SLF001
+        for tok in model.tokenize(prefix, add_special=False, parse_special=True):
+            if not force(sampler, tok):
+                break  # the grammar, triggered, refuses the rest: the model could not have written it
             assert ctx.decode([(tok, pos, 0, True)]) == 0
             pos += 1
         out: list[int] = []
-        for _ in range(12):
+        for _ in range(8):
             tok = sampler.sample(ctx.ctx, 0)
             if model.is_eog(tok):
                 break
@@ -274,3 +286,18 @@ def test_lazy_tool_grammars_triggered_anywhere_never_break_the_process(model, ct
         pass  # a refusal of this request, not a crash
     finally:
         sampler.close()
+
+
+def test_a_trigger_after_a_long_free_answer_is_still_found(model):
+    """Only the end of a long free answer is searched for the marker (TRIGGER_WINDOW), and a marker
+    there still triggers the grammar."""
+    g = tool_grammar(spec("auto"), HERMES)
+    s = Sampler(SamplingParams(grammar=g.gbnf, grammar_triggers=g.triggers), model.vocab, model.n_vocab)
+    try:
+        for tok in model.tokenize("word " * 400 + '<tool_call>\n{"name": "get_time"', False, True):
+            assert force(s, tok)
+        assert not s._awaiting  # noqa: SLF001
+        assert s._grammar_allows(model.tokenize(",", False, False)[0])  # noqa: SLF001  the call goes on
+        assert not s._grammar_allows(model.tokenize("}", False, False)[0])  # noqa: SLF001  no arguments yet
+    finally:
+        s.close()
