@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import APIError, invalid
+from .tools.spec import parse_tools
 
 # Fields a Responses request may carry that this node cannot honour, with why (each a 400 naming it).
 _STATEFUL = {
@@ -156,63 +157,23 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def _tools(body: dict) -> list[dict] | None:
-    """Responses function tools ({type, name, parameters, strict, description}) → chat tools."""
-    tools = body.get("tools")
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise invalid(f"'tools' must be an array, not {_type_name(tools)}.", "tools", "invalid_type")
-    out = []
-    for i, tool in enumerate(tools):
-        p = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise invalid(f"'{p}' must be an object.", p, "invalid_type")
-        kind = tool.get("type")
-        if kind == "custom":
-            raise _unsupported(
-                f"'{p}' is a custom (free-form grammar) tool, which this node does not support; describe it "
-                f"as a function tool with JSON Schema parameters.",
-                f"{p}.type",
-            )
-        if kind != "function":
-            raise _unsupported(
-                f"'{p}' has type {kind!r}; this node supports function tools only (built-in tools such as "
-                f"web search or file search are not available here).",
-                f"{p}.type",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise invalid(f"'{p}.name' must be a non-empty string.", f"{p}.name", "invalid_type")
-        function: dict[str, Any] = {"name": name}
-        for key in ("description", "parameters", "strict"):
-            if tool.get(key) is not None:
-                function[key] = tool[key]
-        out.append({"type": "function", "function": function})
-    return out
-
-
-def _tool_choice(body: dict) -> Any:
-    """Responses tool_choice → the chat form ({"type": "function", "name"} gains a "function" object)."""
-    choice = body.get("tool_choice")
-    if choice is None or isinstance(choice, str):
-        return choice  # "auto" | "none" | "required" (checked on the chat side)
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = choice.get("name")
-        if not isinstance(name, str):
-            raise invalid("'tool_choice.name' must be a string.", "tool_choice.name", "invalid_type")
-        return {"type": "function", "function": {"name": name}}
-    if isinstance(choice, dict) and choice.get("type") in ("custom", "allowed_tools", "mcp"):
-        raise _unsupported(
-            f"'tool_choice' of type {choice['type']!r} is not supported; use 'auto', 'none', 'required' or "
-            f'{{"type": "function", "name": ...}}.',
-            "tool_choice",
-        )
-    raise invalid(
-        '\'tool_choice\' must be "auto", "none", "required" or {"type": "function", "name": ...}.',
-        "tool_choice",
-        "invalid_type",
-    )
+def _chat_tools(body: dict) -> dict[str, Any]:
+    """Responses function tools, ``tool_choice`` and ``parallel_tool_calls`` → their chat form. Read by the
+    tool-calling code's own parser (runtime/tools/spec.py) in its Responses mode: flat tools, strict unless
+    said otherwise, errors naming the Responses fields, other tool types (``custom``, built-in tools) a
+    400. ``strict`` is written out so that the chat side keeps the Responses default."""
+    spec = parse_tools(body, responses=True)
+    if spec is None:
+        return {}
+    tools = []
+    for t in spec.tools:
+        fn = t.openai()["function"]
+        fn["strict"] = t.strict
+        tools.append({"type": "function", "function": fn})
+    choice: Any = spec.choice.mode
+    if spec.choice.mode == "function":
+        choice = {"type": "function", "function": {"name": spec.choice.name}}
+    return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": spec.parallel}
 
 
 def _response_format(body: dict) -> dict | None:
@@ -269,7 +230,7 @@ def translate_request(body: dict) -> ResponsesRequest:
     if mot is not None and (isinstance(mot, bool) or not isinstance(mot, int) or mot < 1):
         raise invalid(f"'max_output_tokens' must be a positive integer; got {mot!r}.", "max_output_tokens")
     chat: dict[str, Any] = {"model": body.get("model"), "messages": _messages(body), "stream": stream}
-    for key in ("temperature", "top_p", "parallel_tool_calls"):
+    for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             chat[key] = body[key]
     if mot is not None:
@@ -282,12 +243,7 @@ def translate_request(body: dict) -> ResponsesRequest:
         chat["logprobs"] = True
         if top is not None:
             chat["top_logprobs"] = top
-    tools = _tools(body)
-    if tools:
-        chat["tools"] = tools
-    choice = _tool_choice(body)
-    if choice is not None:
-        chat["tool_choice"] = choice
+    chat.update(_chat_tools(body))
     rf = _response_format(body)
     if rf is not None:
         chat["response_format"] = rf

@@ -36,6 +36,7 @@ class _Item:
     call_id: str = ""
     name: str = ""
     done: bool = False
+    status: str = "in_progress"  # as closed: "completed" or "incomplete"
 
     def part(self) -> dict:
         """A message's output_text part as it stands."""
@@ -130,6 +131,7 @@ class ResponseBuilder:
         if item.done:
             return []
         item.done = True
+        item.status = status
         whole = "".join(item.text)
         if item.kind == "message":
             part = item.part()
@@ -240,9 +242,8 @@ class ResponseBuilder:
         """The Response object as it stands."""
         output = []
         for item in self.items:
-            status = "completed" if item.done else "in_progress"
-            if self.status == "incomplete":
-                status = "incomplete"
+            # An item still open when the response failed ends there, with what it had.
+            status = item.status if item.done or self.status != "failed" else "incomplete"
             output.append(item.body(status))
         return {
             "id": self.id,

@@ -59,25 +59,33 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, ans: Answer, builder: ResponseBuilder) -> web.StreamResponse:
-    """The stream opens at once (response.created); a failure after that is a response.failed event."""
-    resp = await sse.open_stream(request)
+    """The stream opens (response.created) once the answer has started, as chat's does: a failure before
+    that (a peer refusing, the node overloaded) is an HTTP error the SDKs understand, one after it a
+    response.failed event."""
     keepalive = node_of(request).settings.keepalive_seconds
+    resp: web.StreamResponse | None = None
 
     async def send(events: list[dict]) -> None:
-        if events:
+        if events and resp is not None:
             await resp.write(b"".join(sse.event(ev["type"], ev) for ev in events))
 
-    await send(builder.start())
     while not ans.finished:
         try:
-            events = await ans.next(keepalive)
+            events = await ans.next(keepalive if resp is not None else None)
         except TimeoutError:
-            await resp.write(sse.KEEPALIVE)  # waiting for a slot, or reading a long prompt
+            if resp is not None:
+                await resp.write(sse.KEEPALIVE)  # waiting for a slot, or reading a long prompt
             continue
         out: list[dict] = []
         for _, ev in events:
+            if resp is None:
+                if isinstance(ev, Failed):
+                    raise _renamed(ev.error())
+                resp = await sse.open_stream(request)
+                out += builder.start()
             out += builder.feed(ev)
         await send(out)
         if builder.status == "failed":
             break
+    assert resp is not None  # a finished answer has events
     return await sse.end(resp)

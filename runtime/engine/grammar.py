@@ -601,14 +601,14 @@ class GrammarBuilder:
         if "enum" in schema:
             values = " | ".join(gbnf_literal(json_text(v)) for v in schema["enum"])
             return self.add_rule(name, f"({values}) {self.primitive('space')}")
-        for keyword in ("anyOf", "oneOf"):
-            if keyword in schema:
-                alts = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[keyword])]
-                return self.add_rule(name, " | ".join(alts))
+        for combinator in ("anyOf", "oneOf"):
+            if combinator in schema:
+                branches = [self._visit(s, f"{name}-{i}", root) for i, s in enumerate(schema[combinator])]
+                return self.add_rule(name, " | ".join(branches))
         t = schema.get("type")
         if isinstance(t, list):
-            alts = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
-            return self.add_rule(name, " | ".join(alts))
+            typed = [self._visit({**schema, "type": x}, f"{name}-{x}", root) for x in t]
+            return self.add_rule(name, " | ".join(typed))
         if t is None:
             t = (
                 "object"

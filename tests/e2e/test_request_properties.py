@@ -187,6 +187,10 @@ VALID = {
     "response_format": st.one_of(st.just({"type": "text"}), st.just({"type": "json_object"}),
                                  _json_schema(_schemas(_supported_leaves))),
     "user": st.text(max_size=5),
+    # Chat takes a boolean and top_logprobs, completions an integer: either shape on either route is a
+    # case (the other route's shape is a 400 naming the field).
+    "logprobs": st.one_of(st.booleans(), st.integers(0, 5)),
+    "top_logprobs": st.integers(0, 20),
 }
 # ... and invalid ones (at most one per request, so the rest of the request is still exercised).
 _num = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -207,6 +211,8 @@ INVALID = {
     "response_format": st.one_of(_json_schema(_schemas(st.one_of(_supported_leaves, _unsupported_leaves))),
                                  st.sampled_from([{"type": "xml"}, {"type": "json_schema"}, "json", 5,
                                                   {"type": "json_schema", "json_schema": {"schema": 1}}])),
+    "logprobs": st.sampled_from([6, -1, "yes", [1]]),
+    "top_logprobs": st.sampled_from([21, -1, 2.5, "3"]),
 }
 _invalid_one = st.sampled_from(sorted(INVALID)).flatmap(lambda k: INVALID[k].map(lambda v: {k: v}))
 _params = st.builds(lambda valid, bad: {**valid, **(bad or {})},
@@ -239,6 +245,14 @@ def _send(http, path: str, body: dict) -> None:
         return
     data = r.json()
     for c in data["choices"]:
+        lp = c["logprobs"]
+        if body.get("logprobs") is True and "messages" in body:  # chat: one entry per token, each <= 0
+            assert all(e["logprob"] <= 0 and len(e["top_logprobs"]) == body.get("top_logprobs", 0)
+                       for e in lp["content"]), lp
+        elif "prompt" in body and not isinstance(body.get("logprobs"), bool) and body.get("logprobs") is not None:
+            assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]), lp
+        else:
+            assert lp is None, lp
         rf = body.get("response_format")
         if c["finish_reason"] == "stop" and isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
             text = c.get("message", {}).get("content", c.get("text"))

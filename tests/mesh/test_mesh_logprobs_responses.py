@@ -74,3 +74,27 @@ def test_logprobs_and_responses_from_a_serving_peer(cluster):
         final = s.get_final_response()
     assert events[-1].type == "response.completed" and final.output_text.strip()
     assert mesh_status(b)["served_total"] == served + 4
+
+
+def test_responses_from_a_peer_whose_engine_crashes(poison_mesh):
+    """A scripted peer starts the answer, sends 3 tokens, then its engine crashes (never retried): the
+    Responses stream ends with response.failed after the text it had; the non-streamed request is a 500
+    engine_crashed the SDK does not retry."""
+    a, peers, url, run = poison_mesh
+    p = ScriptedPeer(url, "crashy", tokens=3, crash=True)
+    run(p.start())
+    peers.append(p)
+    wait_for(lambda: len(mesh_status(a)["peers"]) == 1, 20, what="the scripted peer in A's directory")
+    client = openai.OpenAI(base_url=a.v1, api_key="x", max_retries=2, timeout=120)
+    events = list(client.responses.create(model=MODEL, input="Hi", max_output_tokens=20, stream=True))
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"], types
+    assert types[-1] == "response.failed", types
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == " tok0 tok1 tok2"
+    assert events[-1].response.error.code == "server_error"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    with pytest.raises(openai.InternalServerError) as e:
+        client.responses.create(model=MODEL, input="Hi", max_output_tokens=20)
+    assert e.value.body["code"] == "engine_crashed"
+    assert len(p.requests) == 2  # once each: a request that may have crashed an engine is never retried

@@ -86,12 +86,15 @@ def test_tools_tool_choice_and_text_format():
     b = rr.chat_body
     assert b["tools"] == [{"type": "function", "function": {"name": "weather", "description": "d",
                                                             "parameters": params, "strict": True}}]
+    # Responses tools are strict unless said otherwise; the chat form says so explicitly.
+    loose = {"model": M, "input": "x", "tools": [{"type": "function", "name": "f", "parameters": params}]}
+    assert translate_request(loose).chat_body["tools"][0]["function"]["strict"] is True
+    assert translate_request(loose).chat_body["tool_choice"] == "auto"
     assert b["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
     assert b["parallel_tool_calls"] is False
     assert b["response_format"] == {"type": "json_schema",
                                     "json_schema": {"name": "out", "schema": schema, "strict": True}}
-    assert translate_request({"model": M, "input": "x", "tool_choice": "required"}).chat_body["tool_choice"] == \
-        "required"
+    assert translate_request({**loose, "tool_choice": "required"}).chat_body["tool_choice"] == "required"
     assert translate_request({"model": M, "input": "x", "text": {"format": {"type": "json_object"}}}) \
         .chat_body["response_format"] == {"type": "json_object"}
 
@@ -102,11 +105,17 @@ def test_tools_tool_choice_and_text_format():
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "unsupported_parameter"),
     ({"input": "x", "conversation": "conv_1"}, "conversation", "unsupported_parameter"),
     ({"input": "x", "background": True}, "background", "unsupported_parameter"),
-    ({"input": "x", "tools": [{"type": "custom", "name": "patch"}]}, "tools[0].type", "unsupported_parameter"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "unsupported_parameter"),
-    ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name", "invalid_type"),
-    ({"input": "x", "tool_choice": {"type": "custom", "name": "p"}}, "tool_choice", "unsupported_parameter"),
-    ({"input": "x", "tool_choice": 3}, "tool_choice", "invalid_type"),
+    # Tools: the tool-calling parser's Responses mode (runtime/tools/spec.py), its errors naming flat fields.
+    ({"input": "x", "tools": [{"type": "custom", "name": "patch"}]}, "tools[0].type", "unsupported_tool_type"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "unsupported_tool_type"),
+    ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name", "invalid_value"),
+    ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "x+"}}}}]}, "tools[0].parameters", "unsupported_schema"),
+    ({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "custom", "name": "p"}},
+     "tool_choice", "invalid_type"),
+    ({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
+     "tool_choice", "invalid_value"),
+    ({"input": "x", "tool_choice": "required"}, "tool_choice", "invalid_value"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "invalid_value"),
     ({"input": "x", "stream": "yes"}, "stream", "invalid_type"),
     ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type", "invalid_value"),
@@ -182,6 +191,10 @@ def test_length_makes_the_response_incomplete():
     final = events[-1]["response"]
     assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
     assert final["output"][0]["status"] == "incomplete" and events[-2]["item"]["status"] == "incomplete"
+    # A call finished before the cut stays completed; the message cut by the limit is incomplete.
+    b = ResponseBuilder(M, {}, 0)
+    events = b.start() + b.tool_call(0, "call_1", "f", "{}") + b.text("and") + b.finish("length", USAGE)
+    assert [o["status"] for o in events[-1]["response"]["output"]] == ["completed", "incomplete"]
 
 
 def test_failure_after_start():
@@ -189,6 +202,9 @@ def test_failure_after_start():
     events = b.start() + b.text("x") + b.fail("the engine stopped")
     assert kinds(events)[-1] == "response.failed"
     assert events[-1]["response"]["status"] == "failed"
+    # The message it had stays in the object, cut short.
+    [msg] = events[-1]["response"]["output"]
+    assert msg["status"] == "incomplete" and msg["content"][0]["text"] == "x"
     assert events[-1]["response"]["error"] == {"code": "server_error", "message": "the engine stopped"}
 
 
