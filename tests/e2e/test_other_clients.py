@@ -48,3 +48,27 @@ def test_langchain_chat_openai(node, model_id):
                             model_kwargs={"response_format": {"type": "json_object"}}).invoke(
         [HumanMessage("Give a JSON object with a key 'city' for the capital of France.")])
     json.loads(structured.content)
+
+
+def test_vercel_ai_sdk_tools(node, model_id):
+    """The Vercel AI SDK (`ai` + `@ai-sdk/openai-compatible`, pinned by tests/node/package-lock.json):
+    generateText with a tool it must call, executed and fed back for a final answer, and streamText with a
+    named tool. The SDK validates every call's input against the tool's schema (it throws otherwise);
+    what is asserted is the protocol, not the 135M model's judgement."""
+    node_bin = shutil.which("node")
+    assert node_bin, "Node.js is required for this test (scripts/test.sh checks for it)"
+    assert (NODE_DIR / "node_modules" / "ai").is_dir(), "run `npm ci` in tests/node (scripts/test.sh does)"
+    p = subprocess.run([node_bin, "ai_sdk.mjs", node.v1, model_id], cwd=NODE_DIR, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 2 and out["firstStepFinish"] == "tool-calls"
+    calls = out["firstStepCalls"]
+    assert calls and all(c["name"] == "get_weather" for c in calls)
+    assert all(isinstance(c["input"]["city"], str) and c["input"]["unit"] in ("c", "f") for c in calls)
+    assert out["executed"][: len(calls)] == [c["input"] for c in calls]  # the SDK ran the tool with them
+    assert out["finalFinish"] in ("stop", "length")  # the second step answered in text, no call
+    stream_calls = out["streamCalls"]
+    assert len(stream_calls) >= 1 and stream_calls[0]["name"] == "get_weather"
+    assert isinstance(stream_calls[0]["input"]["city"], str) and stream_calls[0]["input"]["unit"] in ("c", "f")
+    assert "tool-call" in out["streamParts"] and out["streamOutputTokens"] > 0
