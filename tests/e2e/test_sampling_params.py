@@ -172,3 +172,32 @@ def test_langchain_with_structured_output(node, model_id):
     llm = ChatOpenAI(base_url=node.v1, api_key="x", model=model_id, temperature=0, max_tokens=120, max_retries=0)
     out = llm.with_structured_output(City, method="json_schema", strict=True).invoke("Describe Paris.")
     assert isinstance(out, City)
+
+
+def test_langchain_structured_output_by_function_calling_and_bind_tools(node, model_id):
+    """The other way LangChain asks for structured output on Chat Completions: a forced function call
+    (method="function_calling", which sends `tools` and a named `tool_choice`), and bind_tools with
+    tool_choice="any" (`required`). Both must come back schema-valid; LangChain parses them itself."""
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=40)
+        country: str = Field(max_length=40)
+        capital: bool
+
+    llm = ChatOpenAI(base_url=node.v1, api_key="x", model=model_id, temperature=0, max_tokens=120, max_retries=0)
+    out = llm.with_structured_output(City, method="function_calling", strict=True).invoke("Describe Paris.")
+    assert isinstance(out, City)
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return f"sunny in {city}"
+
+    msg = llm.bind_tools([get_weather], tool_choice="any").invoke("What is the weather in Paris?")
+    assert msg.tool_calls, msg
+    call = msg.tool_calls[0]
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str) and call["id"]
+    assert get_weather.invoke(call["args"]).startswith("sunny in ")
