@@ -101,10 +101,13 @@ class ModelEngine:
         self._last_heard = time.monotonic()  # the last message from the worker (or work handed to an idle one)
         self._call_started: dict[int, float] = {}
         self._stalled: str | None = None  # why the watchdog stopped the worker, for _worker_died
+        self._closed = threading.Event()  # wakes the stall watchdog at close
+        self._watch: threading.Thread | None = None
         self.skipped_variants: dict[str, str] = {}
         self.variant, desc = self._start_first(variants if variants is not None else candidates())
         self._describe(desc)
-        threading.Thread(target=self._watch_stalls, name=f"engine-watch[{self.id}]", daemon=True).start()
+        self._watch = threading.Thread(target=self._watch_stalls, name=f"engine-watch[{self.id}]", daemon=True)
+        self._watch.start()
         info, off = self.info, self.offload
         assert self._proc is not None  # _start_first started one or raised
         log.info(
@@ -273,8 +276,7 @@ class ModelEngine:
         runs), or leaves a call unanswered that long, is killed and goes through the crash path — its
         requests end with an error instead of waiting forever, and /health says the model is restarting."""
         interval = min(1.0, self.cfg.stall_timeout / 4)
-        while not self._closing and self.state != "failed":
-            time.sleep(interval)
+        while not self._closed.wait(interval) and self.state != "failed":
             if self.state != "ready":
                 continue
             now = time.monotonic()
@@ -483,6 +485,7 @@ class ModelEngine:
     def close(self) -> None:
         """Stop the worker (blocking): running requests end with an engine_stopped error."""
         self._closing = True
+        self._closed.set()
         conn, proc, reader = self._conn, self._proc, self._reader
         if conn is not None:
             try:
@@ -495,6 +498,8 @@ class ModelEngine:
             _wait(proc, 5)
         if reader is not None and reader is not threading.current_thread():
             reader.join(STOP_TIMEOUT)
+        if self._watch is not None and self._watch is not threading.current_thread():
+            self._watch.join(STOP_TIMEOUT)
         self.state = "closed"
 
 
