@@ -301,7 +301,7 @@ async def _load(args, base: str, valid: str, limited: str, ps: psutil.Process, e
             usage_seen["completion_tokens"] += u["completion_tokens"]
             usage_seen["requests"] += 1
         done += 1
-        if done in (1000, args.requests):
+        if done % 1000 == 0 or done == args.requests:
             rss[done] = ps.memory_info().rss
 
     async def worker(session: aiohttp.ClientSession) -> None:
