@@ -98,6 +98,16 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
+    if st.get("entry"):  # an entry node's open status (docs/entry.md): the mesh's models, nothing else
+        print(f"entry node  version {st['version']}  ready={st['ready']}  mesh connected={st['mesh']['connected']}")
+        for mid, m in sorted(st["catalog"]["models"].items()):
+            fig = m.get("mesh") or {}
+            print(
+                f"  {mid:<32} peers {m['peers']}  ctx {m.get('context_length')}  "
+                f"tok/s p50 (median of peers) {fig.get('tps_p50_median')}  "
+                f"best TTFT p50 {fig.get('ttft_ms_p50_best')} ms"
+            )
+        return 0
     n, c = st["node"], st.get("capability") or {}
     print(f"node {n['id']}  version {n['version']}  up {n['uptime_seconds']:.0f}s  ready={n['ready']}")
     if c:

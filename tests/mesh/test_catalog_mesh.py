@@ -19,6 +19,7 @@ import tests.conftest as root_conftest
 from runtime import __version__
 
 from ..conftest import wait_for
+from ..e2e.test_cli import run_cli
 from .conftest import api, join, start_mesh_node
 
 pytestmark = pytest.mark.e2e
@@ -129,6 +130,11 @@ def test_entry_lists_the_mesh_and_keeps_machines_out_of_its_open_status(entry_me
     for word in forbidden:
         assert word not in text, f"the open status names {word!r}: {text}"
     assert not set(doc) & {"node", "peers", "capability", "host", "port"}
+
+    # `closedmesh status` reads an entry's open document too
+    p = run_cli(entry.home, "status", "--port", str(entry.port))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("entry node") and "beta" in p.stdout and "peers 1" in p.stdout
 
     # the same figures in /v1/models, named for the statistic each is
     ext = beta_listed().model_extra["closedmesh"]
