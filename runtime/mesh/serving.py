@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import nats
@@ -162,9 +162,6 @@ class Serving:
                         refuse(403, f"this peer serves at most {lim.max_tokens} tokens per mesh request", "mesh_limit"),
                     )
                     return
-                if gp.max_tokens is None:
-                    body["max_tokens"] = lim.max_tokens
-                    gp = parse_generation(body, None, None, endpoint)
                 m = self.models.get(gp.model)
                 e = m.engine if m is not None else None
                 if e is not None:
@@ -176,6 +173,10 @@ class Serving:
                         await self._send(s, refuse(503, "this peer's free slots are kept for its own use", "peer_busy"))
                         return
                 prep = await self.generation.prepare(str(kind), body, gp, prefix)
+                if prep.gp.max_tokens is None:
+                    # No max_tokens from the client: as on a local request, up to the end of the context,
+                    # and no more than this peer gives a mesh request (never a refusal for the default).
+                    prep.gp = replace(prep.gp, max_tokens=lim.max_tokens)
                 if s.cancelled:
                     return
                 gen = s.gen = self.generation.start(prep, choices=1)

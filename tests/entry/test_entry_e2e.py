@@ -634,3 +634,60 @@ def test_usage_of_answers_cut_by_an_entry_shutdown_is_recorded(mesh, tmp_path):
         assert u["completion_tokens"] >= seen and u["prompt_tokens"] > 0, (u, seen)
     finally:
         c.stop()
+
+
+# -- the chat page as the zero-set-up web chat of a real entry ---------------------------------------
+
+
+def test_chat_page_on_a_real_entry_lists_models_openly_and_asks_for_a_key_once(mesh):
+    """The chat page served by a real entry node, in headless Chromium: the open model list without a
+    key, a refused first message that asks for a key, the same message answered by the mesh's real
+    model once a key made with `closedmesh keys create` is given, the key kept (and sent only to the
+    page's own origin), and usage recorded for it."""
+    from ..e2e.test_chat_page import CHROMIUM, CHROMIUM_ARGS, T, open_chat, send, stored_key, wait_idle
+
+    _, _, a, _ = mesh
+    key = a.create_key("web-chat")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    requests: list[tuple[str, str | None]] = []
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_context(viewport={"width": 1100, "height": 760}).new_page()
+            pg.set_default_timeout(30_000)
+            pg.on("pageerror", lambda e: problems.append(f"uncaught error in the page: {e}"))
+            pg.on("request", lambda r: requests.append((r.url, r.headers.get("authorization"))))
+            open_chat(pg, a, MODEL)  # the open list, before any key
+            assert pg.is_hidden("#key-panel") and stored_key(pg) is None
+
+            send(pg, "What is the capital of France?")
+            pg.wait_for_selector("#key-panel:not([hidden])")
+            wait_idle(pg)
+            pg.fill("#api-key", key)
+            pg.press("#api-key", "Enter")
+            try:
+                pg.wait_for_function("() => (document.querySelector('.message.assistant:not(.failed) "
+                                     ".message-body')?.textContent || '').trim().length > 0", timeout=T)
+            except Exception:
+                raise AssertionError(pg.text_content("#status") + " | " + pg.inner_text("body")[-2000:]
+                                     + " | " + str(requests) + a.log()[-3000:]) from None
+            wait_idle(pg)
+            assert pg.is_hidden("#key-panel") and stored_key(pg) == key
+            assert pg.text_content("#status") == "Answer complete."
+        finally:
+            browser.close()
+    assert not problems, problems
+    assert all(url.startswith(a.base_url) for url, _ in requests), requests  # only its own origin
+    sent = [auth for url, auth in requests if url.endswith("/v1/chat/completions")]
+    assert sent[0] is None and sent[-1] == f"Bearer {key}"  # no key until one was given
+    assert not any(auth for url, auth in requests if url.endswith("/v1/models"))  # the list is open
+
+    def recorded() -> bool:
+        listed = a.keys("list", "--json").stdout
+        return any(k["name"] == "web-chat" and k["usage_today"]["requests"] >= 1 for k in json.loads(listed))
+
+    wait_for(recorded, 30, interval=0.5, what="the web chat's answer in the key's usage")
