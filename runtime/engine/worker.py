@@ -8,7 +8,8 @@ supervisor in engine.py restarts this process.
 
 The worker is a plain child process (``python -m runtime.engine.worker``, or the bundle's executable with
 ``--closedmesh-engine-worker``) talking over its stdin/stdout: length-prefixed pickled tuples (Channel),
-one message per decode step, not one per token. Its stderr is the node's log. The first message is the
+at most one message per decode step, not one per token, and while answers run at most one every
+COALESCE_INTERVAL (a request's first and last events go at once). Its stderr is the node's log. The first message is the
 WorkerSpec. (Not multiprocessing: its "spawn" re-imports the parent's main module in the child and keeps a
 resource-tracker process alive for the parent's lifetime; neither is needed here.)
 
@@ -54,6 +55,10 @@ ENGINE_THREAD_STACK = 256 * 1024 * 1024
 EXIT_LOOP_CRASHED = 70
 # While it has work, the loop reports at least this often (seconds), events or not.
 PROGRESS_INTERVAL = 1.0
+# Events of running answers are sent at most this often (seconds): every message wakes threads in the
+# node, which on a machine whose cores are all decoding preempt the decode. A request's first event
+# (its time to first token) and its last are sent at once.
+COALESCE_INTERVAL = 0.05
 
 
 # The argument that makes the desktop bundle's executable run a worker (installers/pyinstaller).
@@ -128,16 +133,27 @@ class _Outbox:
         self.items_lock = threading.Lock()
         self.core: Any = None
         self.last_sent = time.monotonic()
+        self.urgent = False  # an item that must not wait (a first or a last event) is pending
+        self.started: set[int] = set()  # requests whose first event was sent
 
     def add(self, rid: int, ev: EngineEvent) -> None:
         with self.items_lock:
             self.items.append((rid, ev))
+            if is_final(ev):
+                self.started.discard(rid)
+                self.urgent = True
+            elif rid not in self.started:
+                self.started.add(rid)
+                self.urgent = True
 
     def flush(self) -> None:
         with self.items_lock:
-            if not self.items and time.monotonic() - self.last_sent < PROGRESS_INTERVAL:
+            since = time.monotonic() - self.last_sent
+            if not self.items and since < PROGRESS_INTERVAL:
                 return
-            items, self.items = self.items, []
+            if self.items and not self.urgent and since < COALESCE_INTERVAL:
+                return  # sent with a later step's (the loop runs while its requests do)
+            items, self.items, self.urgent = self.items, [], False
         self.last_sent = time.monotonic()
         sched = self.core.scheduler if self.core is not None else None
         msg = (
@@ -237,6 +253,8 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 outbox.flush()
         elif op == "cancel":
             cancelled = requests.pop(msg[1], None)
+            with outbox.items_lock:
+                outbox.started.discard(msg[1])
             if cancelled is not None:
                 cancelled.cancel()
                 core.scheduler.wake()
