@@ -133,3 +133,10 @@ def model_not_found(model: str, available: list[str]) -> APIError:
 
 def overloaded(message: str, retry_after: int = 1) -> APIError:
     return APIError(503, message, "server_error", None, "overloaded", retry_after=retry_after)
+
+
+def type_name(v: Any) -> str:
+    """A JSON value's type in the words an error message uses ("an object", "a string", ...)."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )

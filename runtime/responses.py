@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import APIError, invalid
+from .errors import APIError, invalid, type_name
 from .tools.spec import parse_tools
 
 # Fields a Responses request may carry that this node cannot honour, with why (each a 400 naming it).
@@ -24,12 +24,6 @@ _STATEFUL = {
     "conversation in 'input' instead",
     "prompt": "stored prompt templates are not available on this node; send the text in 'instructions' and 'input'",
 }
-
-
-def _type_name(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
-    )
 
 
 def _unsupported(message: str, param: str) -> APIError:
@@ -52,7 +46,7 @@ def _text_of_parts(content: Any, param: str, allowed: tuple[str, ...]) -> str:
         return content
     if not isinstance(content, list):
         raise invalid(
-            f"'{param}' must be a string or an array of content parts, not {_type_name(content)}.",
+            f"'{param}' must be a string or an array of content parts, not {type_name(content)}.",
             param,
             "invalid_type",
         )
@@ -83,7 +77,7 @@ def _messages(body: dict) -> list[dict]:
     if instructions is not None:
         if not isinstance(instructions, str):
             raise invalid(
-                f"'instructions' must be a string, not {_type_name(instructions)}.", "instructions", "invalid_type"
+                f"'instructions' must be a string, not {type_name(instructions)}.", "instructions", "invalid_type"
             )
         if instructions:
             out.append({"role": "system", "content": instructions})
@@ -98,7 +92,7 @@ def _messages(body: dict) -> list[dict]:
         return out + [{"role": "user", "content": items}]
     if not isinstance(items, list):
         raise invalid(
-            f"'input' must be a string or an array of input items, not {_type_name(items)}.", "input", "invalid_type"
+            f"'input' must be a string or an array of input items, not {type_name(items)}.", "input", "invalid_type"
         )
     for i, item in enumerate(items):
         p = f"input[{i}]"
@@ -182,14 +176,14 @@ def _response_format(body: dict) -> dict | None:
     if text is None:
         return None
     if not isinstance(text, dict):
-        raise invalid(f"'text' must be an object, not {_type_name(text)}.", "text", "invalid_type")
+        raise invalid(f"'text' must be an object, not {type_name(text)}.", "text", "invalid_type")
     if text.get("verbosity") not in (None, "medium"):
         raise _unsupported("'text.verbosity' is not supported; leave it out.", "text.verbosity")
     fmt = text.get("format")
     if fmt is None:
         return None
     if not isinstance(fmt, dict):
-        raise invalid(f"'text.format' must be an object, not {_type_name(fmt)}.", "text.format", "invalid_type")
+        raise invalid(f"'text.format' must be an object, not {type_name(fmt)}.", "text.format", "invalid_type")
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return {"type": kind}
@@ -209,7 +203,7 @@ def translate_request(body: dict) -> ResponsesRequest:
             raise _unsupported(f"'{key}' is not supported: {why}.", key)
     store = body.get("store")
     if store is not None and not isinstance(store, bool):
-        raise invalid(f"'store' must be a boolean, not {_type_name(store)}.", "store", "invalid_type")
+        raise invalid(f"'store' must be a boolean, not {type_name(store)}.", "store", "invalid_type")
     if store:
         raise _unsupported(
             "'store: true' is not supported: this node keeps no responses (the API is stateless here). "
@@ -225,7 +219,7 @@ def translate_request(body: dict) -> ResponsesRequest:
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise invalid(f"'stream' must be a boolean, not {_type_name(stream)}.", "stream", "invalid_type")
+        raise invalid(f"'stream' must be a boolean, not {type_name(stream)}.", "stream", "invalid_type")
     mot = body.get("max_output_tokens")
     if mot is not None and (isinstance(mot, bool) or not isinstance(mot, int) or mot < 1):
         raise invalid(f"'max_output_tokens' must be a positive integer; got {mot!r}.", "max_output_tokens")

@@ -10,7 +10,7 @@ from typing import Any, TypeGuard, overload
 
 from .engine.events import DEFAULT_MIN_P, DEFAULT_TOP_K, SamplingParams
 from .engine.grammar import SchemaError, grammar_for_response_format
-from .errors import APIError, invalid
+from .errors import APIError, invalid, type_name
 from .tools.spec import ToolsSpec, parse_assistant_tool_calls, parse_tool_call_id, parse_tools
 
 
@@ -128,18 +128,12 @@ def parse_json_body(raw: bytes) -> dict:
     return body
 
 
-def _type_name(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
-    )
-
-
 def _number(body: dict, key: str, default: float, lo: float, hi: float) -> float:
     v = body.get(key)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise invalid(f"'{key}' must be a number, not {_type_name(v)}.", key, "invalid_type")
+        raise invalid(f"'{key}' must be a number, not {type_name(v)}.", key, "invalid_type")
     if not (lo <= v <= hi):
         raise invalid(f"'{key}' must be between {lo} and {hi}; got {v}.", key)
     return float(v)
@@ -161,7 +155,7 @@ def _integer(body: dict, key: str, default: int | None, lo: int, hi: int | None 
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         else:
-            raise invalid(f"'{key}' must be an integer, not {_type_name(v)}.", key, "invalid_type")
+            raise invalid(f"'{key}' must be an integer, not {type_name(v)}.", key, "invalid_type")
     if v < lo or (hi is not None and v > hi):
         rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
         raise invalid(f"'{key}' must be {rng}; got {v}.", key)
@@ -173,7 +167,7 @@ def _boolean(body: dict, key: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise invalid(f"'{key}' must be a boolean, not {_type_name(v)}.", key, "invalid_type")
+        raise invalid(f"'{key}' must be a boolean, not {type_name(v)}.", key, "invalid_type")
     return v
 
 
@@ -186,7 +180,7 @@ def _model(body: dict) -> str:
             "missing_required_parameter",
         )
     if not isinstance(v, str) or not v.strip():
-        raise invalid(f"'model' must be a non-empty string, not {_type_name(v)}.", "model", "invalid_type")
+        raise invalid(f"'model' must be a non-empty string, not {type_name(v)}.", "model", "invalid_type")
     return v.strip()
 
 
@@ -378,7 +372,7 @@ def parse_messages(body: dict) -> list[dict[str, Any]]:
             "missing_required_parameter",
         )
     if not isinstance(msgs, list):
-        raise invalid(f"'messages' must be an array, not {_type_name(msgs)}.", "messages", "invalid_type")
+        raise invalid(f"'messages' must be an array, not {type_name(msgs)}.", "messages", "invalid_type")
     if not msgs:
         raise invalid("'messages' must contain at least one message.", "messages", "empty_array")
     if len(msgs) > LIMITS.messages:
@@ -435,7 +429,7 @@ def parse_messages(body: dict) -> list[dict[str, Any]]:
             budget.take(content, f"{p}.content")
         else:
             raise invalid(
-                f"'{p}.content' must be a string or an array of text parts, not {_type_name(content)}.",
+                f"'{p}.content' must be a string or an array of text parts, not {type_name(content)}.",
                 f"{p}.content",
                 "invalid_type",
             )

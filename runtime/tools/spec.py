@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engine.grammar import schema_problems
-from ..errors import invalid
+from ..errors import invalid, type_name
 
 MAX_TOOLS = 128  # OpenAI's own limit on 'tools'
 MAX_DESCRIPTION_CHARS = 10_000  # characters of one tool's description
@@ -82,12 +82,6 @@ class ToolsSpec:
         return "stop" if self.choice.mode == "function" else "tool_calls"
 
 
-def _type_name(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
-    )
-
-
 def _tool(raw: Any, i: int, flat: bool) -> FunctionTool:
     """One tool; ``flat``: the Responses API's shape (the function's fields beside ``type``, strict by
     default) instead of chat's ``{"type": "function", "function": {...}}``."""
@@ -128,7 +122,7 @@ def _tool(raw: Any, i: int, flat: bool) -> FunctionTool:
     if params is None:
         params = EMPTY_PARAMETERS
     if not isinstance(params, dict):
-        raise invalid(f"'{pp}' must be a JSON Schema object, not {_type_name(params)}.", pp, "invalid_type")
+        raise invalid(f"'{pp}' must be a JSON Schema object, not {type_name(params)}.", pp, "invalid_type")
     if params.get("type", "object") != "object":
         raise invalid(f"'{pp}' must describe an object (type 'object'); got type {params.get('type')!r}.", pp)
     try:
@@ -181,7 +175,7 @@ def _choice(raw: Any, names: list[str]) -> ToolChoice:
                 "tool_choice",
             )
         return ToolChoice("function", name)
-    raise invalid(f"'tool_choice' must be a string or an object, not {_type_name(raw)}.", "tool_choice", "invalid_type")
+    raise invalid(f"'tool_choice' must be a string or an object, not {type_name(raw)}.", "tool_choice", "invalid_type")
 
 
 def parse_tools(body: dict[str, Any], responses: bool = False) -> ToolsSpec | None:
@@ -204,7 +198,7 @@ def parse_tools(body: dict[str, Any], responses: bool = False) -> ToolsSpec | No
             raise invalid("'tool_choice' is set but the request has no 'tools'.", "tool_choice")
         return None
     if not isinstance(raw, list):
-        raise invalid(f"'tools' must be an array, not {_type_name(raw)}.", "tools", "invalid_type")
+        raise invalid(f"'tools' must be an array, not {type_name(raw)}.", "tools", "invalid_type")
     if len(raw) > MAX_TOOLS:
         raise invalid(
             f"'tools' holds {len(raw)} tools; this node accepts at most {MAX_TOOLS} per request.",
