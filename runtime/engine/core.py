@@ -134,9 +134,15 @@ class EngineCore:
 
     def probe(self) -> None:
         """One real decode and its removal: the first matrix multiplies of this build on this CPU happen
-        here, at load, not in a user's request (a build that traps dies now, in the worker, as a probe)."""
-        rc = self.ctx.decode([(0, 0, 0, True)])
-        self.ctx.seq_remove(0)
+        here, at load, not in a user's request (a build that traps dies now, in the worker, as a probe).
+        Run on the engine thread, as every decode is (Scheduler.call)."""
+
+        def run() -> int:
+            rc = self.ctx.decode([(0, 0, 0, True)])
+            self.ctx.seq_remove(0)
+            return rc
+
+        rc = self.scheduler.call(run).result()
         if rc != 0:
             raise ModelLoadError(f"llama.cpp could not run {self.path.name} (decode failed with code {rc})")
 
@@ -144,7 +150,12 @@ class EngineCore:
 
     def embed(self, text: str | list[int]) -> tuple[list[float], int]:
         """Mean-pooled, L2-normalised embedding of one input, and its token count. Blocking: call it
-        from a worker thread."""
+        from a worker thread; the decode itself runs on the engine thread, between steps (Scheduler.call)."""
+        vec, n = self.scheduler.call(lambda: self._embed_now(text)).result()
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        return [v / norm for v in vec], n
+
+    def _embed_now(self, text: str | list[int]) -> tuple[list[float], int]:
         with self._embed_lock:
             if self._embed_ctx is None:
                 if self._embed_error:
@@ -170,8 +181,7 @@ class EngineCore:
                 raise RuntimeError(f"llama.cpp decode failed (code {rc}) while embedding")
             vec = ectx.embedding(0)
             ectx.seq_remove(0)
-        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-        return [v / norm for v in vec], len(tokens)
+        return vec, len(tokens)
 
     # -- status / lifecycle ---------------------------------------------------------------------------
 

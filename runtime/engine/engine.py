@@ -25,6 +25,7 @@ import collections
 import itertools
 import logging
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -55,6 +56,7 @@ MAX_CRASHES = 3  # restarts allowed within CRASH_WINDOW; one more crash and the 
 CRASH_WINDOW = 60.0
 RESTART_BACKOFF = (0.25, 1.0, 3.0)  # seconds before the 1st, 2nd, 3rd restart within the window
 STOP_TIMEOUT = 30.0
+HOP_SAMPLES = 256  # requests whose worker hop time makes up hop_ms()
 
 
 class EngineLoadError(RuntimeError):
@@ -90,6 +92,9 @@ class ModelEngine:
         self.restarts = 0
         self._lock = threading.Lock()
         self._reqs: dict[int, GenRequest] = {}
+        # The worker hop's own cost, timed per request (hop_ms): when the request was handed to the pipe.
+        self._sent_at: dict[int, float] = {}
+        self._hops: collections.deque[float] = collections.deque(maxlen=HOP_SAMPLES)
         self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._ids = itertools.count(1)
         self._crashes: collections.deque[float] = collections.deque()
@@ -229,11 +234,22 @@ class ModelEngine:
             self._last_heard = time.monotonic()
             op = msg[0]
             if op == "ev":
-                _, items, steps, dsec, ssec = msg
+                _, items, steps, dsec, ssec, firsts = msg
                 self._worker_steps = (steps, dsec, ssec)
+                if firsts:
+                    arrived = time.perf_counter()
+                    with self._lock:
+                        for rid, (received, emitted) in firsts.items():
+                            sent = self._sent_at.pop(rid, None)
+                            if sent is not None:
+                                self._hops.append(((received - sent) + (arrived - emitted)) * 1000.0)
                 for rid, ev in items:
                     with self._lock:
-                        req = self._reqs.pop(rid, None) if is_final(ev) else self._reqs.get(rid)
+                        if is_final(ev):
+                            req = self._reqs.pop(rid, None)
+                            self._sent_at.pop(rid, None)
+                        else:
+                            req = self._reqs.get(rid)
                     if req is None:
                         continue  # cancelled here already
                     if isinstance(ev, Finished):
@@ -301,6 +317,7 @@ class ModelEngine:
         reason = stalled or describe_exit(exitcode)
         with self._lock:
             reqs, self._reqs = list(self._reqs.values()), {}
+            self._sent_at.clear()
             calls, self._calls = list(self._calls.values()), {}
             self._call_started.clear()
             self._conn = None
@@ -395,17 +412,28 @@ class ModelEngine:
             if not self._reqs:
                 self._last_heard = time.monotonic()  # silence while idle is not a stall
             self._reqs[req.rid] = req
+            self._sent_at[req.rid] = time.perf_counter()
         try:
             self._send(("gen", req.rid, req.prompt, req.params, req.max_new_tokens, req.stop))
         except EngineUnavailable:
             with self._lock:
                 self._reqs.pop(req.rid, None)
+                self._sent_at.pop(req.rid, None)
             raise
+
+    def hop_ms(self) -> float | None:
+        """Median over the last HOP_SAMPLES requests of the time the worker hop added to the time to first
+        token: node → worker (pickling, the pipe, the worker picking the request up) plus first event →
+        node (waiting for the end of the step, pickling, the pipe). None before the first request."""
+        with self._lock:
+            hops = list(self._hops)
+        return statistics.median(hops) if hops else None
 
     def cancel(self, req: GenRequest) -> None:
         req.cancel()
         with self._lock:
             live = self._reqs.pop(req.rid, None) is not None
+            self._sent_at.pop(req.rid, None)
         if live:
             try:
                 self._send(("cancel", req.rid))
@@ -464,6 +492,7 @@ class ModelEngine:
             "engine_steps": c["steps"],
             "engine_decode_seconds": c["decode_seconds"],
             "engine_step_seconds": c["step_seconds"],
+            "engine_hop_ms_p50": None if (hop := self.hop_ms()) is None else round(hop, 3),
             "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_type": self.cfg.kv_type,
             "gpu_layers": self.offload.gpu_layers,

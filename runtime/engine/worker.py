@@ -22,7 +22,10 @@ node → worker
 worker → node
     ("ready", description)         loaded and probed (one real decode); description: EngineCore.describe()
     ("load_failed", message)       llama.cpp refused the model (a clean error, not a crash)
-    ("ev", [(rid, event), ...], steps, decode_seconds, step_seconds)   the events of one step
+    ("ev", [(rid, event), ...], steps, decode_seconds, step_seconds, firsts)   the events of one step;
+                                   firsts: {rid: (received_at, emitted_at)} for requests whose first event
+                                   is in it (perf_counter, the system-wide monotonic clock): the node times
+                                   the worker hop with them (ModelEngine.hop_ms)
     ("ret", cid, ok, value)        value: the result, or (exception kind, message, args)
 
 Nothing in this module imports llama.cpp at import time: the library (and which build of it, through
@@ -135,10 +138,13 @@ class _Outbox:
         self.last_sent = time.monotonic()
         self.urgent = False  # an item that must not wait (a first or a last event) is pending
         self.started: set[int] = set()  # requests whose first event was sent
+        self.firsts: dict[int, tuple[float, float]] = {}  # rid -> (received here, first event emitted)
 
-    def add(self, rid: int, ev: EngineEvent) -> None:
+    def add(self, rid: int, ev: EngineEvent, received_at: float | None = None) -> None:
         with self.items_lock:
             self.items.append((rid, ev))
+            if rid not in self.started and received_at is not None:
+                self.firsts[rid] = (received_at, time.perf_counter())
             if is_final(ev):
                 self.started.discard(rid)
                 self.urgent = True
@@ -154,6 +160,7 @@ class _Outbox:
             if self.items and not self.urgent and since < COALESCE_INTERVAL:
                 return  # sent with a later step's (the loop runs while its requests do)
             items, self.items, self.urgent = self.items, [], False
+            firsts, self.firsts = self.firsts, {}
         self.last_sent = time.monotonic()
         sched = self.core.scheduler if self.core is not None else None
         msg = (
@@ -162,6 +169,7 @@ class _Outbox:
             sched.steps if sched else 0,
             sched.decode_seconds if sched else 0.0,
             sched.step_seconds if sched else 0.0,
+            firsts,
         )
         with self.lock:
             self.conn.send(msg)
@@ -227,12 +235,22 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
         if op == "gen":
             _, rid, prompt, params, max_new, stop = msg
 
-            def emit(ev: EngineEvent, rid: int = rid) -> None:
-                outbox.add(rid, ev)
+            received = time.perf_counter()
+
+            def emit(ev: EngineEvent, rid: int = rid, received: float = received) -> None:
+                outbox.add(rid, ev, received)
                 if is_final(ev):  # done or failed: the request is over
                     requests.pop(rid, None)
 
-            req = GenRequest(prompt=prompt, params=params, max_new_tokens=max_new, stop=stop, emit=emit, rid=rid)
+            req = GenRequest(
+                prompt=prompt,
+                params=params,
+                max_new_tokens=max_new,
+                stop=stop,
+                emit=emit,
+                rid=rid,
+                submitted_at=received,
+            )
             requests[rid] = req
             try:
                 core.submit(req)

@@ -101,6 +101,10 @@ def test_generation_and_calls_through_the_worker(model_path, cap):
         vec, n = asyncio.run(e.embed("a sentence"))
         assert n > 0 and abs(sum(v * v for v in vec) - 1.0) < 1e-3
         assert e.stats.summary()["samples"] == 1
+        # The worker hop of that request, timed from both sides of the pipe on the system's monotonic clock.
+        hop = e.hop_ms()
+        assert hop is not None and 0 <= hop < 5000, hop
+        assert e.status()["engine_hop_ms_p50"] == round(hop, 3)
     finally:
         e.close()
     assert e.state == "closed" and e._proc.poll() is not None
@@ -273,3 +277,42 @@ def test_a_bug_in_the_loop_fails_its_requests_and_reports_the_crash(model_path, 
         assert crashed.wait(5)
     finally:
         core.close()
+
+
+def test_every_llama_cpp_computation_runs_on_the_engine_thread(model_path, cap, monkeypatch):
+    """llama.cpp's OpenMP build keeps a thread pool per calling thread; a second calling thread (the load
+    probe on the main thread, embeddings on the calls thread) gave the process more pooled threads than
+    cores, after which every decode step's threads slept in the kernel between parallel regions instead of
+    spinning: one stream ran 20-30% slower in the worker than in process. So the probe, generation and
+    embeddings all decode on the scheduler's thread (Scheduler.call)."""
+    from runtime.engine.core import EngineCore
+    from runtime.engine.events import EngineStopped
+    from runtime.engine.llama_model import LlamaContext
+
+    callers: list[threading.Thread] = []
+    real_decode = LlamaContext.decode
+
+    def recording_decode(self, entries):
+        callers.append(threading.current_thread())
+        return real_decode(self, entries)
+
+    monkeypatch.setattr(LlamaContext, "decode", recording_decode)
+    core = EngineCore("m", model_path, cap, EngineConfig(threads=2, slots=1, ctx_per_slot=512))
+    try:
+        core.probe()
+        c = Collector()
+        core.submit(GenRequest(prompt=core.completion_prompt("Count from 1 to 10:"), params=SamplingParams(temperature=0),
+                               max_new_tokens=4, stop=[], emit=c))
+        assert c.done.wait(60) and isinstance(c.events[-1], Finished)
+        vec, n = core.embed("a sentence")
+        assert n > 0 and len(vec) > 10
+        assert len(callers) >= 1 + 4 + 1
+        assert {t.name for t in callers} == {core.scheduler._thread.name}, {t.name for t in callers}
+        # A job's exception is its caller's, and the loop goes on.
+        with pytest.raises(ZeroDivisionError):
+            core.scheduler.call(lambda: 1 / 0).result(30)
+        assert core.scheduler.call(lambda: 42).result(30) == 42
+    finally:
+        core.close()
+    with pytest.raises(EngineStopped):
+        core.scheduler.call(lambda: 1)
