@@ -295,6 +295,9 @@ async def _load(args, base: str, valid: str, limited: str, ps: psutil.Process, e
                 if events[-1] != "[DONE]":
                     errors.append("valid stream without [DONE]")
                 u = json.loads(events[-2])["usage"]
+                if u is None:
+                    errors.append(f"valid stream without usage: {raw[-600:]!r}")
+                    u = {"prompt_tokens": 0, "completion_tokens": 0}
             else:
                 u = json.loads(raw)["usage"]
             usage_seen["prompt_tokens"] += u["prompt_tokens"]

@@ -58,6 +58,8 @@ from runtime.mesh.protocol import (  # noqa: E402
     ctl_subject, inbox_prefix, open_announcement, req_subject, request_headers, seal, seal_request,
     sign_announcement, unseal,
 )
+from runtime.engine.events import Finished, Started, Text  # noqa: E402
+from runtime.mesh import wire  # noqa: E402
 from runtime.mesh.router import rank_peers  # noqa: E402
 from runtime.mesh.watch import DirectoryWatch, expire_peers, keep_watching  # noqa: E402
 
@@ -339,15 +341,15 @@ class LightNode:
         try:
             await self._send(reply, key, {"t": "ack"})
             body = req.get("body") or {}
-            await self._send(reply, key, {"t": "start", "p": 12, "m": body.get("model")})
+            await self._send(reply, key, wire.encode_started(Started(prompt_tokens=12, model=body.get("model"))))
             n = int(body.get("max_tokens") or self.sim.tokens)
             for i in range(1, n + 1):
                 if self.sim.token_ms:
                     await asyncio.sleep(self.sim.token_ms / 1000)
                 last[0] = time.monotonic()
-                await self._send(reply, key, {"t": "d", "x": "tok", "n": i})
-            await self._send(reply, key, {"t": "done", "f": "length",
-                                          "u": {"prompt_tokens": 12, "completion_tokens": n, "cached_tokens": 0}})
+                await self._send(reply, key, wire.encode_texts([Text("tok")], i))
+            await self._send(reply, key, wire.encode_finished(Finished(
+                finish_reason="length", prompt_tokens=12, completion_tokens=n, cached_tokens=0)))
         finally:
             if beat is not None:
                 beat.cancel()

@@ -146,33 +146,50 @@ def authenticate(header: str | None, records: dict[str, KeyRecord], now: float) 
 # -- rate limits -----------------------------------------------------------------------------------
 
 
+RATE_SECONDS = 60  # the limit's period: --rpm R means at most R requests in any 60 seconds
+
+
 @dataclass(frozen=True)
 class RateWindow:
-    """Requests accepted in the current minute (``count``) and the one before (``previous``). The
-    estimate over the last 60 s weighs the previous minute by how much of it is still inside them
-    (the sliding-window approximation): a burst across a minute boundary is not let through twice."""
+    """The requests accepted in each second of the last minute: ((second, count), ...), oldest first.
 
-    minute: int
-    count: int = 0
-    previous: int = 0
+    At a time t in second S, the last 60 seconds (t - 60, t] lie within seconds S - 60 … S; all 61 of them
+    are counted (the oldest one whole), so a request is accepted only when fewer than the limit were
+    accepted in any part of the last 60 s: at most R in any 60 seconds, a burst across a minute boundary
+    included. The price of the bound: a client may be refused up to a second before its oldest request
+    is a full minute old. At most 61 pairs, whatever the limit."""
 
-    def at(self, minute: int) -> RateWindow:
-        if minute == self.minute:
+    seconds: tuple[tuple[int, int], ...] = ()
+
+    def live(self, second: int) -> RateWindow:
+        """The counts that can still overlap the last 60 s at ``second``."""
+        first = second - RATE_SECONDS
+        if all(s >= first for s, _ in self.seconds):
             return self
-        if minute == self.minute + 1:
-            return RateWindow(minute, 0, self.count)
-        return RateWindow(minute, 0, 0)
+        return RateWindow(tuple((s, c) for s, c in self.seconds if s >= first))
 
-    def estimate(self, now: float) -> float:
-        elapsed = (now - self.minute * 60) / 60
-        return self.previous * max(0.0, 1 - elapsed) + self.count
+    @property
+    def total(self) -> int:
+        return sum(c for _, c in self.seconds)
+
+    def add(self, second: int) -> RateWindow:
+        if self.seconds and self.seconds[-1][0] == second:
+            return RateWindow((*self.seconds[:-1], (second, self.seconds[-1][1] + 1)))
+        return RateWindow((*self.seconds, (second, 1)))
 
     def to_json(self) -> dict:
-        return {"m": self.minute, "c": self.count, "p": self.previous}
+        return {"s": [list(p) for p in self.seconds]}
 
     @classmethod
     def from_json(cls, d: dict) -> RateWindow:
-        return cls(int(d["m"]), int(d.get("c", 0)), int(d.get("p", 0)))
+        if "s" not in d and "m" in d:
+            # A record of the earlier per-minute form: its counts as if taken at its minute's last second,
+            # which counts them for as long as they can still matter (records expire after RATE_TTL).
+            minute = int(d["m"])
+            total = int(d.get("c", 0)) + int(d.get("p", 0))
+            return cls(((minute * 60 + 59, total),) if total else ())
+        pairs = sorted((int(s), int(c)) for s, c in d.get("s", []))
+        return cls(tuple((s, c) for s, c in pairs if c > 0))
 
 
 @dataclass(frozen=True)
@@ -184,31 +201,28 @@ class RateDecision:
 
 
 def take_request(window: RateWindow | None, limit: int, now: float) -> RateDecision:
-    """Whether one more request fits a limit of ``limit`` a minute, and the window after taking it."""
-    minute = int(now // 60)
-    w = (window or RateWindow(minute)).at(minute)
-    est = w.estimate(now)
-    if est + 1 > limit:
+    """Whether one more request fits a limit of ``limit`` in any 60 seconds, and the window after it."""
+    second = math.floor(now)
+    w = (window or RateWindow()).live(second)
+    used = w.total
+    if used + 1 > limit:
         return RateDecision(False, w, 0, _seconds_until_room(w, limit, now))
-    taken = replace(w, count=w.count + 1)
-    remaining = max(0, math.floor(limit - taken.estimate(now)))
+    taken = w.add(second)
+    remaining = max(0, limit - used - 1)
     return RateDecision(True, taken, remaining, 0.0 if remaining else _seconds_until_room(taken, limit, now))
 
 
 def _seconds_until_room(w: RateWindow, limit: int, now: float) -> float:
-    """When the estimate falls to ``limit - 1`` or below (the previous minute fades; the current one
-    becomes the previous at the next minute)."""
-    start = w.minute * 60
-    if w.count + 1 <= limit and w.previous:
-        # previous * (1 - (t - start)/60) + count <= limit - 1
-        t = start + 60 * (1 - (limit - 1 - w.count) / w.previous)
-        return max(0.001, t - now)
-    # Wait for the next minute, where the current count fades in the same way.
-    nxt = start + 60
-    if w.count == 0:
-        return max(0.001, nxt - now)
-    t = nxt + 60 * max(0.0, 1 - (limit - 1) / w.count)
-    return max(0.001, t - now)
+    """When the window holds ``limit - 1`` or fewer: a second's requests stop counting once that second
+    can no longer overlap the last 60 s, at its start + 61."""
+    total = w.total
+    for second, count in w.seconds:
+        if total <= limit - 1:
+            break
+        total -= count
+        if total <= limit - 1:
+            return max(0.001, second + RATE_SECONDS + 1 - now)
+    return 0.001
 
 
 # -- concurrency leases ----------------------------------------------------------------------------

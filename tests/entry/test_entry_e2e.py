@@ -47,7 +47,7 @@ def mesh(tmp_path_factory, model_path):
                         "--public-host", "api.example.org")
         started.append(b)
         for e in (a, b):
-            wait_for(lambda e=e: any(m["id"] == MODEL for m in _get(e, "/v1/models")[1]["data"]), 60,
+            wait_for(lambda e=e: any(m["id"] == MODEL for m in _get(e, "/v1/models")[1]["data"]), 120,
                      what="the entry to see the model")
         yield hub, server, a, b
     finally:

@@ -7,6 +7,8 @@ import base64
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.entry.clients import FailureThrottle, client_address, parse_networks
 from runtime.entry.keys import (
@@ -65,31 +67,70 @@ def test_rate_limit_within_a_minute():
             allowed += 1
             w = d.window
     assert allowed == 5
-    d = take_request(w, 5, NOW + 10)
+    d = take_request(w, 5, NOW + 10.5)
     assert not d.allowed and d.remaining == 0
-    # The current minute fades only after the next one starts: room again at NOW + 60 + 12 (5*(1-f) <= 4)
-    assert d.reset_seconds == pytest.approx(60 + 12 - 10, abs=0.01)
-    assert not take_request(w, 5, NOW + 60 + 11).allowed
-    assert take_request(w, 5, NOW + 60 + 12.5).allowed
+    # The first request (second NOW) stops counting when that second can no longer overlap the last 60 s.
+    assert d.reset_seconds == pytest.approx(61 - 10.5, abs=0.01)
+    assert not take_request(w, 5, NOW + 60.9).allowed
+    assert take_request(w, 5, NOW + 61.0).allowed
 
 
 def test_rate_limit_holds_across_a_minute_boundary():
-    """A burst that straddles a minute boundary is not let through twice."""
+    """A burst that straddles a minute boundary is not let through twice, nor one at a minute's end."""
     w = None
     accepted = []
-    for i in range(20):
-        t = NOW + 59 + i * 0.1
+    for i in range(400):
+        t = NOW + 59 + i * 0.1  # 40 s from the last second of a minute on
         d = take_request(w, 5, t)
         if d.allowed:
             accepted.append(t)
             w = d.window
-    assert len(accepted) <= 6
+    assert len(accepted) == 5
 
 
-def test_rate_window_roll():
-    w = RateWindow(10, 4, 2)
-    assert w.at(10) is w and w.at(11) == RateWindow(11, 0, 4) and w.at(13) == RateWindow(13, 0, 0)
+def _accept(times: list[float], limit: int) -> list[float]:
+    w, accepted = None, []
+    for t in times:
+        d = take_request(w, limit, t)
+        if d.allowed:
+            accepted.append(t)
+            w = RateWindow.from_json(d.window.to_json())  # as stored in the bucket
+        else:
+            assert d.reset_seconds > 0 and d.remaining == 0
+    return accepted
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0, 30, allow_nan=False), min_size=1, max_size=300),
+    limit=st.integers(1, 20),
+)
+def test_never_more_than_the_limit_in_any_60_seconds(gaps, limit):
+    times, t = [], NOW
+    for g in gaps:
+        t += g
+        times.append(t)
+    accepted = _accept(times, limit)
+    for i, t0 in enumerate(accepted):
+        assert sum(1 for t in accepted[i:] if t < t0 + 60) <= limit
+
+
+def test_a_steady_client_gets_its_limit_every_minute():
+    """The bound costs at most a second: a client asking ten times a second gets R per 61 s."""
+    accepted = _accept([NOW + i * 0.1 for i in range(6100)], 60)  # 610 s
+    assert 590 <= len(accepted) <= 610, len(accepted)
+
+
+def test_rate_window_bounded_and_stored():
+    w = None
+    for i in range(500):
+        d = take_request(w, 10_000, NOW + i * 0.5)
+        w = d.window
+    assert w is not None and len(w.seconds) <= 61 and w.total <= 122
     assert RateWindow.from_json(w.to_json()) == w
+    # A record in the earlier per-minute form still counts, conservatively.
+    old = RateWindow.from_json({"m": int(NOW // 60), "c": 3, "p": 2})
+    assert old.total == 5 and not take_request(old, 5, NOW + 30).allowed
 
 
 def test_leases_expire():
