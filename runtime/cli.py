@@ -452,6 +452,22 @@ def _mesh_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mesh_role(args: argparse.Namespace) -> int:
+    from .mesh.hub import set_role
+
+    pub, name, before = set_role(_hub_dir(), args.node, args.role)  # a HubError is printed once by main()
+    if before == args.role:
+        print(f"{name} ({pub[:12]}…) already has the {args.role} role")
+    elif args.role == "entry":
+        print(
+            f"{name} ({pub[:12]}…) now has the entry role: it may use the mesh's key and usage buckets "
+            "(on that machine: closedmesh entry)"
+        )
+    else:
+        print(f"{name} ({pub[:12]}…) is a plain member again: the key and usage buckets are closed to it")
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
     from .mesh.hub import Hub, HubError
     from .server import stop_on_signals
@@ -617,6 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
     mr2 = mesub.add_parser("revoke", help="lock a node out of this machine's hub")
     mr2.add_argument("node", help="the node's id (or a unique prefix of it) or name")
     mr2.set_defaults(func=_mesh_revoke)
+    mro = mesub.add_parser("role", help="change the role of a member of this machine's hub")
+    mro.add_argument("node", help="the node's id (or a unique prefix of it) or name")
+    mro.add_argument(
+        "role",
+        choices=["member", "entry"],
+        help="'entry': may use the mesh's key and usage buckets (a hosted entry node); 'member': may not",
+    )
+    mro.set_defaults(func=_mesh_role)
 
     h = sub.add_parser("hub", help="run a private mesh hub (embedded nats-server) in the foreground")
     h.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, for the LAN)")

@@ -153,6 +153,8 @@ class _Outbox:
                 self.urgent = True
 
     def flush(self) -> None:
+        if self.core is None:
+            return  # not ready yet (the load probe runs on the engine thread): "ready" is the first message
         with self.items_lock:
             since = time.monotonic() - self.last_sent
             if not self.items and since < PROGRESS_INTERVAL:
@@ -193,9 +195,9 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
     except ModelLoadError as e:
         conn.send(("load_failed", str(e)))
         return 0
-    outbox.core = core
     with send_lock:
         conn.send(("ready", core.describe()))
+    outbox.core = core
 
     calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-calls")
     requests: dict[int, GenRequest] = {}

@@ -334,6 +334,26 @@ def revoke_member(hub_dir: Path, who: str) -> str:
     return pub
 
 
+def set_role(hub_dir: Path, who: str, role: str) -> tuple[str, str, str]:
+    """Give an existing member ``role`` (``entry`` or back to ``member``): its permissions change at the
+    configuration reload, its connection included. Returns (its id, its name, its role before)."""
+    if role not in ROLES:
+        raise HubError(f"unknown role '{role}'; choose one of: {', '.join(ROLES)}")
+    state = load_state(hub_dir)
+    pub = find_member(state, who)
+    before = state["members"][pub].get("role", "member")
+
+    def change(s: dict) -> None:
+        if role == "member":
+            s["members"][pub].pop("role", None)
+        else:
+            s["members"][pub]["role"] = role
+
+    if before != role:
+        update_state(hub_dir, change)
+    return pub, state["members"][pub].get("name") or pub[:12], before
+
+
 # -- the directory's writer ----------------------------------------------------------------------------
 
 

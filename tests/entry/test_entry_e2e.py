@@ -25,7 +25,7 @@ from runtime.mesh.tls import client_context
 
 from ..conftest import wait_for
 from ..mesh.conftest import api, join, mesh_status, start_hub, start_mesh_node
-from .conftest import EntryProcess, run_entry, start_entry
+from .conftest import EntryProcess, _port, run_entry, start_entry
 
 pytestmark = pytest.mark.e2e
 
@@ -442,10 +442,35 @@ def test_entry_refuses_an_open_mesh(tmp_path, mesh):
 
 
 def test_member_without_the_entry_role_cannot_run_an_entry(tmp_path, mesh):
+    """A plain member is refused the buckets; `closedmesh mesh role NODE entry` on the hub gives an existing
+    member the role (the same machine then runs an entry without a new invite), and `... member` takes it
+    back."""
     hub = mesh[0]
-    proc = run_entry(tmp_path / "plain", "--mesh", hub.invite())
+    home = tmp_path / "plain"
+    proc = run_entry(home, "--mesh", hub.invite(), "--name", "plain-member")
     assert proc.wait(60) == 4
-    assert "entry role" in (tmp_path / "plain" / "entry.log").read_text()
+    assert "entry role" in (home / "entry.log").read_text()
+
+    out = hub.cli("mesh", "role", "plain-member", "entry").stdout
+    assert "now has the entry role" in out, out
+    assert "already has" in hub.cli("mesh", "role", "plain-member", "entry").stdout
+    e = EntryProcess(run_entry(home), home, 0, home / "entry.log")  # the saved membership, no invite
+    try:
+        e.port = wait_for(lambda: _port(e), 120, what="the promoted member's entry node to bind its port")
+        wait_for(lambda: (home / "config" / "entry-admin.json").exists(), 60, what="its admin API")
+        key = e.create_key("promoted")
+        code, err, _ = _post(e, "/v1/chat/completions", {"model": "no-such-model", "messages": [
+            {"role": "user", "content": "x"}]}, key=key)
+        assert code == 404, err  # past the key check: the key bucket works for it
+    finally:
+        e.stop()
+
+    assert "plain member again" in hub.cli("mesh", "role", "plain-member", "member").stdout
+    again = run_entry(home)
+    assert again.wait(60) == 4
+    assert "entry role" in (home / "entry.log").read_text()
+    bad = hub.cli("mesh", "role", "nobody-by-that-name", "entry", check=False)
+    assert bad.returncode != 0 and "no member of this hub" in bad.stderr
 
 
 def test_leases_of_an_entry_that_dies_expire(mesh, tmp_path):

@@ -316,3 +316,21 @@ def test_every_llama_cpp_computation_runs_on_the_engine_thread(model_path, cap, 
         core.close()
     with pytest.raises(EngineStopped):
         core.scheduler.call(lambda: 1)
+
+
+def test_the_worker_says_nothing_before_ready_however_long_the_load_takes():
+    """The load probe runs on the engine thread, whose loop reports progress at least once a second: on a
+    loaded machine a load took longer than that, and an empty progress message went out before "ready"
+    (the node took it for the answer to its spec and the model failed to load)."""
+    from types import SimpleNamespace
+
+    from runtime.engine import worker as worker_mod
+
+    sent: list = []
+    out = worker_mod._Outbox(SimpleNamespace(send=sent.append), threading.Lock())
+    out.last_sent = time.monotonic() - 10 * worker_mod.PROGRESS_INTERVAL
+    out.flush()
+    assert sent == []
+    out.core = SimpleNamespace(scheduler=SimpleNamespace(steps=3, decode_seconds=0.5, step_seconds=0.6))
+    out.flush()  # ready: silence for that long is now reported as progress
+    assert len(sent) == 1 and sent[0][0] == "ev" and sent[0][1] == [] and sent[0][2] == 3
