@@ -8,10 +8,11 @@ does not list, a module the table does not place, and any circle of modules.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from ..import_graph import cycles, import_graph
 
 ROOT = Path(__file__).resolve().parents[2] / "runtime"
 
@@ -69,42 +70,6 @@ SAME_LAYER = {
 }
 
 
-def modules(root: Path = ROOT) -> dict[str, Path]:
-    """Dotted name → file, for every module under ``root`` (a package's __init__ is the package)."""
-    out = {}
-    for path in sorted(root.rglob("*.py")):
-        parts = list(path.relative_to(root.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        out[".".join(parts)] = path
-    return out
-
-
-def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The runtime modules ``name`` imports, anywhere in its file."""
-    is_package = path.name == "__init__.py"
-    package = name if is_package else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "runtime":
-                    found.add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if target.split(".")[0] != "runtime":
-                continue
-            for alias in node.names:  # `from pkg import module` imports the module
-                sub = f"{target}.{alias.name}"
-                found.add(sub if sub in known else target)
-    return {m for m in found if m != name}
-
-
 def place(module: str) -> tuple[int, str, str] | None:
     """(layer index, layer name, component) of a module: the longest matching prefix wins."""
     best: tuple[int, tuple[int, str, str]] | None = None
@@ -118,44 +83,7 @@ def place(module: str) -> tuple[int, str, str] | None:
 
 
 def graph(root: Path = ROOT) -> dict[str, set[str]]:
-    mods = modules(root)
-    known = set(mods)
-    return {name: {m for m in imports(name, path, known) if m in known} for name, path in mods.items()}
-
-
-def circles(g: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(g.get(v, ())):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            scc = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                scc.append(w)
-                if w == v:
-                    break
-            if len(scc) > 1:
-                out.append(sorted(scc))
-
-    for v in sorted(g):
-        if v not in index:
-            visit(v)
-    return out
+    return import_graph(root, "runtime")
 
 
 def violations(g: dict[str, set[str]]) -> tuple[list[str], list[str], list[str]]:
@@ -192,8 +120,8 @@ def test_same_layer_imports_are_listed(runtime_graph):
     assert violations(runtime_graph)[2] == []
 
 
-def test_no_circles(runtime_graph):
-    assert circles(runtime_graph) == []
+def test_no_cycles(runtime_graph):
+    assert cycles(runtime_graph) == []
 
 
 def test_the_walk_sees_every_kind_of_import(tmp_path):
@@ -210,7 +138,7 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
     g = graph(pkg)
     assert g["runtime.errors"] == {"runtime.api.routes"}
     assert g["runtime.api.routes"] == {"runtime.errors"}
-    assert circles(g) == [["runtime.api.routes", "runtime.errors"]]
+    assert cycles(g) == [["runtime.api.routes", "runtime.errors"]]
     unplaced, upward, _ = violations(g)
     assert upward == [
         "runtime.errors (base) imports runtime.api.routes (api)",
