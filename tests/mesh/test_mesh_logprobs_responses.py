@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import wait_for
 from .conftest import mesh_status
-from .test_mesh_poison import MODEL, ScriptedPeer, poison_mesh  # noqa: F401  (poison_mesh: a fixture)
+from .test_mesh_poison import MODEL, ScriptedPeer, poison_mesh, start_peers  # noqa: F401  (poison_mesh: a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +23,8 @@ ASK = [{"role": "user", "content": "What is the capital of France?"}]
 def test_logprobs_go_only_to_peers_that_announce_them(poison_mesh):
     """Scripted peers that announce no features (as nodes before this work did) serve the model: a request
     with logprobs is refused with a 400 naming 'logprobs' and reaches none of them; without, it is served."""
-    a, peers, url, run = poison_mesh
-    for i in range(2):
-        p = ScriptedPeer(url, f"p{i}", tokens=3, crash=False)
-        run(p.start())
-        peers.append(p)
-    wait_for(lambda: len(mesh_status(a)["peers"]) == 2, 20, what="the scripted peers in A's directory")
+    a = poison_mesh[0]
+    peers = start_peers(poison_mesh, tokens=3, crash=False)
     for path, body in [
         ("/chat/completions", {"messages": ASK, "logprobs": True, "top_logprobs": 2}),
         ("/completions", {"prompt": "Paris is", "logprobs": 2}),

@@ -129,10 +129,12 @@ def poison_mesh(tmp_path, model_path):
         server.wait(10)
 
 
-def _start_peers(poison_mesh, tokens: int) -> list[ScriptedPeer]:
+def start_peers(poison_mesh, tokens: int, crash: bool = True) -> list[ScriptedPeer]:
+    """Two scripted peers that serve MODEL and announce no features (as nodes of protocol 2 did), in A's
+    directory. ``crash``: each one's engine crashes after ``tokens`` tokens."""
     a, peers, url, run = poison_mesh
     for i in range(2):
-        p = ScriptedPeer(url, f"p{i}", tokens)
+        p = ScriptedPeer(url, f"p{i}", tokens, crash=crash)
         run(p.start())
         peers.append(p)
     wait_for(lambda: len(mesh_status(a)["peers"]) == 2, 20, what="the scripted peers in A's directory")
@@ -141,7 +143,7 @@ def _start_peers(poison_mesh, tokens: int) -> list[ScriptedPeer]:
 
 def test_engine_crashed_before_the_first_token_is_final(poison_mesh):
     a = poison_mesh[0]
-    peers = _start_peers(poison_mesh, tokens=0)
+    peers = start_peers(poison_mesh, tokens=0)
     # the raw answer: 500, engine_crashed, and the SDKs are told not to retry
     r = httpx.post(a.v1 + "/chat/completions", timeout=60, json={
         "model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
@@ -158,7 +160,7 @@ def test_engine_crashed_before_the_first_token_is_final(poison_mesh):
 
 def test_engine_crashed_mid_stream_ends_the_stream_with_an_error(poison_mesh):
     a = poison_mesh[0]
-    peers = _start_peers(poison_mesh, tokens=3)
+    peers = start_peers(poison_mesh, tokens=3)
     client = openai.OpenAI(base_url=a.v1, api_key="x", timeout=60)
     got: list[str] = []
     with pytest.raises(openai.APIError) as e:

@@ -14,7 +14,7 @@ from tests.schema_check import violations
 
 from ..conftest import wait_for
 from .conftest import mesh_status
-from .test_mesh_poison import MODEL, ScriptedPeer, poison_mesh  # noqa: F401  (poison_mesh: a fixture)
+from .test_mesh_poison import MODEL, poison_mesh, start_peers  # noqa: F401  (poison_mesh: a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +32,8 @@ def test_tools_go_only_to_peers_that_announce_them(poison_mesh):
     """Scripted peers that announce no features (as nodes before tool calling did) serve the model: a
     request with tools is refused with a 400 naming 'tools' and reaches none of them; without tools it
     is served."""
-    a, peers, url, run = poison_mesh
-    for i in range(2):
-        p = ScriptedPeer(url, f"p{i}", tokens=3, crash=False)
-        run(p.start())
-        peers.append(p)
-    wait_for(lambda: len(mesh_status(a)["peers"]) == 2, 20, what="the scripted peers in A's directory")
+    a = poison_mesh[0]
+    peers = start_peers(poison_mesh, tokens=3, crash=False)
     r = httpx.post(a.v1 + "/chat/completions", timeout=60,
                    json={"model": MODEL, "messages": ASK, "tools": TOOLS, "max_tokens": 8})
     assert r.status_code == 400, r.text
