@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 
@@ -149,3 +150,42 @@ def test_the_node_process_never_loads_llama_cpp(crash_node):
     assert "libllama" not in maps and "libggml" not in maps
     worker = _worker_pid(crash_node, "SmolLM2-135M-Instruct")
     assert "libllama" in open(f"/proc/{worker}/maps").read()
+
+
+def test_a_hung_engine_is_stopped_by_a_real_node(tmp_path, model_path):
+    """`closedmesh serve --engine-stall-timeout 3`: a worker frozen (SIGSTOP) mid-answer is taken for hung
+    after 3 s without a word, stopped and restarted; the stream ends with an explicit error instead of
+    waiting forever, the model's last error says why, and the next request is answered."""
+    seed_home(tmp_path, model_path)
+    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--slots", "1",
+                   "--ctx-per-slot", "2048", "--engine-stall-timeout", "3")
+    try:
+        started = threading.Event()
+        events: list[dict] = []
+
+        def stream() -> None:
+            with httpx.stream("POST", n.v1 + "/chat/completions", json={**LONG, "stream": True}, timeout=120) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        events.append(json.loads(line[6:]))
+                        started.set()
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert started.wait(60), "the stream never started"
+        pid = _worker_pid(n, "SmolLM2-135M-Instruct")
+        os.kill(pid, signal.SIGSTOP)
+        t.join(60)
+        assert not t.is_alive(), "the stream hung with its engine"
+        last = events[-1]
+        assert "error" in last and last["error"]["code"] == "engine_crashed", last
+        said = re.search(r"made no progress for (\d+) s", last["error"]["message"])
+        assert said and 3 <= int(said.group(1)) <= 10, last
+        back = wait_for(lambda: (s := _status(n, "SmolLM2-135M-Instruct"))["state"] == "ready" and s, 60,
+                        what="the model to be ready again")
+        assert back["engine"]["pid"] != pid and "hung" in back["engine"]["last_error"]
+        r = httpx.post(n.v1 + "/chat/completions", json={**LONG, "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        assert n.stop() == 0, n.log()[-3000:]
