@@ -335,8 +335,8 @@ def revoke_member(hub_dir: Path, who: str) -> str:
 
 
 def set_role(hub_dir: Path, who: str, role: str) -> tuple[str, str, str]:
-    """Give an existing member ``role`` (``entry`` or back to ``member``): its permissions change at the
-    configuration reload, its connection included. Returns (its id, its name, its role before)."""
+    """Give an existing member ``role`` (``entry`` or back to ``member``); the hub's configuration is
+    re-rendered and reloaded. Returns (its id, its name, its role before)."""
     if role not in ROLES:
         raise HubError(f"unknown role '{role}'; choose one of: {', '.join(ROLES)}")
     state = load_state(hub_dir)
@@ -344,10 +344,13 @@ def set_role(hub_dir: Path, who: str, role: str) -> tuple[str, str, str]:
     before = state["members"][pub].get("role", "member")
 
     def change(s: dict) -> None:
+        member = s["members"].get(pub)
+        if member is None:  # revoked in the meantime
+            raise HubError(f"'{who}' is no longer a member of this hub")
         if role == "member":
-            s["members"][pub].pop("role", None)
+            member.pop("role", None)
         else:
-            s["members"][pub]["role"] = role
+            member["role"] = role
 
     if before != role:
         update_state(hub_dir, change)

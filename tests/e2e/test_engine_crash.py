@@ -42,18 +42,8 @@ def _crash(n, model: str, sig: int = signal.SIGSEGV) -> None:
     os.kill(_worker_pid(n, model), sig)
 
 
-@pytest.fixture
-def crash_node(tmp_path, model_path):
-    seed_home(tmp_path, model_path)
-    other = model_copy(tmp_path, model_path, "Other-Model")
-    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--model", str(other),
-                   "--slots", "2", "--ctx-per-slot", "2048", "--keepalive", "0.5")
-    yield n
-    assert n.stop() == 0, n.log()[-3000:]
-
-
-def test_crash_mid_stream_is_an_explicit_error_and_the_engine_comes_back(crash_node):
-    n = crash_node
+def _stream_started(n) -> tuple[threading.Thread, list[dict]]:
+    """A long streamed answer read in a thread (its data events collected), once its first event came."""
     started = threading.Event()
     events: list[dict] = []
 
@@ -68,6 +58,22 @@ def test_crash_mid_stream_is_an_explicit_error_and_the_engine_comes_back(crash_n
     t = threading.Thread(target=stream)
     t.start()
     assert started.wait(60), "the stream never started"
+    return t, events
+
+
+@pytest.fixture
+def crash_node(tmp_path, model_path):
+    seed_home(tmp_path, model_path)
+    other = model_copy(tmp_path, model_path, "Other-Model")
+    n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--model", str(other),
+                   "--slots", "2", "--ctx-per-slot", "2048", "--keepalive", "0.5")
+    yield n
+    assert n.stop() == 0, n.log()[-3000:]
+
+
+def test_crash_mid_stream_is_an_explicit_error_and_the_engine_comes_back(crash_node):
+    n = crash_node
+    t, events = _stream_started(n)
     pid = _worker_pid(n, "SmolLM2-135M-Instruct")
     os.kill(pid, signal.SIGSEGV)
     t.join(60)
@@ -160,20 +166,7 @@ def test_a_hung_engine_is_stopped_by_a_real_node(tmp_path, model_path):
     n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--slots", "1",
                    "--ctx-per-slot", "2048", "--engine-stall-timeout", "3")
     try:
-        started = threading.Event()
-        events: list[dict] = []
-
-        def stream() -> None:
-            with httpx.stream("POST", n.v1 + "/chat/completions", json={**LONG, "stream": True}, timeout=120) as r:
-                assert r.status_code == 200
-                for line in r.iter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        events.append(json.loads(line[6:]))
-                        started.set()
-
-        t = threading.Thread(target=stream)
-        t.start()
-        assert started.wait(60), "the stream never started"
+        t, events = _stream_started(n)
         pid = _worker_pid(n, "SmolLM2-135M-Instruct")
         os.kill(pid, signal.SIGSTOP)
         t.join(60)

@@ -5,38 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..conftest import CLOSEDMESH, wait_for
+from ..conftest import CLOSEDMESH, NodeProcess, wait_for
 from ..mesh.conftest import HubProcess
 
 
-@dataclass
-class EntryProcess:
-    proc: subprocess.Popen
-    home: Path
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        return self.base_url + "/v1"
+class EntryProcess(NodeProcess):
+    """A `closedmesh entry` process: a node process with keys and an admin API."""
 
     @property
     def admin_url(self) -> str:
         return json.loads((self.home / "config" / "entry-admin.json").read_text())["url"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def keys(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = dict(os.environ, CLOSEDMESH_HOME=str(self.home))
@@ -55,16 +38,6 @@ class EntryProcess:
         req = urllib.request.Request(self.admin_url + path, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def run_entry(home: Path, *args: str) -> subprocess.Popen:
