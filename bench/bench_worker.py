@@ -16,12 +16,19 @@ sides of the pipe; target <= 2 ms); and, as a cross-check, the end-to-end TTFT f
 over" to "first token here" of both engines.
 
     .venv/bin/python bench/bench_worker.py [--rounds 6] [--tokens 128] [--ttft-samples 30]
+
+``--together N``: instead, N alternating rounds of two workers decoding one stream each at the same time
+(a node serving two models, or two nodes on one machine) against one worker alone, with the worker's
+bounded OpenMP spin (worker.OMP_SPIN_COUNT) and with libgomp's default (GOMP_SPINCOUNT=300000): prints the
+aggregate tok/s of each and the ratio together / alone (a spinning thread that holds the core its sibling
+needs makes "together" collapse).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import threading
@@ -121,17 +128,57 @@ def ttft(engine, tag: str, i: int) -> float:
     return (stamp[0] - t0) * 1000
 
 
+def together(path: Path, cap, threads: int, rounds: int, tokens: int) -> None:
+    """Two workers decoding at once vs one alone, with the worker's spin bound and with libgomp's default."""
+    from runtime.engine import worker as worker_mod
+
+    cfg = EngineConfig(threads=threads, slots=2, ctx_per_slot=1024)
+    setups = {"bounded": str(worker_mod.OMP_SPIN_COUNT), "libgomp default": "300000"}
+    engines = {}
+    for name, spin in setups.items():
+        os.environ["GOMP_SPINCOUNT"] = spin  # a user's setting: worker_env keeps it
+        engines[name] = (ModelEngine(f"{name}-1", path, cap, cfg), ModelEngine(f"{name}-2", path, cap, cfg))
+    os.environ.pop("GOMP_SPINCOUNT")
+    print(f"model {path.name}, {threads} threads per worker, {rounds} rounds alternating, {tokens} tokens/stream")
+    alone: dict[str, list[float]] = {k: [] for k in setups}
+    both: dict[str, list[float]] = {k: [] for k in setups}
+    try:
+        for r in range(rounds):
+            for name in list(setups) if r % 2 == 0 else list(reversed(setups)):
+                e1, e2 = engines[name]
+                alone[name].append(run_streams(e1, 1, tokens, name))
+                ts = [threading.Thread(target=run_streams, args=(e, 1, tokens, name)) for e in (e1, e2)]
+                t0 = time.perf_counter()
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                both[name].append(2 * tokens / (time.perf_counter() - t0))
+        for name in setups:
+            a, b = statistics.median(alone[name]), statistics.median(both[name])
+            print(f"{name:16s} (GOMP_SPINCOUNT={setups[name]:>6s}): alone {a:6.1f} tok/s, two workers together "
+                  f"{b:6.1f} tok/s in all, ratio {b / a:.2f}  (together, rounds: {[round(x, 1) for x in both[name]]})")
+    finally:
+        for pair in engines.values():
+            for e in pair:
+                e.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ttft-samples", type=int, default=30)
     ap.add_argument("--streams", default="1,8")
+    ap.add_argument("--together", type=int, metavar="ROUNDS", help="two workers at once vs one alone (see above)")
     args = ap.parse_args()
     path = ensure_default_model(REPO / ".cache" / "models")
     cap = detect()
     threads = default_threads(cap)
     cap = RuntimeCapability(cap, threads).cap
+    if args.together:
+        together(path, cap, threads, args.together, args.tokens)
+        return
     cfg = EngineConfig(threads=threads, slots=8, ctx_per_slot=1024)
     worker = ModelEngine("bench", path, cap, cfg)
     inproc = InProcess(path, cap, cfg)

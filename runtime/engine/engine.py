@@ -138,8 +138,7 @@ class ModelEngine:
     def _spawn(self, variant: LibraryVariant) -> tuple[str, Any]:
         """Start a worker with ``variant`` and wait for its first word: ("ready", description),
         ("load_failed", message) or ("died", exit code)."""
-        env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
-        env.update(variant.env())
+        env = worker.worker_env(dict(os.environ), variant.env())
         proc = subprocess.Popen(
             worker.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
         )

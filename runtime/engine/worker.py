@@ -64,6 +64,26 @@ PROGRESS_INTERVAL = 1.0
 COALESCE_INTERVAL = 0.05
 
 
+# How long a thread of llama.cpp's OpenMP pool (libgomp) spins at a barrier before it sleeps, in spin
+# iterations (about 50 µs here). libgomp's default, 300,000 (about 15 ms), assumes the process owns its
+# cores; with two workers decoding at once on the same cores (a node serving two models, several nodes
+# on one machine) a spinning thread keeps its core from the very sibling it waits for, and every decode
+# step waits out time slices: measured on 2 cores, two workers together fell to 26-36 tok/s in all (one
+# round 0.7), against 49-53 with this bound; one worker alone runs as fast either way (bench_worker).
+# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+OMP_SPIN_COUNT = 1000
+
+
+def worker_env(base: dict[str, str], variant_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker process: the node's, minus the library choice it does not make, plus
+    the build to load (``variant_env``) and a bounded OpenMP spin (OMP_SPIN_COUNT)."""
+    env = {k: v for k, v in base.items() if k != "LLAMA_CPP_LIB_PATH"}
+    env.update(variant_env)
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = str(OMP_SPIN_COUNT)
+    return env
+
+
 # The argument that makes the desktop bundle's executable run a worker (installers/pyinstaller).
 FROZEN_WORKER_FLAG = "--closedmesh-engine-worker"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from runtime.engine import engine as engine_mod
+from runtime.engine import worker
 from runtime.engine.engine import EngineLoadError, ModelEngine
 from runtime.engine.events import Finished, EngineConfig, Failed, GenRequest, SamplingParams, Text
 from runtime.engine.probe import BuildRegistry, describe_exit, is_build_fault
@@ -38,6 +39,15 @@ def test_exit_codes_in_plain_words():
     assert "code 3" in describe_exit(3)
     assert is_build_fault(-signal.SIGILL) and is_build_fault(-signal.SIGBUS)
     assert not is_build_fault(-signal.SIGSEGV) and not is_build_fault(0) and not is_build_fault(None)
+
+
+def test_a_worker_spins_briefly_at_openmp_barriers_unless_the_user_chose():
+    base = {"PATH": "/bin", "LLAMA_CPP_LIB_PATH": "/elsewhere"}
+    env = worker.worker_env(base, {"LLAMA_CPP_LIB_PATH": "/variant"})
+    assert env == {"PATH": "/bin", "LLAMA_CPP_LIB_PATH": "/variant", "GOMP_SPINCOUNT": str(worker.OMP_SPIN_COUNT)}
+    assert "LLAMA_CPP_LIB_PATH" not in worker.worker_env(base, {})  # the installed build: no stale choice
+    assert worker.worker_env({"GOMP_SPINCOUNT": "50000"}, {})["GOMP_SPINCOUNT"] == "50000"
+    assert "GOMP_SPINCOUNT" not in worker.worker_env({"OMP_WAIT_POLICY": "ACTIVE"}, {})
 
 
 def test_build_registry_remembers_a_fault_until_the_build_changes(tmp_path):
@@ -105,6 +115,11 @@ def test_generation_and_calls_through_the_worker(model_path, cap):
         hop = e.hop_ms()
         assert hop is not None and 0 <= hop < 5000, hop
         assert e.status()["engine_hop_ms_p50"] == round(hop, 3)
+        # The worker really runs with the bounded OpenMP spin (libgomp reads it when llama.cpp loads).
+        if sys.platform.startswith("linux") and "OMP_WAIT_POLICY" not in os.environ:
+            environ = Path(f"/proc/{e._proc.pid}/environ").read_bytes().split(b"\0")
+            spin = os.environ.get("GOMP_SPINCOUNT", str(worker.OMP_SPIN_COUNT))
+            assert f"GOMP_SPINCOUNT={spin}".encode() in environ
     finally:
         e.close()
     assert e.state == "closed" and e._proc.poll() is not None
