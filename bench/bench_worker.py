@@ -18,10 +18,11 @@ over" to "first token here" of both engines.
     .venv/bin/python bench/bench_worker.py [--rounds 6] [--tokens 128] [--ttft-samples 30]
 
 ``--together N``: instead, N alternating rounds of two workers decoding one stream each at the same time
-(a node serving two models, or two nodes on one machine) against one worker alone, with the worker's
-bounded OpenMP spin (worker.OMP_SPIN_COUNT) and with libgomp's default (GOMP_SPINCOUNT=300000): prints the
-aggregate tok/s of each and the ratio together / alone (a spinning thread that holds the core its sibling
-needs makes "together" collapse).
+(a node serving two models, or two nodes on one machine) against one worker alone, three ways: as a node
+runs them (bounded OpenMP spin, worker.OMP_SPIN_COUNT, and the threads shared while both generate,
+engine/cores.py), with the bounded spin only (two nodes on one machine), and with libgomp's default spin
+(GOMP_SPINCOUNT=300000). Prints the aggregate tok/s of each and the ratio together / alone (a spinning
+thread that holds the core its sibling needs makes "together" collapse).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime.engine.cores import CoreShare  # noqa: E402
 from runtime.engine.engine import ModelEngine  # noqa: E402
 from runtime.engine.events import EngineConfig, Finished, GenRequest, SamplingParams, Text  # noqa: E402
 from runtime.generation import LoopPump  # noqa: E402
@@ -133,11 +135,14 @@ def together(path: Path, cap, threads: int, rounds: int, tokens: int) -> None:
     from runtime.engine import worker as worker_mod
 
     cfg = EngineConfig(threads=threads, slots=2, ctx_per_slot=1024)
-    setups = {"bounded": str(worker_mod.OMP_SPIN_COUNT), "libgomp default": "300000"}
+    bounded, default = str(worker_mod.OMP_SPIN_COUNT), "300000"
+    # name -> (GOMP_SPINCOUNT, the two engines share the threads as a node's do)
+    setups = {"node (shared)": (bounded, True), "bounded spin": (bounded, False), "libgomp default": (default, False)}
     engines = {}
-    for name, spin in setups.items():
+    for name, (spin, shared) in setups.items():
         os.environ["GOMP_SPINCOUNT"] = spin  # a user's setting: worker_env keeps it
-        engines[name] = (ModelEngine(f"{name}-1", path, cap, cfg), ModelEngine(f"{name}-2", path, cap, cfg))
+        share = CoreShare() if shared else None
+        engines[name] = tuple(ModelEngine(f"{name}-{i}", path, cap, cfg, share=share) for i in (1, 2))
     os.environ.pop("GOMP_SPINCOUNT")
     print(f"model {path.name}, {threads} threads per worker, {rounds} rounds alternating, {tokens} tokens/stream")
     alone: dict[str, list[float]] = {k: [] for k in setups}
@@ -156,8 +161,10 @@ def together(path: Path, cap, threads: int, rounds: int, tokens: int) -> None:
                 both[name].append(2 * tokens / (time.perf_counter() - t0))
         for name in setups:
             a, b = statistics.median(alone[name]), statistics.median(both[name])
-            print(f"{name:16s} (GOMP_SPINCOUNT={setups[name]:>6s}): alone {a:6.1f} tok/s, two workers together "
-                  f"{b:6.1f} tok/s in all, ratio {b / a:.2f}  (together, rounds: {[round(x, 1) for x in both[name]]})")
+            spin, shared = setups[name]
+            how = f"GOMP_SPINCOUNT={spin}, threads {'shared' if shared else 'each'}"
+            print(f"{name:16s} ({how}): alone {a:6.1f} tok/s, two workers together {b:6.1f} tok/s in all, "
+                  f"ratio {b / a:.2f}  (together, rounds: {[round(x, 1) for x in both[name]]})")
     finally:
         for pair in engines.values():
             for e in pair:

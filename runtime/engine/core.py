@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..hardware import Capability, plan_offload, plan_slots
-from .events import EngineConfig, Finished, GenRequest, ModelInfo
+from .events import EngineConfig, EngineStopped, Finished, GenRequest, ModelInfo
 from .llama_model import LlamaContext, LlamaModel, ModelLoadError
 from .scheduler import Scheduler
 
@@ -131,6 +131,13 @@ class EngineCore:
 
     def submit(self, req: GenRequest) -> None:
         self.scheduler.submit(req)
+
+    def set_threads(self, n: int) -> None:
+        """Decode with ``n`` threads from the next step on (run on the engine thread, between steps)."""
+        try:
+            self.scheduler.call(lambda: self.ctx.set_threads(n))
+        except EngineStopped:
+            pass  # the worker is stopping
 
     def probe(self) -> None:
         """One real decode and its removal: the first matrix multiplies of this build on this CPU happen

@@ -36,6 +36,7 @@ from typing import Any
 from ..hardware import Capability
 from ..stats import RequestSample, RollingStats
 from . import worker
+from .cores import CoreShare
 from .events import (
     EngineConfig,
     EngineStopped,
@@ -79,8 +80,11 @@ class ModelEngine:
         on_state: Callable[[str, str | None], None] | None = None,
         builds: BuildRegistry | None = None,
         variants: list[LibraryVariant] | None = None,
+        share: CoreShare | None = None,
     ) -> None:
         self.id = model_id
+        # The node's threads, shared with its other engines while several generate at once (cores.py).
+        self.share = share
         self.path = path
         self.cap = cap
         self.cfg = cfg
@@ -247,6 +251,7 @@ class ModelEngine:
                         if is_final(ev):
                             req = self._reqs.pop(rid, None)
                             self._sent_at.pop(rid, None)
+                            self._idle_locked()
                         else:
                             req = self._reqs.get(rid)
                     if req is None:
@@ -320,6 +325,8 @@ class ModelEngine:
             calls, self._calls = list(self._calls.values()), {}
             self._call_started.clear()
             self._conn = None
+            if self.share is not None:
+                self.share.forget(self)  # its requests are over; a new worker starts with every thread
             if not self._closing:
                 self.last_error = stalled or f"its engine process crashed: {reason}"
                 self.state = "restarting"  # from here on, new requests get "restarting", not a broken pipe
@@ -384,6 +391,16 @@ class ModelEngine:
 
     # -- requests ---------------------------------------------------------------------------------------
 
+    @property
+    def threads(self) -> int:
+        """The decode threads the worker was last told to use (fewer while other engines generate too)."""
+        given = self.share.given(self) if self.share is not None else None
+        return given if given is not None else self.cfg.threads
+
+    async def n_threads(self) -> int:
+        """The decode threads the worker's context is using, as llama.cpp reports them."""
+        return await self._call("n_threads")
+
     def counts(self) -> dict:
         with self._lock:
             total = len(self._reqs)
@@ -410,6 +427,8 @@ class ModelEngine:
             req.rid = next(self._ids)
             if not self._reqs:
                 self._last_heard = time.monotonic()  # silence while idle is not a stall
+                if self.share is not None:
+                    self.share.busy(self, self.cfg.threads, self._set_threads)
             self._reqs[req.rid] = req
             self._sent_at[req.rid] = time.perf_counter()
         try:
@@ -418,7 +437,20 @@ class ModelEngine:
             with self._lock:
                 self._reqs.pop(req.rid, None)
                 self._sent_at.pop(req.rid, None)
+                self._idle_locked()
             raise
+
+    def _idle_locked(self) -> None:
+        """Called with ``_lock`` held: nothing left to generate, so the other engines share the threads."""
+        if not self._reqs and self.share is not None:
+            self.share.idle(self)
+
+    def _set_threads(self, n: int) -> None:
+        """Tell the worker how many decode threads to use from its next step (CoreShare's ``apply``)."""
+        try:
+            self._send(("threads", n))
+        except EngineUnavailable:
+            pass  # the worker is gone; a new one starts with all of them (forget, in _worker_died)
 
     def hop_ms(self) -> float | None:
         """Median over the last HOP_SAMPLES requests of the time the worker hop added to the time to first
@@ -433,6 +465,7 @@ class ModelEngine:
         with self._lock:
             live = self._reqs.pop(req.rid, None) is not None
             self._sent_at.pop(req.rid, None)
+            self._idle_locked()
         if live:
             try:
                 self._send(("cancel", req.rid))
@@ -492,6 +525,7 @@ class ModelEngine:
             "engine_decode_seconds": c["decode_seconds"],
             "engine_step_seconds": c["step_seconds"],
             "engine_hop_ms_p50": None if (hop := self.hop_ms()) is None else round(hop, 3),
+            "threads": self.threads,
             "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_type": self.cfg.kv_type,
             "gpu_layers": self.offload.gpu_layers,
@@ -514,6 +548,8 @@ class ModelEngine:
         """Stop the worker (blocking): running requests end with an engine_stopped error."""
         self._closing = True
         self._closed.set()
+        if self.share is not None:
+            self.share.forget(self)
         conn, proc, reader = self._conn, self._proc, self._reader
         if conn is not None:
             try:

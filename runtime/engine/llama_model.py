@@ -205,6 +205,12 @@ class LlamaContext:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
 
+    def set_threads(self, n: int) -> None:
+        llama_cpp.llama_set_n_threads(self.ctx, n, n)
+
+    def n_threads(self) -> int:
+        return int(llama_cpp.llama_n_threads(self.ctx))
+
     def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1)
 

@@ -16,8 +16,11 @@ resource-tracker process alive for the parent's lifetime; neither is needed here
 node → worker
     ("gen", rid, prompt, SamplingParams, max_new_tokens, stop)   start a generation
     ("cancel", rid)                                               the client went away
-    ("call", cid, name, args)                                     tokenize / detokenize / embed (answered
-                                                                  by a "ret")
+    ("threads", n)                                                decode with n threads from the next step
+                                                                  (the node's other engines generate too:
+                                                                  cores.py)
+    ("call", cid, name, args)                                     tokenize / detokenize / embed / n_threads
+                                                                  (answered by a "ret")
     ("stop",)                                                     finish and exit
 worker → node
     ("ready", description)         loaded and probed (one real decode); description: EngineCore.describe()
@@ -236,6 +239,8 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
                 value = core.detokenize(*args)
             elif name == "embed":
                 value = core.embed(*args)
+            elif name == "n_threads":
+                value = core.ctx.n_threads()
             else:
                 raise ValueError(f"unknown engine call {name!r}")
             reply = ("ret", cid, True, value)
@@ -298,6 +303,8 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
             if cancelled is not None:
                 cancelled.cancel()
                 core.scheduler.wake()
+        elif op == "threads":
+            core.set_threads(msg[1])
         elif op == "call":
             calls.submit(do_call, msg[1], msg[2], msg[3])
         elif op == "stop":

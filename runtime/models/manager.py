@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..engine.cores import CoreShare
 from ..engine.engine import ModelEngine
 from ..engine.events import EngineConfig
 from ..engine.probe import BuildRegistry
@@ -128,6 +129,8 @@ class ModelManager:
         self._pulls: dict[str, asyncio.Task] = {}
         self._cfg_provider = cfg_provider
         self.builds = builds
+        # The node's decode threads, shared by its engines while several generate at once (engine/cores.py).
+        self.cores = CoreShare()
         self.ttl_seconds = ttl_seconds
         self.memory_budget_bytes = memory_budget_bytes
         self.models: dict[str, ManagedModel] = {}
@@ -274,7 +277,7 @@ class ModelManager:
                 self._set(m, LOADING)
                 on_state = self._engine_state_callback(m, asyncio.get_running_loop())
                 building = asyncio.ensure_future(
-                    asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state, self.builds)
+                    asyncio.to_thread(ModelEngine, m.id, m.path, cap, cfg, on_state, self.builds, share=self.cores)
                 )
                 try:
                     engine = await asyncio.shield(building)

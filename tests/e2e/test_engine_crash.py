@@ -18,6 +18,8 @@ import httpx
 import openai
 import pytest
 
+from runtime.engine.cores import split
+
 from ..conftest import FILENAME, seed_home, start_node, wait_for
 from ..mesh.conftest import model_copy
 
@@ -42,18 +44,22 @@ def _crash(n, model: str, sig: int = signal.SIGSEGV) -> None:
     os.kill(_worker_pid(n, model), sig)
 
 
-def _stream_started(n) -> tuple[threading.Thread, list[dict]]:
-    """A long streamed answer read in a thread (its data events collected), once its first event came."""
+def _stream_started(n, stop: threading.Event | None = None, **body) -> tuple[threading.Thread, list[dict]]:
+    """A long streamed answer read in a thread (its data events collected), once its first event came;
+    ``body`` overrides LONG's fields; the client hangs up once ``stop`` is set."""
     started = threading.Event()
     events: list[dict] = []
 
     def stream() -> None:
-        with httpx.stream("POST", n.v1 + "/chat/completions", json={**LONG, "stream": True}, timeout=120) as r:
+        with httpx.stream("POST", n.v1 + "/chat/completions", json={**LONG, "stream": True, **body},
+                          timeout=120) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     events.append(json.loads(line[6:]))
                     started.set()
+                if stop is not None and stop.is_set():
+                    return
 
     t = threading.Thread(target=stream)
     t.start()
@@ -148,6 +154,32 @@ def test_too_many_crashes_give_the_model_up_and_health_says_degraded(crash_node)
                    timeout=120)
     assert r.status_code == 200, r.text
     assert httpx.get(n.base_url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def test_two_models_generating_at_once_share_the_threads(crash_node):
+    """A node's engines that generate at the same time share its threads instead of running twice as many
+    busy threads as cores (engine/cores.py); a model left alone gets them all back, mid-answer."""
+    n = crash_node
+    main, other = "SmolLM2-135M-Instruct", "Other-Model"
+    threads = _status(n, main)["threads"]
+    assert threads == httpx.get(n.base_url + "/api/status", timeout=10).json()["capability"]["threads"]
+    no_end = {"logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens: the answers run to max_tokens
+    stop = threading.Event()
+    t1, ev1 = _stream_started(n, stop, **no_end)
+    t2, ev2 = _stream_started(n, model=other, max_tokens=60, **no_end)
+    try:
+        # the second model's answer started: both generate, and the threads are shared between them
+        assert sorted([_status(n, main)["threads"], _status(n, other)["threads"]]) == sorted(split(threads, 2))
+        t2.join(120)
+        assert not t2.is_alive() and ev2[-1]["choices"][0]["finish_reason"] == "length", ev2[-1]
+        wait_for(lambda: _status(n, main)["threads"] == threads, 30, what="the first model back on every thread")
+        assert t1.is_alive(), "the first answer ran on across both changes"
+        seen = len(ev1)
+        wait_for(lambda: len(ev1) > seen + 5, 60, what="more tokens of the first answer")
+    finally:
+        stop.set()
+        t1.join(60)
+    assert not [e for e in ev1 if "error" in e]
 
 
 def test_the_node_process_never_loads_llama_cpp(crash_node):

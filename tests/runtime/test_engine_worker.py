@@ -20,6 +20,7 @@ import pytest
 
 from runtime.engine import engine as engine_mod
 from runtime.engine import worker
+from runtime.engine.cores import CoreShare
 from runtime.engine.engine import EngineLoadError, ModelEngine
 from runtime.engine.events import Finished, EngineConfig, Failed, GenRequest, SamplingParams, Text
 from runtime.engine.probe import BuildRegistry, describe_exit, is_build_fault
@@ -123,6 +124,47 @@ def test_generation_and_calls_through_the_worker(model_path, cap):
     finally:
         e.close()
     assert e.state == "closed" and e._proc.poll() is not None
+
+
+def test_engines_generating_at_once_share_the_threads(model_path, cap):
+    """Two workers decoding at once with every thread each would run twice as many busy threads as cores
+    (engine/cores.py): while both generate each uses half, and one left alone gets them all back."""
+    share = CoreShare()
+    e1 = ModelEngine("one", model_path, cap, CFG, share=share)
+    e2 = ModelEngine("two", model_path, cap, CFG, share=share)
+    no_end = SamplingParams(temperature=0, logit_bias={0: -100.0, 2: -100.0})  # SmolLM2's end tokens
+
+    def long_request(e: ModelEngine) -> tuple[GenRequest, Collector]:
+        c = Collector()
+        r = GenRequest(prompt=asyncio.run(e.completion_prompt("Count from 1 to 1000:")), params=no_end,
+                       max_new_tokens=480, stop=[], emit=c)
+        e.submit(r)
+        return r, c
+
+    def threads(e: ModelEngine) -> int:
+        return asyncio.run(e.n_threads())
+
+    try:
+        _, c1 = long_request(e1)
+        wait_for(lambda: c1.events, 60, what="the first answer's first token")
+        assert e1.threads == 2 and threads(e1) == 2
+        r2, c2 = long_request(e2)
+        wait_for(lambda: c2.events, 60, what="the second answer's first token")
+        wait_for(lambda: threads(e1) == 1 and threads(e2) == 1, 60, what="both workers on one thread each")
+        assert e1.threads == e2.threads == 1 and e1.status()["threads"] == 1
+        e2.cancel(r2)
+        wait_for(lambda: threads(e1) == 2, 60, what="the first worker back on both threads")
+        assert e1.threads == 2 and not c1.done.is_set(), "the answer ran on across both changes"
+        assert c1.done.wait(300)
+        end = c1.events[-1]
+        assert isinstance(end, Finished) and end.completion_tokens == 480, end
+        # the second engine, generating alone now, starts with every thread
+        _, c3 = long_request(e2)
+        wait_for(lambda: c3.events, 60, what="a third answer")
+        assert e2.threads == 2 and threads(e2) == 2
+    finally:
+        e1.close()
+        e2.close()
 
 
 def test_a_crash_fails_the_running_requests_and_the_worker_restarts(model_path, cap, monkeypatch):
