@@ -4,8 +4,8 @@ Each engine worker is set up with as many decode threads as the machine has core
 Two workers decoding at the same time would then run twice as many busy threads as there are cores, and
 llama.cpp's threads wait for each other at a barrier after every operation of a step: a thread that waits
 for a sibling the kernel has set aside keeps a core from it, and the whole step waits out time slices
-(measured on 2 cores: two workers at once ran at 0.35× of one alone with OpenMP's default spin, 0.72×
-with the workers' bounded spin, worker.OMP_SPIN_COUNT). So while several of a node's engines have work,
+(measured on 2 cores: two workers at once ran at 0.33-0.35× of one alone with OpenMP's default spin,
+0.67-0.72× with the workers' bounded spin, worker.OMP_SPIN_COUNT). So while several of a node's engines have work,
 they share the threads instead: with n busy engines each gets ``threads // n`` (at least one; the first
 ones get the remainder), and an engine left alone gets them all back. Engines with nothing to do need no
 threads and are left out. The change reaches a worker between two decode steps (``llama_set_n_threads``).

@@ -68,11 +68,11 @@ COALESCE_INTERVAL = 0.05
 
 
 # How long a thread of llama.cpp's OpenMP pool (libgomp) spins at a barrier before it sleeps, in spin
-# iterations (about 50 µs here). libgomp's default, 300,000 (about 15 ms), assumes the process owns its
-# cores; with two workers decoding at once on the same cores (a node serving two models, several nodes
+# iterations (microseconds; not timed here). libgomp's default, 300,000 (milliseconds), assumes the process
+# owns its cores; with two workers decoding at once on the same cores (a node serving two models, several nodes
 # on one machine) a spinning thread keeps its core from the very sibling it waits for, and every decode
 # step waits out time slices: measured on 2 cores, two workers together fell to 26-36 tok/s in all (one
-# round 0.7), against 49-53 with this bound; one worker alone runs as fast either way (bench_worker).
+# round 0.7), against 46-53 with this bound; one worker alone runs as fast either way (bench_worker).
 # A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
 OMP_SPIN_COUNT = 1000
 

@@ -67,6 +67,20 @@ def _stream_started(n, stop: threading.Event | None = None, **body) -> tuple[thr
     return t, events
 
 
+def _killed_mid_stream(n, sig: int) -> tuple[int, dict]:
+    """A long stream started, its model's worker sent ``sig``: the stream ends (never hangs) with an
+    engine_crashed error event. Returns the worker's pid and that event."""
+    t, events = _stream_started(n)
+    pid = _worker_pid(n, "SmolLM2-135M-Instruct")
+    os.kill(pid, sig)
+    t.join(60)
+    assert not t.is_alive(), "the stream hung with its engine"
+    last = events[-1]
+    assert "error" in last, f"the stream ended without an error event: {last}"
+    assert last["error"]["code"] == "engine_crashed", last
+    return pid, last
+
+
 @pytest.fixture
 def crash_node(tmp_path, model_path):
     seed_home(tmp_path, model_path)
@@ -79,14 +93,7 @@ def crash_node(tmp_path, model_path):
 
 def test_crash_mid_stream_is_an_explicit_error_and_the_engine_comes_back(crash_node):
     n = crash_node
-    t, events = _stream_started(n)
-    pid = _worker_pid(n, "SmolLM2-135M-Instruct")
-    os.kill(pid, signal.SIGSEGV)
-    t.join(60)
-    assert not t.is_alive(), "the stream hung after its engine crashed"
-    last = events[-1]
-    assert "error" in last, f"the stream ended without an error event: {last}"
-    assert last["error"]["code"] == "engine_crashed"
+    pid, last = _killed_mid_stream(n, signal.SIGSEGV)
     assert "segmentation fault" in last["error"]["message"]
 
     # The node lives on: its other model answers at once, and /health tells the truth meanwhile.
@@ -198,13 +205,7 @@ def test_a_hung_engine_is_stopped_by_a_real_node(tmp_path, model_path):
     n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME), "--slots", "1",
                    "--ctx-per-slot", "2048", "--engine-stall-timeout", "3")
     try:
-        t, events = _stream_started(n)
-        pid = _worker_pid(n, "SmolLM2-135M-Instruct")
-        os.kill(pid, signal.SIGSTOP)
-        t.join(60)
-        assert not t.is_alive(), "the stream hung with its engine"
-        last = events[-1]
-        assert "error" in last and last["error"]["code"] == "engine_crashed", last
+        pid, last = _killed_mid_stream(n, signal.SIGSTOP)
         said = re.search(r"made no progress for (\d+) s", last["error"]["message"])
         assert said and 3 <= int(said.group(1)) <= 10, last
         back = wait_for(lambda: (s := _status(n, "SmolLM2-135M-Instruct"))["state"] == "ready" and s, 60,
