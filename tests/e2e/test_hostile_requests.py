@@ -232,15 +232,18 @@ def test_parser_errors_are_openai_errors(node, raw, status, code):
 
 def test_twenty_thousand_empty_messages_answered_quickly_while_health_answers(node, http):
     """Issue 10 #4: 20,000 empty user messages froze the event loop, /health included, for 18 s."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": ""}] * 20_000}
     with HealthPoller(node.base_url) as poller:
-        t0 = time.perf_counter()
-        r = http.post("/v1/chat/completions",
-                      json={"model": MODEL, "messages": [{"role": "user", "content": ""}] * 20_000})
-        elapsed = time.perf_counter() - t0
-        polls_during = poller.count
-    assert_error(r, 400, "array_above_max_length", "messages")
-    assert elapsed < 2.0, f"answered after {elapsed:.2f}s"
-    assert polls_during > 3 and poller.worst < 1.0, f"/health took up to {poller.worst:.2f}s"
+        for _ in range(5):  # several in a row, so polls overlap them however fast each one is refused
+            t0 = time.perf_counter()
+            r = http.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - t0
+            assert_error(r, 400, "array_above_max_length", "messages")
+            assert elapsed < 2.0, f"answered after {elapsed:.2f}s"
+        # a poll sent while the last one was refused has its answer (its latency is in `worst`)
+        polls = poller.count
+        wait_for(lambda: poller.count >= polls + 2, 30, what="/health to answer after the requests")
+    assert poller.worst < 1.0, f"/health took up to {poller.worst:.2f}s"
 
 
 def test_most_messages_allowed_keep_health_answering(node, http):
