@@ -23,6 +23,35 @@ if not CLOSEDMESH.exists():  # installed elsewhere (e.g. a user's own venv)
     CLOSEDMESH = Path(shutil.which("closedmesh") or "closedmesh")
 
 
+# Logs of the processes the tests start (nodes, hubs, entry nodes): a failing test's report ends with the
+# last lines of each one written while it ran, so a failure seen only in CI says where requests went.
+PROCESS_LOGS: list[Path] = []
+
+
+def remember_log(path: Path) -> Path:
+    PROCESS_LOGS.append(path)
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or report.when == "teardown":
+        return
+    written = []
+    for path in dict.fromkeys(PROCESS_LOGS):
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        if mtime >= call.start - 1:
+            written.append((mtime, path))
+    for _, path in sorted(written)[-6:]:
+        tail = path.read_text(errors="replace").splitlines()[-40:]
+        report.sections.append((f"last lines of {path}", "\n".join(tail)))
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None
@@ -97,7 +126,7 @@ def start_node(home: Path, *args: str, wait_ready: bool = True, timeout: float =
                env: dict | None = None) -> NodeProcess:
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CLOSEDMESH_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
-    log_path = home / "serve.log"
+    log_path = remember_log(home / "serve.log")
     logf = open(log_path, "w")
     proc = subprocess.Popen([str(CLOSEDMESH), "serve", "--port", "0", *args], stdout=logf, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)

@@ -179,7 +179,9 @@ def test_picker_labels_mesh_models(page, node):
 
 def test_answer_streams_into_the_page_and_history_is_kept(page, node, model_id):
     def bounded(route):  # the page sets no length limit and samples: make the test's answers short and repeatable
-        body = {**json.loads(route.request.post_data), "max_tokens": 200, "temperature": 0.3, "seed": 42}
+        # (80 tokens each, none ending early: a stream long enough that the page sees it grow in steps)
+        body = {**json.loads(route.request.post_data), "max_tokens": 80, "logit_bias": EOS_BAN,
+                "temperature": 0.3, "seed": 42}
         route.continue_(post_data=json.dumps(body))
 
     page.route("**/v1/chat/completions", bounded)

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import threading
 import time
+import uuid
 
 import httpx
 import openai
@@ -63,7 +64,7 @@ def test_streams_interleave(openai_client, model_id):
 
     def run(i: int) -> None:
         stream = openai_client.chat.completions.create(
-            model=model_id, messages=[{"role": "user", "content": "Tell a story."}], max_tokens=40, temperature=0,
+            model=model_id, messages=[{"role": "user", "content": "Tell a story."}], max_tokens=200, temperature=0,
             stream=True, logit_bias=EOS_BAN)
         for c in stream:
             if c.choices and c.choices[0].delta.content:
@@ -104,7 +105,7 @@ def test_health_and_status_instant_while_generating(node, model_id):
                 worst = max(worst, time.perf_counter() - t0)
     assert not done.is_set(), "generation finished before the probes; make it longer"
     t.join(300)
-    assert worst < 0.5, f"a control request took {worst:.3f}s while tokens were generated"
+    assert worst < 1.0, f"a control request took {worst:.3f}s while tokens were generated"
 
 
 def completed_requests(node) -> int:
@@ -132,7 +133,8 @@ def test_disconnect_mid_stream_frees_slot(node, model_id):
 
 def test_disconnect_during_prompt_processing_frees_slot(node, model_id):
     completed_before = completed_requests(node)
-    long = "The quick brown fox jumps over the lazy dog. " * 150  # ~1500 prompt tokens
+    # ~1500 prompt tokens; the nonce first, so that no earlier request's cached prefix shortens them
+    long = f"[{uuid.uuid4().hex}] " + "The quick brown fox jumps over the lazy dog. " * 150
     body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": long}], "max_tokens": 240,
                        "temperature": 0, "logit_bias": EOS_BAN}).encode()
     import socket

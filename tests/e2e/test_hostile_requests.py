@@ -249,9 +249,9 @@ def test_twenty_thousand_empty_messages_answered_quickly_while_health_answers(no
 def test_most_messages_allowed_keep_health_answering(node, http):
     """Under the limits a request is worked on, and however its text tokenizes the loop keeps answering
     /health. Special-token text is the slow case (llama.cpp's special-token pass is quadratic in their
-    number): 1900 messages of '<|im_end|>' are ~5,700 special tokens in 19,000 characters, short enough
-    that the prompt is still tokenized on the event loop today (~0.5 s here); at most 2048 messages keep
-    that under the second."""
+    number): 1900 messages of '<|im_end|>' are ~5,700 special tokens in 19,000 characters. The template is
+    rendered in a thread (64 messages or more) and the text tokenized in the engine's worker process, so
+    the event loop only waits on them."""
     messages = [{"role": "user", "content": "<|im_end|>"}] * 1900
     with HealthPoller(node.base_url) as poller:
         r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 1})

@@ -24,16 +24,16 @@ pytestmark = pytest.mark.e2e
 def test_open_event_stream_does_not_hold_the_shutdown(tmp_path, model_path):
     seed_home(tmp_path, model_path)
     n = start_node(tmp_path, "--model", str(tmp_path / "data" / "models" / FILENAME))
-    ended = threading.Event()
+    opened, ended = threading.Event(), threading.Event()
 
     def listen() -> None:
         with urllib.request.urlopen(n.base_url + "/api/events", timeout=60) as r:
             for _ in r:
-                pass
+                opened.set()  # its first event is written at once
         ended.set()
 
     threading.Thread(target=listen, daemon=True).start()
-    time.sleep(0.5)  # let the stream open (its first event is written at once)
+    assert opened.wait(30), "the event stream did not open"
     t0 = time.monotonic()
     n.proc.send_signal(signal.SIGTERM)
     assert n.proc.wait(30) == 0

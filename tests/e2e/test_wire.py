@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 
 import httpx
 import pytest
@@ -226,7 +227,8 @@ def test_dns_rebinding_and_cross_origin_refused(node):
 
 def test_keepalive_comments_while_waiting(node, model_id):
     """A stream whose prompt takes a while to read gets SSE comments, not silence (test node: 0.5 s)."""
-    long = "The quick brown fox jumps over the lazy dog. " * 150  # ~1500 tokens of prompt processing
+    # ~1500 tokens of prompt processing; the nonce first, so that no earlier request's cached prefix shortens it
+    long = f"[{uuid.uuid4().hex}] " + "The quick brown fox jumps over the lazy dog. " * 150
     with httpx.Client(base_url=node.base_url, timeout=120) as c:
         with c.stream("POST", "/v1/chat/completions", json={
                 "model": model_id, "messages": [{"role": "user", "content": long}], "max_tokens": 1,

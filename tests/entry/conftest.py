@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..conftest import CLOSEDMESH, NodeProcess, wait_for
+from ..conftest import CLOSEDMESH, NodeProcess, remember_log, wait_for
 from ..mesh.conftest import HubProcess
 
 
@@ -43,7 +43,7 @@ class EntryProcess(NodeProcess):
 def run_entry(home: Path, *args: str) -> subprocess.Popen:
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CLOSEDMESH_HOME=str(home), PYTHONUNBUFFERED="1")
-    logf = open(home / "entry.log", "w")
+    logf = open(remember_log(home / "entry.log"), "w")
     return subprocess.Popen([str(CLOSEDMESH), "entry", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
                              *args], stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

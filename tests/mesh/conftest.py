@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import CLOSEDMESH, NodeProcess, seed_home, start_node, wait_for
+from ..conftest import CLOSEDMESH, NodeProcess, remember_log, seed_home, start_node, wait_for
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ class HubProcess:
 def start_hub(home: Path, port: int | None = None) -> HubProcess:
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log_path = home / "hub.log"
+    log_path = remember_log(home / "hub.log")
     logf = open(log_path, "a")
     env = dict(os.environ, CLOSEDMESH_HOME=str(home), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([str(CLOSEDMESH), "hub", "--host", "127.0.0.1", "--port", str(port)], stdout=logf,

@@ -175,18 +175,19 @@ def test_events_show_a_joining_and_leaving_peer(mesh3, tmp_path, model_path):
     threading.Thread(target=listen, daemon=True).start()
     d = start_mesh_node(tmp_path, "d", model_path, "delta")
     try:
-        t0 = time.monotonic()
         join(d, hub.invite(), "node-d")
+        t0 = time.monotonic()  # the join has completed (its own admission and connect are not timed here)
         wait_for(lambda: any("node-d" in e["names"] for e in events), 10, what="a peers event with node-d")
         seen = next(e["t"] for e in events if "node-d" in e["names"])
-        assert seen - t0 < 2.0 + 1.0  # within 2 s of the join completing (join itself included here)
-        assert "node-d" in peer_names(n["b"])
-        t1 = time.monotonic()
+        assert seen - t0 < 2.0 + 1.0, f"node-d reached a's event stream {seen - t0:.2f}s after its join"
+        # every other node learns it through its own directory watch, each in its own time
+        wait_for(lambda: "node-d" in peer_names(n["b"]), 10, what="node-d in b's directory")
         code, body = api(d, "POST", "/api/mesh/leave", {})
         assert code == 200 and body["state"] == "off"
-        wait_for(lambda: events and "node-d" not in events[-1]["names"], 5, what="node-d gone from events")
-        assert time.monotonic() - t1 < 2.0
-        assert "node-d" not in peer_names(n["c"])
+        t1 = time.monotonic()  # the leave has answered: d's entry is withdrawn
+        wait_for(lambda: events and "node-d" not in events[-1]["names"], 10, what="node-d gone from events")
+        assert time.monotonic() - t1 < 2.0 + 1.0, f"node-d left a's event stream {time.monotonic() - t1:.2f}s after its leave"
+        wait_for(lambda: "node-d" not in peer_names(n["c"]), 10, what="node-d gone from c's directory")
     finally:
         stop.set()
         d.stop()
@@ -198,7 +199,7 @@ def test_share_limits_are_announced_and_enforced(mesh3):
     assert code == 200 and st["limits"]["max_tokens"] == 8
     try:
         wait_for(lambda: next(p for p in mesh_status(n["a"])["peers"] if p["name"] == "node-b")["limits"]["max_tokens"]
-                 == 8, 5, what="the new limit in a's directory")
+                 == 8, 10, what="the new limit in a's directory")
         c = _client(n["a"])
         # no max_tokens: the peer's cap applies
         r = c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "Tell a story."}],
