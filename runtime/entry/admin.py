@@ -36,9 +36,11 @@ SERVICE_KEY = web.AppKey("entry", object)
 ADMIN_FILE = "entry-admin.json"
 
 
-def _service(request: web.Request) -> EntryService:
+def _service(request: web.Request, needs_keys: bool = True) -> EntryService:
     svc: Any = request.app[SERVICE_KEY]
     check_admin(request, svc.node.admin_token)
+    if needs_keys and svc.store.denied is not None:  # not an empty list or "no such key": the reason
+        raise StoreUnavailable(svc.store.denied)
     return svc
 
 
@@ -54,6 +56,20 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return error_response(e)
     except StoreUnavailable as e:
         return error_response(APIError(503, str(e), "server_error", None, "entry_store"))
+    except (TimeoutError, nats.errors.TimeoutError):
+        denied = request.app[SERVICE_KEY].store.denied  # type: ignore[attr-defined]
+        return error_response(
+            APIError(503, denied, "server_error", None, "entry_store")
+            if denied
+            else APIError(
+                504,
+                "The mesh's hub did not answer in time; check that this entry node is connected "
+                "(`closedmesh status`) and try again.",
+                "server_error",
+                None,
+                "entry_store_timeout",
+            )
+        )
     except web.HTTPNotFound:
         return error_response(
             APIError(404, f"Unknown admin route {request.path}.", "invalid_request_error", None, "not_found")
@@ -145,7 +161,7 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    svc = _service(request)
+    svc = _service(request, needs_keys=False)
     conns = [nc for nc in (svc.node.mesh.membership.nc, svc.nc) if nc is not None]
     c = svc.counters
     return web.json_response(
@@ -157,6 +173,7 @@ async def stats(request: web.Request) -> web.Response:
             "refused_by_code": c.by_code,
             "store_operations": svc.store.kv_ops,
             "keys": len(svc.store.records),
+            "key_store_refused": svc.store.denied,  # why the hub refuses this node the buckets, or null
             # both connections to the hub: the mesh membership and the key store
             "mesh_messages": {
                 k: sum(nc.stats[k] for nc in conns) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")

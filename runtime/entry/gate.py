@@ -96,12 +96,20 @@ class EntryService:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
-                error_cb=_store_connection_error,
+                error_cb=self._connection_error,
             )
         except Exception as e:
             raise StoreUnavailable(
                 f"could not connect to the hub for the key store ({type(e).__name__}: {e})"
             ) from None
+
+    async def _connection_error(self, e: Exception) -> None:
+        """The store connection uses the key buckets only: any permissions violation on it means the hub no
+        longer gives this node the entry role."""
+        if "permissions violation" in str(e).lower():
+            self.store.access_refused(str(e))
+        else:
+            log.debug("entry key store connection: %s", e)
 
     async def _on_startup(self, app: web.Application) -> None:
         from .admin import start_admin
@@ -163,6 +171,16 @@ class EntryService:
 
     async def _admit(self, request: web.Request) -> tuple[KeyRecord, str | None] | web.Response:
         now = time.time()
+        if self.store.denied is not None:
+            raise APIError(
+                503,
+                "This entry node cannot check API keys right now: the mesh no longer gives it the entry role. "
+                "Try again later or use another entry node.",
+                "server_error",
+                None,
+                "entry_role_lost",
+                retry_after=30,
+            )
         if not self.store.synced.is_set() and not await self.store.wait_synced(5):
             raise APIError(
                 503,
@@ -287,13 +305,6 @@ class EntryService:
                 if held:
                     with contextlib.suppress(Exception):
                         await self.store.refresh_leases(kid, set(held))
-
-
-async def _store_connection_error(e: Exception) -> None:
-    if "permissions violation" in str(e).lower():
-        log.warning("entry: %s", e)
-    else:
-        log.debug("entry key store connection: %s", e)
 
 
 def _usage_of(resp: web.Response) -> tuple[int, int]:

@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 50
 USAGE_FLUSH_SECONDS = 0.2
+# While the watch is idle, this often it asks the hub about the keys bucket (a JetStream API request only the
+# entry role may make): a role taken back on a live connection shows within this, even with no traffic.
+ACCESS_PROBE_SECONDS = 2.0
+ROLE_LOST = (
+    "this entry node no longer has the entry role in its mesh (the hub refuses it the key buckets), so it "
+    "accepts no key until the hub's operator gives the role back (`closedmesh mesh role NODE entry`)"
+)
 
 
 class StoreUnavailable(RuntimeError):
@@ -57,10 +64,16 @@ class KeyStore:
         self._pending_day: dict[str, str] = {}
         self._spilled: list[tuple[str, str, DayUsage]] = []  # (key id, day, usage) waiting to be written
         self._wake = asyncio.Event()
+        self.denied: str | None = None  # why the hub refuses this node the buckets (ROLE_LOST), None if it does not
+        self._refusals = 0  # how many refusals were seen: a watch started before the last one is stale
 
     # -- connection -------------------------------------------------------------------------------
 
-    async def bucket(self, name: str):
+    async def bucket(self, name: str, probe: bool = False):
+        """The bucket's handle. While the hub refuses this node the buckets only the watch (``probe``) asks
+        again; everything else is answered at once with the reason."""
+        if self.denied is not None and not probe:
+            raise StoreUnavailable(self.denied)
         nc = self._nc()
         if nc is None or not nc.is_connected:
             raise StoreUnavailable("this entry node is not connected to its mesh right now")
@@ -77,6 +90,24 @@ class KeyStore:
                 ) from None
             self._kv[name] = kv
         return kv
+
+    def access_refused(self, detail: str) -> None:
+        """The hub refused this node an operation on the buckets: its entry role was taken back (`closedmesh
+        mesh role NODE member`), which changes the permissions of its live connection. The local copy of
+        the keys is dropped at once, so that no key is accepted on records this node can no longer keep
+        current, and the watch starts again: it succeeds (and keys are accepted again) once the role is
+        given back."""
+        if self.denied is None:
+            log.warning(
+                "entry: the hub refused this node the key buckets (%s); every key is refused until the entry "
+                "role is given back",
+                detail,
+            )
+        self.denied = ROLE_LOST
+        self._refusals += 1
+        self.records = {}
+        self.synced.clear()
+        self._kv = {}
 
     async def check_access(self) -> None:
         """Raise StoreUnavailable unless this node can use the entry buckets."""
@@ -108,19 +139,26 @@ class KeyStore:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("entry: the watch on the key records stopped (%s); restarting it", e)
+                if self.denied is None:
+                    log.warning("entry: the watch on the key records stopped (%s); restarting it", e)
+                else:
+                    log.debug("entry: the key buckets are still refused (%s)", e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
 
     async def _watch_once(self) -> None:
-        kv = await self.bucket(KEYS_BUCKET)
+        refusals = self._refusals
+        kv = await self.bucket(KEYS_BUCKET, probe=True)
         watcher = await kv.watchall()
         conn = self._conn
         reconnects = conn.stats["reconnects"] if conn is not None else 0
         fresh: dict[str, KeyRecord] = {}
         initial = True
+        next_probe = time.monotonic() + ACCESS_PROBE_SECONDS
         try:
             while True:
+                if self._refusals != refusals:
+                    return  # the hub refused this node the buckets meanwhile: watch afresh (if it may)
                 try:
                     entry = await watcher.updates(timeout=1)
                 except nats.errors.TimeoutError:
@@ -128,10 +166,18 @@ class KeyStore:
                         return  # a new connection (or none): watch afresh
                     if conn.stats["reconnects"] != reconnects:
                         return  # reconnected (the hub may have restarted, its consumers gone): watch afresh
+                    if time.monotonic() >= next_probe:
+                        # Refused (the role taken back), this request times out and the connection's error
+                        # callback calls access_refused; a watch already running would go on delivering.
+                        await kv.status()
+                        next_probe = time.monotonic() + ACCESS_PROBE_SECONDS
                     continue
                 if entry is None:  # every existing record delivered
-                    if initial:
+                    if initial and self._refusals == refusals:
                         self.records, initial = fresh, False
+                        if self.denied is not None:
+                            log.warning("entry: the hub gives this node the key buckets again; keys are accepted")
+                            self.denied = None
                         self.synced.set()
                     continue
                 target = fresh if initial else self.records
@@ -319,7 +365,8 @@ class KeyStore:
             try:
                 await self._cas(USAGE_BUCKET, f"{kid}.{day}", change)
             except Exception as e:
-                log.warning("entry: usage not written yet (%s); retrying", e)
+                # kept, and written once the buckets can be reached (or the role is given back)
+                (log.debug if self.denied else log.warning)("entry: usage not written yet (%s); retrying", e)
                 self._spilled.append((kid, day, u))
 
     async def _keep_flushing(self) -> None:

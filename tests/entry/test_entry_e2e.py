@@ -475,6 +475,50 @@ def test_member_without_the_entry_role_cannot_run_an_entry(tmp_path, mesh):
     assert bad.returncode != 0 and "no member of this hub" in bad.stderr
 
 
+def test_an_entry_whose_role_is_taken_back_refuses_every_key_until_it_is_given_back(mesh, tmp_path):
+    """`closedmesh mesh role NODE member` on a *running* entry node: the hub's reload takes the key buckets
+    from its live connection, but a watch already running goes on delivering and the node held a local copy
+    of the keys. It must not go on accepting keys from records it can no longer be sure are current: it
+    finds out by itself (idle, no request needed), refuses every key with a plain 503, says why in
+    `closedmesh keys`, and once the role is given back, accepts keys again from a fresh copy (a key revoked
+    meanwhile stays refused)."""
+    hub, _, a, _ = mesh
+    d = start_entry(tmp_path / "entry-d", hub, "entry-demoted")
+    try:
+        key = a.create_key("kept-through-demotion")
+        gone = a.create_key("revoked-while-demoted")
+        body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}  # 404 once past the gate
+        # Known to d, but no request is sent to it yet: its usage writes would reveal the demotion at once,
+        # and this test is about an entry node that is idle when its role is taken back.
+        wait_for(lambda: {"kept-through-demotion", "revoked-while-demoted"}
+                 <= {k["name"] for k in d.admin("/admin/keys")["keys"]}, 10, what="the entry to know both keys")
+
+        assert "plain member again" in hub.cli("mesh", "role", "entry-demoted", "member").stdout
+        demoted = time.monotonic()
+        wait_for(lambda: _post(d, "/v1/chat/completions", body, key=key)[0] == 503, 20, interval=0.2,
+                 what="the demoted entry to refuse keys")
+        took = time.monotonic() - demoted
+        code, err, headers = _post(d, "/v1/chat/completions", body, key=key)
+        assert code == 503 and err["error"]["code"] == "entry_role_lost", err
+        assert "no longer gives it the entry role" in err["error"]["message"] and headers["Retry-After"] == "30"
+        for args in (("list",), ("create", "--name", "while-demoted"), ("revoke", "kept-through-demotion")):
+            r = d.keys(*args, check=False)
+            assert r.returncode != 0 and "no longer has the entry role" in r.stderr, (args, r.stderr)
+        assert d.admin("/admin/stats")["key_store_refused"].startswith("this entry node no longer has the entry role")
+
+        assert "revoked" in a.keys("revoke", "revoked-while-demoted").stdout
+        assert "now has the entry role" in hub.cli("mesh", "role", "entry-demoted", "entry").stdout
+        wait_for(lambda: _post(d, "/v1/chat/completions", body, key=key)[0] == 404, 60, interval=0.5,
+                 what="keys accepted again once the role is given back")
+        code, err, _ = _post(d, "/v1/chat/completions", body, key=gone)
+        assert code == 401 and err["error"]["code"] == "revoked_api_key", err
+        assert d.admin("/admin/stats")["key_store_refused"] is None
+        assert "Traceback" not in d.log() and "Error handling request" not in d.log()
+        print(f"the demoted entry refused keys {took:.1f}s after `mesh role ... member`")
+    finally:
+        d.stop()
+
+
 def test_leases_of_an_entry_that_dies_expire(mesh, tmp_path):
     from runtime.entry.keys import LEASE_SECONDS
 
