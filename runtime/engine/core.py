@@ -139,6 +139,10 @@ class EngineCore:
         except EngineStopped:
             pass  # the worker is stopping
 
+    def n_threads(self) -> int:
+        """The decode threads the context uses now, as llama.cpp reports them (read on the engine thread)."""
+        return self.scheduler.call(self.ctx.n_threads).result()
+
     def probe(self) -> None:
         """One real decode and its removal: the first matrix multiplies of this build on this CPU happen
         here, at load, not in a user's request (a build that traps dies now, in the worker, as a probe).

@@ -68,12 +68,12 @@ COALESCE_INTERVAL = 0.05
 
 
 # How long a thread of llama.cpp's OpenMP pool (libgomp) spins at a barrier before it sleeps, in spin
-# iterations (microseconds; not timed here). libgomp's default, 300,000 (milliseconds), assumes the process
-# owns its cores; with two workers decoding at once on the same cores (a node serving two models, several nodes
-# on one machine) a spinning thread keeps its core from the very sibling it waits for, and every decode
-# step waits out time slices: measured on 2 cores, two workers together fell to 26-36 tok/s in all (one
-# round 0.7), against 46-53 with this bound; one worker alone runs as fast either way (bench_worker).
-# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
+# iterations (their duration was not timed here). libgomp's default, 300,000, assumes the process owns its
+# cores; with two workers decoding at once on the same cores (a node serving two models, several nodes on
+# one machine) a spinning thread keeps its core from the very sibling it waits for, and every decode step
+# waits out time slices: measured on 2 cores (bench_worker --together, docs/benchmarks.md), two workers
+# together ran at 24.3 tok/s in all (median; two rounds of 0.7), against 46.2 with this bound; one worker
+# alone runs as fast either way. A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept.
 OMP_SPIN_COUNT = 1000
 
 
@@ -240,7 +240,7 @@ def _serve(conn: Channel, spec: WorkerSpec) -> int:
             elif name == "embed":
                 value = core.embed(*args)
             elif name == "n_threads":
-                value = core.ctx.n_threads()
+                value = core.n_threads()
             else:
                 raise ValueError(f"unknown engine call {name!r}")
             reply = ("ret", cid, True, value)
